@@ -1,0 +1,184 @@
+"""Embed stage: add an `embedding` column, List(float32, length=dim), to every split.
+
+The paragraphs are sorted by length and cut into chunks of about CHUNK_TOKENS tokens. The chunks
+do not depend on how many processes run; each process embeds every n-th unfinished chunk and
+writes it atomically to a work directory beside the output, named by a checksum of its bytes. A
+rerun of the same command finds the finished chunks and computes only the rest. The main process
+then streams the chunks into one memory-mapped array and adds it as a column with `map`.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_datasets
+from datasets.fingerprint import Hasher
+from tqdm.auto import tqdm
+
+from . import processes
+from .encode import Encoder, embed_rows, load_encoder, token_batches
+from .options import SPLIT_NAMES
+from .text import step_fingerprint
+
+log = logging.getLogger(__name__)
+
+# About two seconds of one H100; small enough to lose little to a crash and to spread over GPUs.
+CHUNK_TOKENS = 1 << 17
+
+
+def plan_chunks(lengths: np.ndarray) -> list[np.ndarray]:
+    """Row positions, longest first, cut where the running token sum passes a CHUNK_TOKENS step."""
+    order = np.argsort(-lengths, kind="stable")
+    chunk_of = (np.cumsum(lengths[order]) - 1) // CHUNK_TOKENS
+    return np.split(order, np.flatnonzero(np.diff(chunk_of)) + 1) if len(order) else []
+
+
+class ChunkStore:
+    """Finished chunks as `chunk-00012-<sha256 prefix>.npy`: written aside, renamed into place,
+    and loaded only when their bytes match the name and their shape the plan."""
+
+    def __init__(self, directory: Path, dim: int):
+        self.directory, self.dim = directory, dim
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def load(self, index: int, rows: int) -> np.ndarray | None:
+        for path in self.directory.glob(f"chunk-{index:05d}-*.npy"):
+            data = path.read_bytes()
+            if path.stem.endswith(hashlib.sha256(data).hexdigest()[:16]):
+                vectors = np.load(path)
+                if vectors.shape == (rows, self.dim) and np.isfinite(vectors).all():
+                    return vectors
+            log.warning("chunk file %s is damaged: computing it again", path.name)
+            path.unlink()
+        return None
+
+    def save(self, index: int, vectors: np.ndarray) -> None:
+        temporary = self.directory / f".chunk-{index:05d}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as handle:
+            np.save(handle, vectors)
+            handle.flush()
+            os.fsync(handle.fileno())
+        digest = hashlib.sha256(temporary.read_bytes()).hexdigest()[:16]
+        os.replace(temporary, self.directory / f"chunk-{index:05d}-{digest}.npy")
+
+
+def work_key(options, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
+    """What the vectors depend on: another model, revision, dtype, dim or text never reuses them."""
+    texts = hashlib.sha256("\n".join(text_ids.to_pylist()).encode()).hexdigest()
+    return Hasher.hash(["embed/1", options.model, options.model_revision, effective_dtype, dim,
+                        options.max_tokens, CHUNK_TOKENS, texts])[:16]
+
+
+def embed_chunk(encoder: Encoder, ids: list[list[int]], budget: int, counts: dict, bar) -> np.ndarray:
+    """Vectors of one chunk's rows, in their order; `counts` gathers tokens, padding and
+    float32 recomputations."""
+    lengths = np.array([len(row) for row in ids])
+    vectors = np.empty((len(ids), encoder.dim), dtype=np.float32)
+    for batch in token_batches(lengths, budget):
+        rows, recomputed = embed_rows(encoder, [ids[i] for i in batch])
+        vectors[batch] = rows.numpy()
+        tokens = int(lengths[batch].sum())
+        counts["tokens"] += tokens
+        counts["padded_tokens"] += len(batch) * int(lengths[batch].max()) - tokens
+        counts["recomputed_float32"] += recomputed
+        bar.update(tokens)
+        bar.set_postfix(paragraphs=counts["paragraphs"] + len(batch), refresh=False)
+        counts["paragraphs"] += len(batch)
+    return vectors
+
+
+def tokenize(batch: dict, tokenizer) -> dict:
+    return {"input_ids": tokenizer(batch["text"], add_special_tokens=True)["input_ids"]}
+
+
+def with_token_ids(paragraphs: Dataset, tokenizer, options) -> Dataset:
+    """The text stage's token ids when it ran in this process; else tokenize once, here."""
+    if "input_ids" in paragraphs.column_names:
+        return paragraphs
+    return paragraphs.map(
+        tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer}, desc="Tokenizing",
+        features=Features({**paragraphs.features, "input_ids": List(Value("int32"))}),
+        new_fingerprint=step_fingerprint(paragraphs, tokenize, options.model, options.model_revision))
+
+
+def compute_chunks(encoder: Encoder, paragraphs: Dataset, lengths: np.ndarray,
+                   chunks: list[np.ndarray], store: ChunkStore, budget: int) -> dict:
+    """Embed this process's share of the unfinished chunks; return what it counted."""
+    todo = [i for i, rows in enumerate(chunks) if store.load(i, len(rows)) is None]
+    processes.wait_for_everyone()  # every process has seen the same finished chunks
+    mine = processes.my_share(todo)
+    counts = dict.fromkeys(["paragraphs", "tokens", "padded_tokens", "recomputed_float32"], 0)
+    total = int(sum(lengths[chunks[i]].sum() for i in mine))
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="Embedding",
+              disable=not log.isEnabledFor(logging.INFO)) as bar:
+        for i in mine:
+            ids = paragraphs[chunks[i]]["input_ids"]
+            store.save(i, embed_chunk(encoder, ids, budget, counts, bar))
+    log.info("embedded %d chunks here; %d of %d were done before", len(mine),
+             len(chunks) - len(todo), len(chunks))
+    return counts
+
+
+def assemble(store: ChunkStore, chunks: list[np.ndarray], rows: int) -> Path:
+    """Stream the chunks into one (rows, dim) array on disk, in dataset order."""
+    path = store.directory / "vectors.npy"
+    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, store.dim))
+    for index, positions in enumerate(chunks):
+        chunk = store.load(index, len(positions))
+        if chunk is None:
+            raise RuntimeError(f"chunk {index} is missing after every process finished")
+        vectors[positions] = chunk
+    vectors.flush()
+    return path
+
+
+def attach_vectors(table: pa.Table, indices: list[int], vectors_path: str, offset: int) -> pa.Table:
+    vectors = np.load(vectors_path, mmap_mode="r")[np.asarray(indices) + offset]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+    return table.append_column("embedding", column)
+
+
+def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key: str) -> DatasetDict:
+    out, offset = {}, 0
+    for name in SPLIT_NAMES:
+        split = splits[name]
+        out[name] = split.with_format("arrow").map(
+            attach_vectors, batched=True, with_indices=True, desc=f"Adding vectors to {name}",
+            fn_kwargs={"vectors_path": str(vectors_path), "offset": offset},
+            features=Features({**split.features, "embedding": List(Value("float32"), length=dim)}),
+            new_fingerprint=step_fingerprint(split, attach_vectors, key)).with_format(None)
+        offset += len(split)
+    return DatasetDict(out)
+
+
+def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict | None, dict]:
+    """Every process computes its share; the main process returns the splits with an
+    `embedding` column (the others None) and the stage's statistics."""
+    started = time.perf_counter()
+    everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer, options)
+    lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
+    encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
+                           tokenizer.pad_token_id)
+    effective_dtype = str(encoder.dtype).removeprefix("torch.")
+    key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
+    store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)
+    chunks = plan_chunks(lengths)
+    counts = compute_chunks(encoder, everything, lengths, chunks, store, options.max_batch_tokens)
+    all_counts = processes.gather(counts)
+    processes.wait_for_everyone()
+    if not processes.is_main():
+        return None, {}
+    vectors_path = assemble(store, chunks, len(everything))
+    stats = {name: sum(c[name] for c in all_counts) for name in counts}
+    stats.update(model=options.model, model_revision=options.model_revision, dtype=effective_dtype,
+                 dim=encoder.dim, device=str(encoder.device), processes=processes.count(),
+                 chunks=len(chunks), seconds=round(time.perf_counter() - started, 2))
+    computed = stats["tokens"] + stats["padded_tokens"]
+    stats["padding_share"] = round(stats["padded_tokens"] / computed, 4) if computed else 0.0
+    return add_embedding_column(splits, vectors_path, encoder.dim, key), stats

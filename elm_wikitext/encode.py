@@ -1,0 +1,174 @@
+"""The embedding model and its pooling, as Qwen3-Embedding's authors specify them.
+
+Documents get no instruction; the tokenizer appends `<|endoftext|>`; sequences are padded on the
+left, so that the appended token sits in the last position of every row; the vector is the last
+layer's hidden state there, L2-normalized (and, for `dim` below the hidden size, cut to the first
+`dim` values and normalized again: the model is trained for that, Matryoshka-style).
+
+Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+from .errors import BuildError
+
+log = logging.getLogger(__name__)
+
+# Where lengths are sparse (the long tail), smaller batches beat computing padding.
+MAX_PADDING = 0.03
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def load_tokenizer(model: str, revision: str | None = None):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+    except (OSError, ValueError) as err:
+        raise BuildError(f"cannot load a tokenizer from --model {model} ({err}): pass a Hub model id "
+                         "or a directory with tokenizer.json / tokenizer_config.json") from None
+    probe = tokenizer("probe")["input_ids"]
+    if probe == tokenizer("probe", add_special_tokens=False)["input_ids"]:
+        raise BuildError(f"the tokenizer of {model} does not append an end-of-text token, which "
+                         "last-token pooling reads: use the embedding model's own tokenizer")
+    return tokenizer
+
+
+@dataclass
+class Encoder:
+    model: torch.nn.Module
+    pad_id: int
+    dim: int
+    device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def check_architecture(model: str, revision: str | None):
+    """Refuse, before loading weights, a model that last-token pooling does not fit."""
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    kind = config.model_type
+    if (getattr(config, "is_encoder_decoder", False) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        raise BuildError(f"--model {model} is a {kind} model, not a decoder-only one: last-token "
+                         "pooling needs a causal decoder such as Qwen/Qwen3-Embedding-4B")
+    return config
+
+
+def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int,
+                 device: torch.device | None = None) -> Encoder:
+    """Load the model once, in float32 on CPU or `dtype` on GPU, and check it before any work."""
+    device = device or pick_device()
+    config = check_architecture(model, revision)
+    dim = dim or config.hidden_size
+    if not 32 <= dim <= config.hidden_size:
+        raise BuildError(f"--dim {dim} is outside 32..{config.hidden_size} (the hidden size of "
+                         f"{model}): pass a --dim in that range")
+    torch_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
+    loaded, info = AutoModel.from_pretrained(
+        model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(),
+        output_loading_info=True)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise BuildError(f"--model {model} lacks {len(missing)} weights (e.g. {missing[:3]}): its "
+                         "checkpoint is partial; download it again or pass a complete model")
+    log.info("model %s on %s in %s, dim %d", model, device, torch_dtype, dim)
+    return Encoder(loaded.to(device).eval(), pad_id, dim, device)
+
+
+def _attention() -> str:
+    # SDPA handles the left padding through its mask; FlashAttention 2 would refuse it.
+    return "sdpa"
+
+
+def token_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
+    """Positions of `lengths` grouped longest first. A batch is padded to its longest row; it
+    closes before it would cost more than `max_batch_tokens`, or before a row shorter than its
+    longest by more than MAX_PADDING joins, which caps padding at MAX_PADDING of the tokens."""
+    longest = int(lengths.max(initial=0))
+    if longest > max_batch_tokens:
+        raise BuildError(f"--max-batch-tokens {max_batch_tokens} is below the longest paragraph "
+                         f"({longest} tokens): raise it to at least {longest}")
+    batches, current, width = [], [], 0
+    for position in np.argsort(-lengths, kind="stable"):
+        length = int(lengths[position])
+        if current and ((len(current) + 1) * width > max_batch_tokens or length < (1 - MAX_PADDING) * width):
+            batches.append(np.array(current))
+            current = []
+        if not current:
+            width = length
+        current.append(position)
+    return batches + [np.array(current)] if current else batches
+
+
+def left_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, width - len(row):] = torch.as_tensor(row)
+        mask[i, width - len(row):] = 1
+    return input_ids, mask
+
+
+@torch.inference_mode()
+def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
+    """Normalized float32 vectors (rows, dim) of token-id rows that each end in end-of-text."""
+    input_ids, mask = left_pad(ids, encoder.pad_id)
+    # Positions count real tokens only, so a row's vector does not depend on its batch's padding.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = encoder.model(
+        input_ids=input_ids.to(encoder.device, non_blocking=True),
+        attention_mask=mask.to(encoder.device, non_blocking=True),
+        position_ids=positions.to(encoder.device, non_blocking=True)).last_hidden_state[:, -1]
+    vectors = F.normalize(hidden.float(), dim=-1)
+    if encoder.dim < vectors.shape[-1]:
+        vectors = F.normalize(vectors[:, :encoder.dim], dim=-1)
+    return vectors
+
+
+def embed_rows(encoder: Encoder, ids: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """Like `embed_ids`, with two safety nets: a CUDA out-of-memory halves the batch and retries;
+    rows whose float16/bfloat16 vector is not finite are recomputed in float32. Returns the
+    vectors (on CPU) and how many rows needed float32."""
+    try:
+        vectors = embed_ids(encoder, ids)
+    except torch.OutOfMemoryError:
+        if len(ids) == 1:
+            raise BuildError("one paragraph does not fit in GPU memory: lower --max-tokens") from None
+        half = len(ids) // 2
+        log.warning("CUDA out of memory on %d rows: retrying as two halves", len(ids))
+        torch.cuda.empty_cache()
+        first, redo_a = embed_rows(encoder, ids[:half])
+        second, redo_b = embed_rows(encoder, ids[half:])
+        return torch.cat([first, second]), redo_a + redo_b
+    bad = torch.nonzero(~torch.isfinite(vectors).all(dim=-1)).flatten().tolist()
+    if bad:
+        vectors[bad] = _embed_in_float32(encoder, [ids[i] for i in bad])
+    return vectors.cpu(), len(bad)
+
+
+def _embed_in_float32(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
+    # float16 overflows to inf/NaN on some inputs. Casting float16/bfloat16 weights up and back
+    # down is exact, so the model is unchanged afterwards.
+    dtype = encoder.dtype
+    if dtype == torch.float32:
+        raise BuildError("the model gives non-finite vectors even in float32: check its weights")
+    log.warning("%d rows gave non-finite vectors in %s: recomputing them in float32", len(ids), dtype)
+    encoder.model.float()
+    try:
+        return embed_ids(encoder, ids)
+    finally:
+        encoder.model.to(dtype)

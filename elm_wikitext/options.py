@@ -1,0 +1,89 @@
+"""Every knob of the build in one dataclass; `build.py`'s CLI is generated from it.
+
+The defaults reproduce the published build.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+from .errors import BuildError
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def _opt(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class BuildOptions:
+    stage: str = _opt(
+        "all", "What to run: 'text' (paragraphs only), 'embed' (add the embedding column to an "
+        "existing text-stage --output) or 'all' (text, then embed).",
+        choices=["text", "embed", "all"])
+    source: str = _opt(
+        "Salesforce/wikitext", "A Hub dataset id, or a local directory holding WikiText's "
+        "wiki.{train,valid,test}.tokens files or the Hub's parquet files of one config.")
+    source_config: str = _opt(
+        "wikitext-2-v1", "The Hub config of --source (wikitext-2-v1, wikitext-2-raw-v1, "
+        "wikitext-103-v1, wikitext-103-raw-v1). Ignored for a local directory.")
+    source_revision: Optional[str] = _opt(None, "A Hub revision (branch, tag or commit) of --source.")
+    model: str = _opt(
+        "Qwen/Qwen3-Embedding-4B", "The embedding model: a Hub id or a local model directory. Its "
+        "tokenizer also counts the tokens for the length filter.")
+    model_revision: Optional[str] = _opt(None, "A Hub revision (branch, tag or commit) of --model.")
+    min_tokens: int = _opt(100, "Drop paragraphs of fewer tokens (the appended end-of-text token counts).")
+    max_tokens: int = _opt(2000, "Drop paragraphs of more tokens (the appended end-of-text token counts).")
+    split: str = _opt("0.8,0.1,0.1", "Train,validation,test ratios of rows; they must sum to 1.")
+    split_by: str = _opt(
+        "article", "'article' keeps each article's paragraphs in one split (no leak between "
+        "splits); 'paragraph' is a plain seeded shuffle of paragraphs.",
+        choices=["article", "paragraph"])
+    seed: int = _opt(42, "Seed of the split.")
+    dtype: str = _opt(
+        "float16", "Compute dtype of the model on GPU (on CPU it is always float32).",
+        choices=["float16", "bfloat16", "float32"])
+    dim: Optional[int] = _opt(
+        None, "Embedding size to keep (Matryoshka: the first N values, re-normalized), 32 to "
+        "the model's hidden size. Default: the hidden size (2560 for Qwen3-Embedding-4B).")
+    max_batch_tokens: int = _opt(
+        65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
+        "halves it for that batch and retries.")
+    output: str = _opt("data/elm-wikitext2", "Output directory (a DatasetDict for load_from_disk).")
+    num_proc: Optional[int] = _opt(
+        None, "Worker processes for the text maps (default: in-process; the tokenizer already "
+        "uses every core).")
+
+    def split_ratios(self) -> tuple[float, float, float]:
+        try:
+            ratios = tuple(float(part) for part in self.split.split(","))
+        except ValueError:
+            ratios = ()
+        if len(ratios) != 3 or min(ratios) < 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+            raise BuildError(
+                f"--split {self.split!r} is not three non-negative ratios summing to 1: "
+                "pass train,validation,test such as --split 0.8,0.1,0.1")
+        return ratios
+
+    def validate(self) -> None:
+        """Refuse contradictory options before any work starts."""
+        if self.min_tokens < 1 or self.min_tokens > self.max_tokens:
+            raise BuildError(
+                f"--min-tokens {self.min_tokens} must be between 1 and --max-tokens "
+                f"{self.max_tokens}: lower --min-tokens or raise --max-tokens")
+        self.split_ratios()
+        if self.dim is not None and self.dim < 32:
+            raise BuildError(f"--dim {self.dim} is below 32: pass --dim between 32 and the "
+                             "model's hidden size, or leave it out for the full size")
+        if self.max_batch_tokens < 1:
+            raise BuildError("--max-batch-tokens must be positive: pass e.g. --max-batch-tokens 65536")
+
+
+def parse_options(argv: Optional[list[str]] = None) -> BuildOptions:
+    parser = HfArgumentParser(BuildOptions, description="Build the elm-wikitext dataset.")
+    (options,) = parser.parse_args_into_dataclasses(args=argv)
+    options.validate()
+    return options

@@ -1,0 +1,48 @@
+"""The one place that knows how many processes run.
+
+Under `accelerate launch` or `torchrun` there is one process per GPU (or per CPU worker);
+otherwise there is one. Stages ask only: which share of this work is mine, am I the main process,
+and wait for the others.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from accelerate import PartialState
+
+
+def _state() -> PartialState:
+    # On a machine without GPUs, processes talk over gloo (accelerate's `cpu=True`).
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main() -> bool:
+    return _state().is_main_process
+
+
+def count() -> int:
+    return _state().num_processes
+
+
+def my_share(items: list) -> list:
+    """Every process takes every n-th item: the items are of about equal cost."""
+    state = _state()
+    return items[state.process_index::state.num_processes]
+
+
+def wait_for_everyone() -> None:
+    _state().wait_for_everyone()
+
+
+@contextmanager
+def main_first():
+    """The main process runs the block first (filling datasets' cache); the others then reuse it."""
+    with _state().main_process_first():
+        yield
+
+
+def gather(obj) -> list:
+    """Every process's `obj` (small things only: each process receives all of them)."""
+    from accelerate.utils import gather_object
+
+    return gather_object([obj]) if count() > 1 else [obj]

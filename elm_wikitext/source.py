@@ -1,0 +1,104 @@
+"""Source stage: WikiText's lines, from the Hub or a local directory, as one `text` column.
+
+The three source splits are pooled in the order train, validation, test: the build makes its own
+splits later, by article.
+"""
+
+import logging
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, concatenate_datasets, load_dataset
+from huggingface_hub import HfApi
+
+from .errors import BuildError
+
+log = logging.getLogger(__name__)
+
+# WikiText's own archive files, in the order they are pooled.
+TOKEN_FILES = ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
+HUB_SPLITS = ("train", "validation", "test")
+
+
+def load_lines(source: str, config: str, revision: str | None = None) -> Dataset:
+    """All WikiText lines of `source`, one row per line, blank lines included."""
+    path = Path(source)
+    if path.is_dir():
+        lines = _load_local(path)
+    elif _looks_like_path(source):
+        raise BuildError(f"--source {source} does not exist: pass a directory holding "
+                         f"{', '.join(TOKEN_FILES)} or parquet files, or a Hub dataset id")
+    else:
+        lines = _load_hub(source, config, revision)
+    if len(lines) == 0 or _all_blank(lines):
+        raise BuildError(f"--source {source} holds no text: point it at a non-empty WikiText copy")
+    log.info("source %s: %d lines", source, len(lines))
+    return lines
+
+
+def _looks_like_path(source: str) -> bool:
+    # A Hub id is `name` or `org/name`; anything else that is not a directory is a missing path.
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix != ""
+
+
+def _all_blank(lines: Dataset) -> bool:
+    return not any(text.strip() for batch in lines.iter(batch_size=10_000) for text in batch["text"])
+
+
+def _load_local(path: Path) -> Dataset:
+    token_files = [path / name for name in TOKEN_FILES if (path / name).is_file()]
+    if token_files:
+        for file in token_files:
+            _check_utf8(file)
+        parts = [load_dataset("text", data_files=str(file), split="train") for file in token_files]
+        return concatenate_datasets(parts)
+    parquet = sorted(path.rglob("*.parquet"), key=_parquet_order)
+    if parquet:
+        parts = [load_dataset("parquet", data_files=str(file), split="train") for file in parquet]
+        return concatenate_datasets(parts).select_columns(["text"])
+    raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(TOKEN_FILES)} "
+                     "or the Hub's parquet files (e.g. train-00000-of-00001.parquet)")
+
+
+def _parquet_order(file: Path) -> tuple[int, str]:
+    # The Hub names shards `{split}-00000-of-00001.parquet`; pool them as train, validation, test.
+    rank = next((i for i, split in enumerate(HUB_SPLITS) if file.name.startswith(split)), len(HUB_SPLITS))
+    return rank, file.name
+
+
+def _check_utf8(file: Path) -> None:
+    """Name the file and line of the first bytes that are not UTF-8 (datasets would not)."""
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise BuildError(f"{file} line {number} is not UTF-8 ({err.reason} at byte "
+                                 f"{err.start}): re-encode the file as UTF-8") from None
+
+
+def _load_hub(source: str, config: str, revision: str | None) -> Dataset:
+    remedy = ("pass a local --source directory, or run once online and then set "
+              "HF_DATASETS_OFFLINE=1 to use the cached copy")
+    if not datasets.config.HF_HUB_OFFLINE:
+        _check_hub_reachable(source, revision, remedy)
+    try:
+        splits = load_dataset(source, config, revision=revision)
+    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise BuildError(f"cannot load {source} ({config}) from the Hub ({err}): {remedy}") from None
+    except ValueError as err:  # an unknown config name
+        raise BuildError(f"cannot load {source} with config {config!r} ({err}): "
+                         "pass a valid --source-config") from None
+    missing = [name for name in HUB_SPLITS if name not in splits]
+    if missing:
+        raise BuildError(f"{source} ({config}) lacks the splits {missing}: pass a WikiText config")
+    return concatenate_datasets([splits[name] for name in HUB_SPLITS]).select_columns(["text"])
+
+
+def _check_hub_reachable(source: str, revision: str | None, remedy: str) -> None:
+    """One quick request, so that an unreachable Hub stops the build at once instead of after
+    load_dataset's retries."""
+    try:
+        HfApi().dataset_info(source, revision=revision, timeout=10)
+    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
+        raise BuildError(f"cannot reach {source} on the Hub ({type(err).__name__}: {err}): {remedy}") from None

@@ -1,0 +1,54 @@
+"""Shared, session-scoped fixtures: the sample corpus, a tiny Qwen3 model, one text-stage run."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from elm_wikitext.options import BuildOptions
+from elm_wikitext.tiny import make_tiny_model
+
+SAMPLE = Path(__file__).parent / "fixtures" / "wikitext_sample"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """A WikiText-format sample written for this project (14 invented articles)."""
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A random-weight Qwen3 (hidden 64) with the real Qwen tokenizer, as a model directory."""
+    return make_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from elm_wikitext.encode import load_tokenizer
+
+    return load_tokenizer(tiny_model)
+
+
+@pytest.fixture
+def options(tiny_model, sample_dir, tmp_path) -> BuildOptions:
+    """Options of a build of the sample with the tiny model into a fresh directory."""
+    return BuildOptions(source=str(sample_dir), model=tiny_model, output=str(tmp_path / "out"))
+
+
+@pytest.fixture(scope="session")
+def text_output(tiny_model, sample_dir, tmp_path_factory) -> Path:
+    """One text-stage output of the sample, shared read-only by tests (copy it to modify)."""
+    from build import main
+
+    output = tmp_path_factory.mktemp("text") / "out"
+    assert main(["--stage", "text", "--source", str(sample_dir), "--model", tiny_model,
+                 "--output", str(output)]) == 0
+    return output
+
+
+@pytest.fixture
+def text_output_copy(text_output, tmp_path) -> Path:
+    copy = tmp_path / "out"
+    shutil.copytree(text_output, copy)
+    return copy

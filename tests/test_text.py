@@ -1,0 +1,79 @@
+import json
+
+import pyarrow as pa
+import pytest
+from datasets import load_from_disk
+
+from elm_wikitext.text import clean_text, group_paragraphs, quality_reason
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("a population of 1 @,@ 204 in 2 @.@ 5 km", "a population of 1,204 in 2.5 km"),
+    ("a state @-@ of @-@ the @-@ art ship", "a state-of-the-art ship"),
+    ("the <unk> river , near <unk> .", "the river, near."),
+    ("he said \" it is done \" ; then ( briefly ) left !", 'he said "it is done"; then (briefly) left!'),
+    ("John 's boat did n't sink : it 's fine ?", "John's boat didn't sink: it's fine?"),
+    ("  spaced   out  ", "spaced out"),
+])
+def test_clean_text_reads_as_prose(raw, clean):
+    assert clean_text(raw) == clean
+
+
+def test_quality_reasons():
+    assert quality_reason("") == "empty"
+    assert quality_reason("1,204; 3.5; 77 – 12, 9; 10 11 12") == "low_quality"
+    assert quality_reason("A river in the north, 120 km long.") == ""
+
+
+def test_paragraphs_carry_article_and_nested_section():
+    lines = pa.table({"text": [
+        " ", " = Alpha = ", " ", " intro line one ", " intro line two ", " ", " = = History = = ",
+        " ", " history text ", " ", " = = = Early days = = = ", " ", " early text ", " ",
+        " = Beta = ", " ", " beta text ", " "]})
+    out = group_paragraphs(lines).to_pylist()
+    assert out == [
+        {"text": "intro line one intro line two", "article": "Alpha", "section": ""},
+        {"text": "history text", "article": "Alpha", "section": "History"},
+        {"text": "early text", "article": "Alpha", "section": "Early days"},
+        {"text": "beta text", "article": "Beta", "section": ""},
+    ]
+
+
+def test_text_stage_on_the_sample(text_output):
+    splits = load_from_disk(str(text_output))
+    stats = json.loads((text_output / "stats.json").read_text())["text"]
+    rows = [row for split in splits.values() for row in split]
+    assert set(splits["train"].column_names) == {
+        "text_id", "text", "article", "section", "token_count", "char_count"}
+    # Every line is accounted for, and every paragraph is kept or dropped for a reason.
+    assert stats["lines"] == stats["blank_lines"] + stats["heading_lines"] + stats["paragraph_lines"]
+    assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values()) == len(rows) + sum(stats["dropped"].values())
+    # The sample holds one numbers-only paragraph, one <unk>-and-punctuation one, one duplicate,
+    # two short ones and one of over 2,000 tokens.
+    assert stats["dropped"] == {"empty": 0, "low_quality": 2, "duplicate": 1, "too_short": 2, "too_long": 1}
+    texts = [row["text"] for row in rows]
+    assert len(set(texts)) == len(texts) == len({row["text_id"] for row in rows})
+    assert all(100 <= row["token_count"] <= 2000 for row in rows)
+    assert all(row["char_count"] == len(row["text"]) for row in rows)
+    for artifact in ("@,@", "@.@", "@-@", "<unk>", " ,", " .", "( ", " 's", " n't", "  "):
+        assert not any(artifact in text for text in texts), artifact
+    assert any("Saint-Clément" in row["section"] for row in rows)
+    # Two lines with no blank line between them became one paragraph.
+    assert stats["paragraph_lines"] == stats["paragraphs"] + 1
+
+
+def test_token_count_includes_the_appended_end_of_text(text_output, tokenizer):
+    row = load_from_disk(str(text_output))["train"][0]
+    ids = tokenizer(row["text"])["input_ids"]
+    assert ids[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert row["token_count"] == len(ids)
+
+
+def test_text_ids_are_stable_across_runs(text_output, options):
+    from elm_wikitext.pipeline import text_stage
+
+    options.seed = 7  # another split, same paragraphs
+    splits, _ = text_stage(options, __import__("elm_wikitext.encode", fromlist=["x"]).load_tokenizer(options.model))
+    first = {row["text_id"]: row["text"] for split in load_from_disk(str(text_output)).values() for row in split}
+    second = {row["text_id"]: row["text"] for split in splits.values() for row in split}
+    assert first == second
