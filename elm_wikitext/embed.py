@@ -1,6 +1,6 @@
 """Embed stage: add an `embedding` column, List(float32, length=dim), to every split.
 
-The paragraphs are sorted by length and cut into chunks of about CHUNK_TOKENS tokens. The chunks
+The paragraphs are sorted by length and cut into chunks of about `--chunk-tokens` tokens. The chunks
 do not depend on how many processes run; each process embeds every n-th unfinished chunk and
 writes it atomically to a work directory beside the output, named by a checksum of its bytes. A
 rerun of the same command finds the finished chunks and computes only the rest. The main process
@@ -10,7 +10,6 @@ then streams the chunks into one memory-mapped array and adds it as a column wit
 import hashlib
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -28,14 +27,12 @@ from .text import step_fingerprint
 
 log = logging.getLogger(__name__)
 
-# About two seconds of one H100; small enough to lose little to a crash and to spread over GPUs.
-CHUNK_TOKENS = 1 << 17
 
-
-def plan_chunks(lengths: np.ndarray) -> list[np.ndarray]:
-    """Row positions, longest first, cut where the running token sum passes a CHUNK_TOKENS step."""
+def plan_chunks(lengths: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
+    """Row positions, longest first, cut where the running token sum passes a `chunk_tokens` step.
+    (The default, 131,072 tokens, is about two seconds of one H100.)"""
     order = np.argsort(-lengths, kind="stable")
-    chunk_of = (np.cumsum(lengths[order]) - 1) // CHUNK_TOKENS
+    chunk_of = (np.cumsum(lengths[order]) - 1) // chunk_tokens
     return np.split(order, np.flatnonzero(np.diff(chunk_of)) + 1) if len(order) else []
 
 
@@ -72,7 +69,14 @@ def work_key(options, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray)
     """What the vectors depend on: another model, revision, dtype, dim or text never reuses them."""
     texts = hashlib.sha256("\n".join(text_ids.to_pylist()).encode()).hexdigest()
     return Hasher.hash(["embed/1", options.model, options.model_revision, effective_dtype, dim,
-                        options.max_tokens, CHUNK_TOKENS, texts])[:16]
+                        options.max_tokens, options.chunk_tokens, texts, _code_version()])[:16]
+
+
+def _code_version() -> str:
+    # Edits to the pooling or the chunking must not reuse vectors computed by the old code.
+    from . import encode
+
+    return hashlib.sha256(Path(encode.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
 
 
 def embed_chunk(encoder: Encoder, ids: list[list[int]], budget: int, counts: dict, bar) -> np.ndarray:
@@ -168,7 +172,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
     key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
     store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)
-    chunks = plan_chunks(lengths)
+    chunks = plan_chunks(lengths, options.chunk_tokens)
     counts = compute_chunks(encoder, everything, lengths, chunks, store, options.max_batch_tokens)
     all_counts = processes.gather(counts)
     processes.wait_for_everyone()

@@ -139,6 +139,7 @@ def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
     return vectors
 
 
+@torch.inference_mode()
 def embed_rows(encoder: Encoder, ids: list[list[int]]) -> tuple[torch.Tensor, int]:
     """Like `embed_ids`, with two safety nets: a CUDA out-of-memory halves the batch and retries;
     rows whose float16/bfloat16 vector is not finite are recomputed in float32. Returns the

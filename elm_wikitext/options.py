@@ -52,6 +52,9 @@ class BuildOptions:
     max_batch_tokens: int = _opt(
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
+    chunk_tokens: int = _opt(
+        131072, "Tokens per resumable unit of the embed stage: a crash loses at most one chunk "
+        "per process, and processes share the work chunk by chunk.")
     output: str = _opt("data/elm-wikitext2", "Output directory (a DatasetDict for load_from_disk).")
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text maps (default: in-process; the tokenizer already "
@@ -78,6 +81,8 @@ class BuildOptions:
         if self.dim is not None and self.dim < 32:
             raise BuildError(f"--dim {self.dim} is below 32: pass --dim between 32 and the "
                              "model's hidden size, or leave it out for the full size")
+        if self.chunk_tokens < 1:
+            raise BuildError("--chunk-tokens must be positive: pass e.g. --chunk-tokens 131072")
         if self.max_batch_tokens < 1:
             raise BuildError("--max-batch-tokens must be positive: pass e.g. --max-batch-tokens 65536")
 

@@ -1,0 +1,111 @@
+"""The embed stage end to end through build.py: column, resume after kill -9, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import List, Value, load_from_disk
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CHUNKS = ["--chunk-tokens", "2048"]  # the sample's ~12k tokens make several chunks
+
+
+def run_build(*args: str, kill_after_chunks: int | None = None, launcher=(sys.executable,)) -> subprocess.CompletedProcess:
+    """build.py in a fresh process; optionally SIGKILL itself right after its n-th chunk is saved."""
+    code = "import sys; from build import main; sys.exit(main(sys.argv[1:]))"
+    if kill_after_chunks is not None:
+        code = (f"import os, signal; from elm_wikitext import embed; save = embed.ChunkStore.save; n = [0]\n"
+                f"def dying_save(self, *a):\n    save(self, *a); n[0] += 1\n"
+                f"    if n[0] == {kill_after_chunks}: os.kill(os.getpid(), signal.SIGKILL)\n"
+                f"embed.ChunkStore.save = dying_save\n" + code)
+    script = ["-c", code] if launcher == (sys.executable,) else [str(ROOT / "build.py")]
+    return subprocess.run([*launcher, *script, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+def vectors(output: Path) -> dict[str, np.ndarray]:
+    splits = load_from_disk(str(output)).with_format("numpy")
+    return {name: split["embedding"][:] for name, split in splits.items()}
+
+
+def embed_stats(output: Path) -> dict:
+    return json.loads((output / "stats.json").read_text())["embed"]
+
+
+@pytest.fixture(scope="module")
+def embedded(text_output, tiny_model, tmp_path_factory) -> Path:
+    """The sample's text output with embeddings, built in one uninterrupted process."""
+    output = tmp_path_factory.mktemp("embedded") / "out"
+    import shutil
+
+    shutil.copytree(text_output, output)
+    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(output), *SMALL_CHUNKS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output
+
+
+def test_embedding_column_is_a_fixed_length_unit_vector(embedded):
+    splits = load_from_disk(str(embedded))
+    assert splits["train"].features["embedding"] == List(Value("float32"), length=64)
+    for array in vectors(embedded).values():
+        assert array.shape[1] == 64 and np.isfinite(array).all()
+        np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1, atol=1e-5)
+    stats = embed_stats(embedded)
+    assert stats["paragraphs"] == sum(len(s) for s in splits.values())
+    assert stats["padding_share"] <= 0.03
+
+
+def test_vectors_belong_to_their_rows(embedded, tiny_model, tokenizer):
+    from elm_wikitext.encode import embed_ids, load_encoder
+
+    encoder = load_encoder(tiny_model, None, "float16", None, tokenizer.pad_token_id)
+    test = load_from_disk(str(embedded))["test"]
+    alone = embed_ids(encoder, [tokenizer(test[3]["text"])["input_ids"]]).numpy()[0]
+    assert float(alone @ np.asarray(test[3]["embedding"])) >= 0.9999
+
+
+def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_model):
+    args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
+    killed = run_build(*args, kill_after_chunks=2)
+    assert killed.returncode == -signal.SIGKILL
+    assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names  # untouched
+    work = next(Path(f"{text_output_copy}.embed-work").iterdir())
+    finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npy")}
+    assert len(finished) == 2
+
+    rerun = run_build(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    total = embed_stats(embedded)["paragraphs"]
+    assert 0 < embed_stats(text_output_copy)["paragraphs"] < total  # only the unfinished chunks
+    assert "2 of " in rerun.stderr and "were done before" in rerun.stderr
+    for name, array in vectors(text_output_copy).items():
+        np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)
+    assert not Path(f"{text_output_copy}.embed-work").exists()  # cleaned up once written
+
+
+def test_changed_dim_never_reuses_old_vectors(text_output_copy, tiny_model):
+    args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
+    assert run_build(*args, kill_after_chunks=2).returncode == -signal.SIGKILL
+    rerun = run_build(*args, "--dim", "32")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    splits = load_from_disk(str(text_output_copy))
+    assert embed_stats(text_output_copy)["paragraphs"] == sum(len(s) for s in splits.values())
+    assert splits["train"].features["embedding"].length == 32
+
+
+def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy, tiny_model):
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),
+                     *SMALL_CHUNKS, launcher=torchrun)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert embed_stats(text_output_copy)["processes"] == 2
+    one, two = load_from_disk(str(embedded)), load_from_disk(str(text_output_copy))
+    for name in one:
+        assert one[name]["text_id"][:] == two[name]["text_id"][:]
+        cosine = (vectors(embedded)[name] * vectors(text_output_copy)[name]).sum(axis=1)
+        assert cosine.min() >= 0.99999

@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from elm_wikitext.encode import embed_ids, embed_rows, load_encoder, load_tokenizer, token_batches
+from elm_wikitext.errors import BuildError
+
+TEXTS = [
+    "The river rises in the northern hills and flows south for 120 km before it reaches the sea.",
+    "A short one.",
+    "The composer wrote twelve songs, an opera and a great deal of church music, most of it "
+    "for the choir he led for forty years; little of it was printed in his lifetime.",
+    "Storms of that season caused flooding along the coast.",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model, tokenizer):
+    return load_encoder(tiny_model, None, "float16", None, tokenizer.pad_token_id)
+
+
+def reference_vectors(model_dir: str, texts: list[str]) -> np.ndarray:
+    """sentence-transformers' configuration of Qwen3-Embedding: Transformer -> Pooling('lasttoken')
+    -> Normalize, padding on the left."""
+    from sentence_transformers import SentenceTransformer, models
+
+    transformer = models.Transformer(model_dir, processor_kwargs={"padding_side": "left"})
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    return model.encode(texts, batch_size=len(texts), convert_to_numpy=True)
+
+
+def test_vectors_match_sentence_transformers(encoder, tokenizer, tiny_model):
+    ids = tokenizer(TEXTS)["input_ids"]
+    ours = embed_ids(encoder, ids).numpy()
+    reference = reference_vectors(tiny_model, TEXTS)
+    cosine = (ours * reference).sum(axis=1)
+    assert cosine.min() >= 0.99999, cosine
+
+
+def test_alone_equals_in_a_padded_batch(encoder, tokenizer):
+    ids = tokenizer(TEXTS)["input_ids"]
+    batch = embed_ids(encoder, ids)
+    for i, row in enumerate(ids):
+        alone = embed_ids(encoder, [row])[0]
+        assert torch.dot(alone, batch[i]).item() >= 0.9999
+
+
+def test_vectors_are_unit_norm_and_matryoshka_cut(tiny_model, tokenizer):
+    encoder = load_encoder(tiny_model, None, "float16", 32, tokenizer.pad_token_id)
+    full = load_encoder(tiny_model, None, "float16", None, tokenizer.pad_token_id)
+    ids = tokenizer(TEXTS)["input_ids"]
+    cut, whole = embed_ids(encoder, ids), embed_ids(full, ids)
+    assert cut.shape == (len(TEXTS), 32) and whole.shape == (len(TEXTS), 64)
+    assert torch.allclose(cut.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert torch.allclose(cut, torch.nn.functional.normalize(whole[:, :32], dim=1), atol=1e-5)
+
+
+def test_non_finite_rows_are_recomputed_in_float32(encoder, tokenizer):
+    """A half-precision model that overflows on a row gets that row from float32 weights."""
+    ids = tokenizer(TEXTS)["input_ids"]
+    expected = embed_ids(encoder, ids)
+    encoder.model.half()
+    original = encoder.model.forward
+
+    def overflowing(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if out.last_hidden_state.dtype == torch.float16:
+            out.last_hidden_state[1, -1, 0] = float("inf")
+        return out
+
+    encoder.model.forward = overflowing
+    try:
+        vectors, recomputed = embed_rows(encoder, ids)
+    finally:
+        del encoder.model.forward
+        encoder.model.float()
+    assert recomputed == 1
+    assert torch.isfinite(vectors).all()
+    assert torch.dot(vectors[1], expected[1]).item() >= 0.9999
+
+
+def test_token_batches_cap_budget_and_padding():
+    lengths = np.random.default_rng(0).integers(100, 2001, size=2000)
+    batches = token_batches(lengths, 16384)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(2000))
+    computed = sum(len(b) * lengths[b].max() for b in batches)
+    assert all(len(b) * lengths[b].max() <= 16384 for b in batches)
+    assert 1 - lengths.sum() / computed <= 0.03
+
+
+def test_budget_below_the_longest_paragraph_is_refused():
+    with pytest.raises(BuildError, match="--max-batch-tokens 500 is below the longest paragraph"):
+        token_batches(np.array([300, 800]), 500)
+
+
+def test_refuses_dim_above_hidden_size(tiny_model, tokenizer):
+    with pytest.raises(BuildError, match="--dim 128 is outside 32..64"):
+        load_encoder(tiny_model, None, "float16", 128, tokenizer.pad_token_id)
+
+
+def test_refuses_partial_weights(tiny_model, tmp_path):
+    import shutil
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = load_file(broken / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layers.1." not in k}, broken / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(BuildError, match="lacks .* weights"):
+        load_encoder(str(broken), None, "float16", None, 0)
+
+
+def test_refuses_an_encoder_model(tmp_path):
+    BertModel(BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(BuildError, match="not a decoder-only"):
+        load_encoder(str(tmp_path / "bert"), None, "float16", None, 0)
+
+
+def test_refuses_a_tokenizer_without_appended_end_token(tmp_path):
+    from elm_wikitext.tiny import build_qwen_tokenizer
+
+    plain = build_qwen_tokenizer()
+    plain.backend_tokenizer.post_processor = None
+    plain.save_pretrained(tmp_path / "tok")
+    with pytest.raises(BuildError, match="does not append an end-of-text token"):
+        load_tokenizer(str(tmp_path / "tok"))
+
+
+def test_refuses_a_directory_without_tokenizer(tmp_path):
+    with pytest.raises(BuildError, match="cannot load a tokenizer"):
+        load_tokenizer(str(tmp_path))
