@@ -65,28 +65,45 @@ def timed(device: torch.device, fn) -> float:
     return time.perf_counter() - start
 
 
-def this_build(encoder: Encoder, ids: list[list[int]], budget: int) -> dict:
-    lengths = np.array([len(row) for row in ids])
-    batches = token_batches(lengths, budget)
-    seconds = timed(encoder.device, lambda: [embed_rows(encoder, [ids[i] for i in b]) for b in batches])
-    computed = sum(len(b) * int(lengths[b].max()) for b in batches)
-    return report(lengths.sum(), computed, seconds, batches=len(batches))
+def this_build(encoder: Encoder, tokenizer, texts: list[str], budget: int) -> dict:
+    """Tokenize once, then sorted token-budget batches (what embed.py does chunk by chunk)."""
+    def run():
+        ids = tokenizer(texts)["input_ids"]
+        lengths = np.array([len(row) for row in ids])
+        batches = token_batches(lengths, budget)
+        for batch in batches:
+            embed_rows(encoder, [ids[i] for i in batch])
+        run.stats = (int(lengths.sum()), sum(len(b) * int(lengths[b].max()) for b in batches), len(batches))
+
+    seconds = timed(encoder.device, run)
+    tokens, computed, batches = run.stats
+    return report(tokens, computed, seconds, batches=batches)
 
 
-def plan_loop(encoder: Encoder, ids: list[list[int]], batch_size: int = 8) -> dict:
-    lengths = np.array([len(row) for row in ids])
-    groups = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-    seconds = timed(encoder.device, lambda: [embed_ids(encoder, g).cpu() for g in groups])
-    computed = sum(len(g) * max(len(r) for r in g) for g in groups)
-    return report(lengths.sum(), computed, seconds, batches=len(groups))
+@torch.inference_mode()
+def plan_loop(encoder: Encoder, tokenizer, texts: list[str], batch_size: int = 8) -> dict:
+    """The earlier plan: batches of 8 in dataset order, tokenized and padded to their longest."""
+    tokens = computed = 0
+
+    def run():
+        nonlocal tokens, computed
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], padding=True, return_tensors="pt")
+            tokens += int(batch["attention_mask"].sum())
+            computed += batch["attention_mask"].numel()
+            hidden = encoder.model(**batch.to(encoder.device)).last_hidden_state[:, -1]
+            torch.nn.functional.normalize(hidden.float(), dim=-1).cpu()
+
+    seconds = timed(encoder.device, run)
+    return report(tokens, computed, seconds, batches=-(-len(texts) // batch_size))
 
 
 def sentence_transformers_encode(model_dir: str, texts: list[str], ids, batch_size: int) -> dict:
     from sentence_transformers import SentenceTransformer, models
 
-    transformer = models.Transformer(model_dir, tokenizer_args={"padding_side": "left"})
+    transformer = models.Transformer(model_dir, processor_kwargs={"padding_side": "left"})
     st = SentenceTransformer(modules=[transformer, models.Pooling(
-        transformer.get_word_embedding_dimension(), pooling_mode="lasttoken"), models.Normalize()],
+        transformer.get_embedding_dimension(), pooling_mode="lasttoken"), models.Normalize()],
         device="cpu")
     lengths = np.array([len(row) for row in ids])
     order = np.argsort(-lengths, kind="stable")  # encode sorts by length too
@@ -94,6 +111,16 @@ def sentence_transformers_encode(model_dir: str, texts: list[str], ids, batch_si
                    for i in range(0, len(order), batch_size))
     seconds = timed(torch.device("cpu"), lambda: st.encode(texts, batch_size=batch_size))
     return report(lengths.sum(), computed, seconds, batches=-(-len(texts) // batch_size))
+
+
+def half_vs_full(encoder: Encoder, ids: list[list[int]]) -> float:
+    """How far the half-precision vectors are from float32 ones (random weights)."""
+    half = embed_ids(encoder, ids)
+    dtype = encoder.dtype
+    encoder.model.float()
+    full = embed_ids(encoder, ids)
+    encoder.model.to(dtype)
+    return round(float((half * full).sum(dim=1).min()), 6)
 
 
 def report(tokens: int, computed: int, seconds: float, **extra) -> dict:
@@ -109,6 +136,7 @@ def main() -> None:
                         help="paragraphs for the slow baselines (default: all)")
     parser.add_argument("--budgets", default="16384,65536", help="token budgets of (a) to compare")
     parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,13 +156,19 @@ def main() -> None:
     for budget in map(int, args.budgets.split(",")):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        results[f"a_this_build_{budget}"] = this_build(encoder, ids, budget)
+        results[f"a_this_build_{budget}"] = this_build(encoder, tokenizer, texts, budget)
         if device.type == "cuda":
             results[f"a_this_build_{budget}"]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
             results[f"a_this_build_{budget}"]["mfu"] = round(
                 results[f"a_this_build_{budget}"]["tokens_per_s"] * FLOP_PER_TOKEN / H100_PEAK, 3)
+        print(json.dumps(results), flush=True)
+    if device.type == "cuda":
+        results["float16_vs_float32_min_cosine"] = half_vs_full(encoder, ids[:64])
+    if args.skip_baselines:
+        print(json.dumps(results, indent=2))
+        return
     few = args.baseline_paragraphs or len(ids)
-    results["c_plan_loop_batch8"] = plan_loop(encoder, ids[:few])
+    results["c_plan_loop_batch8"] = plan_loop(encoder, tokenizer, texts[:few])
     if device.type == "cpu":
         import tempfile
 
@@ -145,6 +179,11 @@ def main() -> None:
                 results[f"b_sentence_transformers_batch{batch_size}"] = sentence_transformers_encode(
                     model_dir, texts[:few], ids[:few], batch_size)
     print(json.dumps(results, indent=2))
+    base = results["c_plan_loop_batch8"]["tokens_per_s"]
+    for name, result in results.items():
+        if isinstance(result, dict):
+            print(f"{name:38s} {result['tokens_per_s']:>9,} tok/s  padding {result['padding_share']:6.1%}"
+                  f"  {result['tokens_per_s'] / base:5.2f}x (c)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """The embedding model and its pooling, as Qwen3-Embedding's authors specify them.
 
-Documents get no instruction; the tokenizer appends `<|endoftext|>`; sequences are padded on the
-left, so that the appended token sits in the last position of every row; the vector is the last
-layer's hidden state there, L2-normalized (and, for `dim` below the hidden size, cut to the first
+Documents get no instruction; the tokenizer appends `<|endoftext|>`; the vector is the last
+layer's hidden state at that appended token, L2-normalized (and, for `dim` below the hidden size, cut to the first
 `dim` values and normalized again: the model is trained for that, Matryoshka-style).
 
 Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
@@ -89,7 +88,7 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
 
 
 def _attention() -> str:
-    # SDPA handles the left padding through its mask; FlashAttention 2 would refuse it.
+    # Right-padded causal batches need no mask, so SDPA's fused causal kernels apply.
     return "sdpa"
 
 
@@ -113,27 +112,29 @@ def token_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray
     return batches + [np.array(current)] if current else batches
 
 
-def left_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
+def right_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded at the end, and each row's length."""
+    lengths = torch.tensor([len(row) for row in ids])
+    input_ids = torch.full((len(ids), int(lengths.max())), pad_id, dtype=torch.long)
     for i, row in enumerate(ids):
-        input_ids[i, width - len(row):] = torch.as_tensor(row)
-        mask[i, width - len(row):] = 1
-    return input_ids, mask
+        input_ids[i, :len(row)] = torch.as_tensor(row)
+    return input_ids, lengths
 
 
 @torch.inference_mode()
 def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
-    """Normalized float32 vectors (rows, dim) of token-id rows that each end in end-of-text."""
-    input_ids, mask = left_pad(ids, encoder.pad_id)
-    # Positions count real tokens only, so a row's vector does not depend on its batch's padding.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = encoder.model(
-        input_ids=input_ids.to(encoder.device, non_blocking=True),
-        attention_mask=mask.to(encoder.device, non_blocking=True),
-        position_ids=positions.to(encoder.device, non_blocking=True)).last_hidden_state[:, -1]
-    vectors = F.normalize(hidden.float(), dim=-1)
+    """Normalized float32 vectors (rows, dim) of token-id rows that each end in end-of-text.
+
+    The authors pad on the left so that the end-of-text token is last in every row. Padding on the
+    right and reading each row at its own last token gives the same vectors: under the causal
+    mask no real token can see the padding that follows it, so no attention mask is needed, and
+    SDPA runs its fused causal kernel instead of a masked one.
+    """
+    input_ids, lengths = right_pad(ids, encoder.pad_id)
+    # use_cache=False: a key/value cache only serves generation, and filling it costs copies.
+    hidden = encoder.model(input_ids=input_ids.to(encoder.device, non_blocking=True), use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(ids), device=hidden.device), lengths.to(hidden.device) - 1]
+    vectors = F.normalize(last.float(), dim=-1)
     if encoder.dim < vectors.shape[-1]:
         vectors = F.normalize(vectors[:, :encoder.dim], dim=-1)
     return vectors

