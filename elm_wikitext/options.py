@@ -56,6 +56,13 @@ class BuildOptions:
         131072, "Tokens per resumable unit of the embed stage: a crash loses at most one chunk "
         "per process, and processes share the work chunk by chunk.")
     output: str = _opt("data/elm-wikitext2", "Output directory (a DatasetDict for load_from_disk).")
+    push: bool = _opt(False, "After building and verifying, publish to the Hub as one commit and tag it.")
+    repo_id: Optional[str] = _opt(None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2).")
+    version: str = _opt("v1.0.0", "Tag of the published version (vMAJOR.MINOR.PATCH); it must not exist yet.")
+    private: bool = _opt(False, "Create the Hub repo as private (with --push).")
+    verify: Optional[str] = _opt(
+        None, "Only run the validation gates on an existing output DIR (schema, counts, unit "
+        "vectors, no leaks, a re-embedded sample) and exit.")
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text maps (default: in-process; the tokenizer already "
         "uses every core).")

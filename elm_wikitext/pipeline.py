@@ -5,14 +5,18 @@ import shutil
 import time
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
 from . import processes
 from .embed import embed_splits
 from .encode import load_tokenizer
 from .options import BuildOptions
-from .publish import check_output_location, read_output, write_output
+from .hub import preflight, push
+from .publish import build_manifest, check_output_location, read_output, stage_hub_folder, write_output
 from .source import load_lines
 from .split import make_splits
 from .text import build_paragraphs
+from .verify import verify
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +35,18 @@ def text_stage(options: BuildOptions, tokenizer):
     return splits, stats
 
 
-def build(options: BuildOptions) -> dict | None:
-    """Run the stages that `options.stage` asks for; return the statistics (main process)."""
+def build(options: BuildOptions, api=None) -> dict | None:
+    """Run the stages that `options.stage` asks for, then publish if asked; return the
+    statistics (main process). `api` is the Hub client (a stand-in in tests)."""
     check_output_location(options.output)
+    api = api or HfApi()
+    repo_id = preflight(options, api) if options.push and processes.is_main() else None
     tokenizer = load_tokenizer(options.model, options.model_revision)
     if options.stage == "embed":
-        splits, stats = read_output(options.output)
+        splits, manifest = read_output(options.output)
+        if "embedding" in splits["train"].column_names:  # embedding again, with other settings
+            splits = splits.remove_columns("embedding")
+        stats = {"text": manifest["stats"]["text"]}
     else:
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, stats = text_stage(options, tokenizer)
@@ -45,7 +55,18 @@ def build(options: BuildOptions) -> dict | None:
         splits, stats["embed"] = embed_splits(splits, tokenizer, options)
     if not processes.is_main():
         return None
-    write_output(splits, stats, options.output)
+    write_output(splits, build_manifest(options, stats), options.output)
     if options.stage != "text":
         shutil.rmtree(Path(f"{options.output}.embed-work"), ignore_errors=True)
+    if options.push:
+        stats["published"] = publish(options, repo_id, api)
     return stats
+
+
+def publish(options: BuildOptions, repo_id: str, api) -> str:
+    """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
+    verify(options.output, options.model)
+    folder = stage_hub_folder(options.output, Path(f"{options.output}.hub"), repo_id, options.version)
+    line = push(folder, repo_id, options.version, options.private, api)
+    shutil.rmtree(folder, ignore_errors=True)
+    return line

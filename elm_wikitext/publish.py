@@ -1,24 +1,48 @@
-"""Publish stage: write the output directory whole, or not at all.
+"""Publish stage: the output directory, its card and manifest, and the versioned Hub upload.
 
-The DatasetDict and its statistics are written to a temporary directory beside the output and
-then swapped in, so a failed or interrupted run never leaves a half-written output and never
-damages an earlier one.
+The output directory is written whole or not at all: everything goes to a temporary directory
+beside it, which is then swapped in, so a failed or interrupted run never leaves a half-written
+output and never damages an earlier one. The Hub upload is one commit of a folder staged in the
+Hub's layout (parquet shards under data/ and the card as README.md), then a tag on that commit.
 """
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from datasets import DatasetDict, load_from_disk
+import numpy as np
+from datasets import DatasetDict, Features, List, Value, load_from_disk
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from .errors import BuildError
+from .options import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["text_id", "text", "article", "section", "token_count", "char_count"]
-STATS_FILE = "stats.json"
+MANIFEST_FILE = "manifest.json"
+HISTOGRAM_FILE = "token_lengths.png"
+CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
+HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
+ROWS_PER_SHARD = 50_000  # about 0.5 GB of parquet with 2560-float vectors
+
+
+def expected_features(dim: int | None) -> Features:
+    features = {"text_id": Value("string"), "text": Value("string"), "article": Value("string"),
+                "section": Value("string"), "token_count": Value("int32"), "char_count": Value("int32")}
+    if dim is not None:
+        features["embedding"] = List(Value("float32"), length=dim)
+    return Features(features)
 
 
 def check_output_location(output: str) -> None:
@@ -27,20 +51,50 @@ def check_output_location(output: str) -> None:
         raise BuildError(f"--output {output} is a file: pass a directory path")
 
 
+def package_versions() -> dict:
+    versions = {}
+    for name in ("elm-wikitext", "datasets", "transformers", "torch", "accelerate", "huggingface-hub", "pyarrow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_manifest(options, stats: dict) -> dict:
+    """Everything needed to know how the output was made (never the Hub token)."""
+    return {"config": dataclasses.asdict(options), "versions": package_versions(), "stats": stats,
+            "command": " ".join(["python", "build.py", *sys.argv[1:]]),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def publishable(splits: DatasetDict) -> DatasetDict:
     """The published columns, in their order (the token ids stay behind)."""
     columns = COLUMNS + (["embedding"] if "embedding" in splits["train"].column_names else [])
     return splits.select_columns(columns)
 
 
-def write_output(splits: DatasetDict, stats: dict, output: str) -> Path:
+def split_checksum(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.arrow")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def write_output(splits: DatasetDict, manifest: dict, output: str) -> Path:
+    """Save the DatasetDict, manifest, card and histogram to `output`, whole or not at all."""
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.writing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        publishable(splits).save_to_disk(str(staging))
-        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        splits = publishable(splits)
+        splits.save_to_disk(str(staging))
+        manifest["splits"] = {name: {"rows": len(split), "sha256": split_checksum(staging / name)}
+                              for name, split in splits.items()}
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        if "embedding" in splits["train"].column_names:
+            write_card(splits, manifest, staging)
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -58,12 +112,87 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 
 def read_output(output: str) -> tuple[DatasetDict, dict]:
-    """A text-stage output written earlier, for `--stage embed`."""
-    stats_path = Path(output) / STATS_FILE
-    if not stats_path.is_file():
-        raise BuildError(f"--output {output} holds no text-stage output: run "
+    """An output written earlier and its manifest."""
+    manifest_path = Path(output) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BuildError(f"--output {output} holds no build output: run "
                          "`python build.py --stage text` first, or --stage all")
-    splits = load_from_disk(output)
-    if "embedding" in splits["train"].column_names:
-        splits = splits.remove_columns("embedding")
-    return splits, json.loads(stats_path.read_text())
+    return load_from_disk(output), json.loads(manifest_path.read_text())
+
+
+def token_histogram(splits: DatasetDict) -> list[dict]:
+    counts = sum(np.histogram(split.data.column("token_count").to_numpy(), HISTOGRAM_EDGES)[0]
+                 for split in splits.values())
+    return [{"range": f"{low}-{high - 1}", "count": int(count)}
+            for low, high, count in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:], counts)]
+
+
+def save_histogram(splits: DatasetDict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the file
+    from matplotlib import pyplot
+
+    lengths = np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
+    figure, axes = pyplot.subplots(figsize=(7, 3.2), dpi=100)
+    axes.hist(lengths, bins=60, color="#4a7ab5")
+    axes.set(xlabel="tokens per paragraph", ylabel="paragraphs", title="Token lengths (all splits)")
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str) -> DatasetCardData:
+    """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
+    `load_dataset` reads, made by datasets' own helpers so they match the data."""
+    rows = sum(len(split) for split in splits.values())
+    card_data = DatasetCardData(
+        license=["cc-by-sa-3.0", "gfdl"], language=["en"], pretty_name=pretty_name,
+        task_categories=["feature-extraction", "text-generation"],
+        size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
+                         "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
+        source_datasets=["original"] if Path(source).exists() else [source],
+        tags=["embeddings", "elm", "wikitext"])
+    info = DatasetInfo(features=expected_features(dim), splits=SplitDict(
+        {name: SplitInfo(name=name, num_examples=len(split)) for name, split in splits.items()}))
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    MetadataConfigs({"default": {"data_files": [
+        {"split": name, "path": f"data/{name}-*"} for name in SPLIT_NAMES]}}).to_dataset_card_data(card_data)
+    return card_data
+
+
+def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>/elm-wikitext2",
+                version: str = "v1.0.0") -> DatasetCard:
+    stats, config = manifest["stats"], manifest["config"]
+    embed = stats["embed"]
+    pretty_name = "ELM WikiText-2: paragraphs and their Qwen3-Embedding vectors"
+    return DatasetCard.from_template(
+        card_metadata(splits, embed["dim"], config["source"], pretty_name),
+        template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, version=version,
+        model=embed["model"], model_revision=embed["model_revision"] or "main", dim=embed["dim"],
+        dim_cut=config["dim"] is not None, dtype=embed["dtype"], recomputed=embed["recomputed_float32"],
+        max_tokens=config["max_tokens"], source=config["source"], source_config=config["source_config"],
+        text=stats["text"], histogram=token_histogram(splits), command=manifest["command"],
+        versions=manifest["versions"], created=manifest["created"],
+        splits=[{"name": name, "rows": len(split),
+                 "tokens": int(split.data.column("token_count").to_numpy().sum())}
+                for name, split in splits.items()])
+
+
+def write_card(splits: DatasetDict, manifest: dict, directory: Path, **hub) -> None:
+    render_card(splits, manifest, **hub).save(directory / "README.md")
+    save_histogram(splits, directory / HISTOGRAM_FILE)
+
+
+def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str) -> Path:
+    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram."""
+    splits, manifest = read_output(output)
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "data").mkdir(parents=True)
+    for name, split in splits.items():
+        shards = max(1, -(-len(split) // ROWS_PER_SHARD))
+        for index in range(shards):
+            split.shard(shards, index, contiguous=True).to_parquet(
+                folder / "data" / f"{name}-{index:05d}-of-{shards:05d}.parquet")
+    write_card(splits, manifest, folder, repo_id=repo_id, version=version)
+    return folder

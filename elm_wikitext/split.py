@@ -17,7 +17,9 @@ def split_by_article(paragraphs: Dataset, ratios, seed: int) -> DatasetDict:
     Each boundary lands within one article of its target, which on WikiText-2 (about 600
     articles of about 20 kept paragraphs) is well under one percentage point of rows.
     """
-    articles = paragraphs.data.column("article").to_numpy(zero_copy_only=False)
+    # Read through the arrow format, not `.data`: a selected or filtered dataset's `.data` is the
+    # whole underlying table, not its rows.
+    articles = paragraphs.with_format("arrow")["article"].to_numpy(zero_copy_only=False)
     names, article_of_row, rows_per_article = np.unique(articles, return_inverse=True, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(names))
     ends = np.cumsum(rows_per_article[order])

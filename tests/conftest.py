@@ -52,3 +52,20 @@ def text_output_copy(text_output, tmp_path) -> Path:
     copy = tmp_path / "out"
     shutil.copytree(text_output, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def embedded_output(tiny_model, sample_dir, tmp_path_factory) -> Path:
+    """One full build (text and embeddings) of the sample, shared read-only by tests."""
+    from build import main
+
+    output = tmp_path_factory.mktemp("embedded") / "out"
+    assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
+    return output
+
+
+@pytest.fixture
+def embedded_copy(embedded_output, tmp_path) -> Path:
+    copy = tmp_path / "embedded"
+    shutil.copytree(embedded_output, copy)
+    return copy

@@ -34,7 +34,7 @@ def vectors(output: Path) -> dict[str, np.ndarray]:
 
 
 def embed_stats(output: Path) -> dict:
-    return json.loads((output / "stats.json").read_text())["embed"]
+    return json.loads((output / "manifest.json").read_text())["stats"]["embed"]
 
 
 @pytest.fixture(scope="module")

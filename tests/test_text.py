@@ -41,7 +41,7 @@ def test_paragraphs_carry_article_and_nested_section():
 
 def test_text_stage_on_the_sample(text_output):
     splits = load_from_disk(str(text_output))
-    stats = json.loads((text_output / "stats.json").read_text())["text"]
+    stats = json.loads((text_output / "manifest.json").read_text())["stats"]["text"]
     rows = [row for split in splits.values() for row in split]
     assert set(splits["train"].column_names) == {
         "text_id", "text", "article", "section", "token_count", "char_count"}

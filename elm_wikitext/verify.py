@@ -1,0 +1,104 @@
+"""Validation gates: run on an output before anything is published, or alone with
+`python build.py --verify DIR`. Each gate returns the problems it found, naming the rows."""
+
+import logging
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import DatasetDict
+
+from .encode import embed_ids, load_encoder, load_tokenizer
+from .errors import BuildError
+from .publish import expected_features, read_output
+
+log = logging.getLogger(__name__)
+
+NORM_TOLERANCE = 1e-3
+MIN_COSINE = 0.999
+SAMPLE_ROWS = 8
+
+
+def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
+    rows = np.flatnonzero(mask)
+    return ", ".join(split[int(i)]["text_id"] for i in rows[:limit]) + (" ..." if len(rows) > limit else "")
+
+
+def check_schema(splits: DatasetDict, manifest: dict) -> list[str]:
+    dim = manifest["stats"]["embed"]["dim"]
+    problems = [f"{name}: features {dict(split.features)} differ from the published schema"
+                for name, split in splits.items() if split.features != expected_features(dim)]
+    for name, expected in manifest["splits"].items():
+        if name not in splits or len(splits[name]) != expected["rows"]:
+            problems.append(f"{name}: {len(splits[name]) if name in splits else 'no'} rows, "
+                            f"the manifest says {expected['rows']}")
+    return problems
+
+
+def check_vectors(splits: DatasetDict, dim: int) -> list[str]:
+    problems = []
+    for name, split in splits.items():
+        if "embedding" not in split.column_names:
+            continue  # the schema gate reports it
+        flat = pc.list_flatten(split.data.column("embedding")).to_numpy()
+        vectors = flat.reshape(len(split), -1)
+        if vectors.shape[1] != dim:
+            problems.append(f"{name}: vectors have {vectors.shape[1]} values, not {dim}")
+            continue
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            problems.append(f"{name}: non-finite vectors in rows {_ids(split, ~finite)}")
+        bad_norm = finite & (np.abs(np.linalg.norm(vectors, axis=1) - 1) > NORM_TOLERANCE)
+        if bad_norm.any():
+            problems.append(f"{name}: vectors without unit norm in rows {_ids(split, bad_norm)}")
+    return problems
+
+
+def check_uniqueness(splits: DatasetDict) -> list[str]:
+    problems = []
+    ids = np.concatenate([split.data.column("text_id").to_numpy(zero_copy_only=False) for split in splits.values()])
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        problems.append(f"text_id repeated: {', '.join(values[counts > 1][:5])}")
+    for column in ("text", "article"):
+        seen = {name: set(split.data.column(column).to_pylist()) for name, split in splits.items()}
+        names = list(seen)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                shared = seen[first] & seen[second]
+                if shared:
+                    problems.append(f"{len(shared)} {column} values in both {first} and {second}, "
+                                    f"e.g. {sorted(shared)[0][:60]!r}")
+    return problems
+
+
+def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: int = 0) -> list[str]:
+    """Re-embed a random sample one paragraph at a time and compare with the stored vectors."""
+    embed = manifest["stats"]["embed"]
+    model = model or embed["model"]
+    tokenizer = load_tokenizer(model, embed["model_revision"])
+    encoder = load_encoder(model, embed["model_revision"], embed["dtype"], embed["dim"], tokenizer.pad_token_id)
+    rng = np.random.default_rng(seed)
+    problems = []
+    for name, split in splits.items():
+        for index in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
+            row = split[int(index)]
+            fresh = embed_ids(encoder, [tokenizer(row["text"])["input_ids"]]).numpy()[0]
+            cosine = float(fresh @ np.asarray(row["embedding"], dtype=np.float32))
+            if cosine < MIN_COSINE:
+                problems.append(f"{name}: row {row['text_id']} re-embeds with cosine {cosine:.5f}")
+    return problems
+
+
+def verify(output: str, model: str | None = None) -> dict:
+    """Run every gate; raise BuildError listing what failed, else return what was checked."""
+    splits, manifest = read_output(output)
+    if "embed" not in manifest["stats"]:
+        raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
+    problems = (check_schema(splits, manifest) + check_vectors(splits, manifest["stats"]["embed"]["dim"])
+                + check_uniqueness(splits))
+    if not problems:  # the slow gate only for an output that passed the others
+        problems += check_sample(splits, manifest, model)
+    if problems:
+        raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
+    log.info("verified %s", output)
+    return {"verified": output, "rows": {name: len(split) for name, split in splits.items()}}

@@ -1,0 +1,67 @@
+"""The output directory, the card, and the Hub layout loaded back as a user would."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import List, Value, load_dataset, load_from_disk
+from huggingface_hub import DatasetCard
+from torch.utils.data import DataLoader
+
+from elm_wikitext import publish
+from elm_wikitext.publish import MANIFEST_FILE, stage_hub_folder
+
+
+def test_output_holds_data_card_manifest_and_histogram(embedded_output):
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    splits = load_from_disk(str(embedded_output))
+    assert manifest["config"]["model"] and manifest["versions"]["datasets"]
+    assert set(manifest["stats"]) == {"text", "embed"}
+    assert {name: entry["rows"] for name, entry in manifest["splits"].items()} == {
+        name: len(split) for name, split in splits.items()}
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["splits"].values())
+    card = DatasetCard.load(embedded_output / "README.md")
+    assert card.data.license == ["cc-by-sa-3.0", "gfdl"]
+    assert "duplicate | 1" in card.text and "low_quality | 2" in card.text
+    assert "load_dataset(" in card.text and "Merity" in card.text
+    assert (embedded_output / "token_lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):
+    folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.2.3")
+    assert sorted(p.name for p in (folder / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    hub = load_dataset(str(folder))
+    local = load_from_disk(str(embedded_output))
+    assert hub["train"].features["embedding"] == List(Value("float32"), length=64)
+    for name in local:
+        assert hub[name].features == local[name].features
+        assert hub[name]["text_id"][:] == local[name]["text_id"][:]
+        np.testing.assert_array_equal(np.asarray(hub[name]["embedding"][:5]), np.asarray(local[name]["embedding"][:5]))
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.configs[0]["config_name"] == "default"
+    assert [s["num_examples"] for s in card.data.dataset_info["splits"]] == [len(local[n]) for n in local]
+    assert 'revision="v1.2.3"' in card.text and "someone/elm-wikitext2" in card.text
+
+
+def test_torch_dataloader_yields_embedding_tensors(embedded_output):
+    train = load_from_disk(str(embedded_output))["train"].with_format("torch", columns=["embedding", "text"])
+    batch = next(iter(DataLoader(train, batch_size=8, shuffle=True)))
+    assert batch["embedding"].shape == (8, 64) and batch["embedding"].dtype == torch.float32
+    assert len(batch["text"]) == 8 and isinstance(batch["text"][0], str)
+
+
+def test_failed_write_leaves_earlier_output_intact(embedded_copy, monkeypatch):
+    before = {p.relative_to(embedded_copy): p.read_bytes() for p in embedded_copy.rglob("*") if p.is_file()}
+    splits, manifest = publish.read_output(str(embedded_copy))
+
+    def failing_card(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish, "write_card", failing_card)
+    with pytest.raises(OSError, match="disk full"):
+        publish.write_output(splits, manifest, str(embedded_copy))
+    after = {p.relative_to(embedded_copy): p.read_bytes() for p in embedded_copy.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in embedded_copy.parent.iterdir() if p.name.startswith(".")] == []
