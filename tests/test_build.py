@@ -1,0 +1,138 @@
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from build import main
+from elm_wikitext.options import SPLIT_NAMES, BuildOptions
+from elm_wikitext.publish import MANIFEST_FILE
+
+# Each bad input, and what its one error line must say to fix. `{paths}` are filled per test.
+REFUSALS = {
+    "min-tokens above max-tokens": (["--min-tokens", "300", "--max-tokens", "200"],
+                                    "lower --min-tokens or raise --max-tokens"),
+    "negative split ratio": (["--split", "0.9,-0.1,0.2"], "such as --split 0.8,0.1,0.1"),
+    "split not summing to 1": (["--split", "0.8,0.1,0.2"], "such as --split 0.8,0.1,0.1"),
+    "missing source": (["--source", "{tmp}/nope"], "does not exist: pass a directory"),
+    "model directory without tokenizer files": (["--model", "{config_only_model}"], "holds no tokenizer"),
+    "empty model directory": (["--model", "{empty_model}"], "holds no tokenizer"),
+    "nothing left after filtering": (["--min-tokens", "1900", "--max-tokens", "1950"],
+                                     "widen --min-tokens 1900 / --max-tokens 1950"),
+    "dim below 32": (["--dim", "16"], "pass --dim between 32"),
+    "an empty split": (["--split", "1,0,0"], "give each split a larger --split ratio"),
+    "unknown choice": (["--dtype", "float8"], "invalid choice: 'float8'"),
+}
+
+# Refusals of the embed stage, on an existing text-stage output that must stay as it was.
+EMBED_REFUSALS = {
+    "dim above the hidden size": (["--dim", "128"], "--dim 128 is outside 32..64"),
+    "budget below the longest paragraph": (["--max-batch-tokens", "150"], "raise it to at least"),
+    "an encoder model": (["--model", "{bert}"], "not a decoder-only one"),
+}
+
+
+@pytest.fixture
+def paths(tmp_path, tiny_model) -> dict:
+    """A model directory with its config but no tokenizer, and an empty one."""
+    config_only, empty = tmp_path / "config-only-model", tmp_path / "empty-model"
+    config_only.mkdir()
+    shutil.copy(Path(tiny_model) / "config.json", config_only)
+    empty.mkdir()
+    return {"tmp": tmp_path, "config_only_model": config_only, "empty_model": empty}
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:
+    """build.py's exit status and its one error line (progress bars may come before it)."""
+    status = main([str(arg) for arg in argv])
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return status, errors[0]
+
+
+def snapshot(path: Path):
+    """What a user would find at and beside `path`: its files' bytes, and the sibling names
+    (a staging directory left behind would show)."""
+    if path.is_dir():
+        content = {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    else:
+        content = path.read_bytes() if path.exists() else None
+    return sorted(p.name for p in path.parent.iterdir()), content
+
+
+@pytest.mark.parametrize("earlier_output", [False, True], ids=["fresh", "earlier-output"])
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_bad_input_is_one_error_line_and_writes_nothing(
+        case, earlier_output, request, paths, sample_dir, tiny_model, tmp_path, capsys):
+    args, fix = REFUSALS[case]
+    output = request.getfixturevalue("text_output_copy") if earlier_output else tmp_path / "out"
+    before = snapshot(output)
+    status, error = run(["--stage", "text", "--source", sample_dir, "--model", tiny_model,
+                         "--output", output, *(arg.format(**paths) for arg in args)], capsys)
+    assert status == 2
+    assert fix in error
+    assert snapshot(output) == before
+    if not earlier_output:
+        assert not output.exists()
+
+
+@pytest.mark.parametrize("case", list(EMBED_REFUSALS))
+def test_embed_stage_refusals_keep_the_earlier_output(case, text_output_copy, tiny_model, tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+
+    from elm_wikitext.tiny import build_qwen_tokenizer
+
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(bert)
+    build_qwen_tokenizer().save_pretrained(bert)  # a tokenizer that fits, on the wrong model
+    args, fix = EMBED_REFUSALS[case]
+    before = snapshot(text_output_copy)
+    status, error = run(["--stage", "embed", "--model", tiny_model, "--output", text_output_copy,
+                         *(arg.format(bert=bert) for arg in args)], capsys)
+    assert status == 2 and fix in error
+    assert snapshot(text_output_copy) == before
+
+
+def test_output_that_is_a_file_is_refused_and_kept(sample_dir, tiny_model, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.write_text("my notes\n")
+    status, error = run(["--stage", "text", "--source", sample_dir, "--model", tiny_model,
+                         "--output", output], capsys)
+    assert status == 2
+    assert f"--output {output} is a file: pass a directory path" in error
+    assert output.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["empty-directory", "missing-directory"])
+def test_embed_stage_without_text_stage_output_is_refused(existing, tiny_model, tmp_path, capsys):
+    output = tmp_path / "out"
+    if existing:
+        output.mkdir()
+    status, error = run(["--stage", "embed", "--model", tiny_model, "--output", output], capsys)
+    assert status == 2
+    assert "run `python build.py --stage text` first" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if existing else [])
+    assert not existing or list(output.iterdir()) == []
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    for option in dataclasses.fields(BuildOptions):
+        assert f"--{option.name.replace('_', '-')}" in shown, option.name
+
+
+def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
+    # `text_output` is `build.py --stage text` on the sample (see conftest.py).
+    splits = load_from_disk(str(text_output))
+    assert list(splits) == list(SPLIT_NAMES)
+    stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
+    assert stats["splits"] == {name: len(split) for name, split in splits.items()}
+    assert all(stats["splits"].values())
+    assert [p.name for p in text_output.parent.iterdir()] == ["out"]  # no staging left beside it

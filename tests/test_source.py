@@ -1,0 +1,106 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from elm_wikitext.errors import BuildError
+from elm_wikitext.source import load_lines
+
+BUILD = Path(__file__).parents[1] / "build.py"
+
+# One small WikiText copy: blank lines (" " as in WikiText, and a truly empty one) count as lines.
+LINES = {
+    "train": [" ", " = Alpha = ", " ", " alpha text ", " "],
+    "validation": [" = Beta = ", "", " beta text "],
+    "test": [" = Gamma = ", " gamma text ", " "],
+}
+ALL_LINES = LINES["train"] + LINES["validation"] + LINES["test"]
+TOKEN_FILE = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+
+
+def write_tokens(directory: Path, lines: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, rows in lines.items():
+        (directory / TOKEN_FILE[split]).write_text("".join(line + "\n" for line in rows), encoding="utf-8")
+    return directory
+
+
+def test_token_files_pool_every_line_train_valid_test(tmp_path):
+    lines = load_lines(str(write_tokens(tmp_path / "wikitext", LINES)), "wikitext-2-v1")
+    assert lines.column_names == ["text"]
+    assert lines["text"] == ALL_LINES
+
+
+def test_hub_parquet_files_pool_train_validation_test_whatever_the_write_order(tmp_path):
+    # Written test first: name order (test < train < validation) and write order both differ
+    # from the Hub's split order.
+    for split in ("test", "validation", "train"):
+        pq.write_table(pa.table({"text": LINES[split]}), tmp_path / f"{split}-00000-of-00001.parquet")
+    assert load_lines(str(tmp_path), "wikitext-2-v1")["text"] == ALL_LINES
+
+
+def test_missing_path_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BuildError, match=r"--source \./nope does not exist: pass a directory"):
+        load_lines("./nope", "wikitext-2-v1")
+
+
+def test_directory_without_wikitext_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not wikitext\n")
+    with pytest.raises(BuildError, match="holds no WikiText files: it needs wiki.train.tokens"):
+        load_lines(str(tmp_path), "wikitext-2-v1")
+
+
+def test_source_of_blank_lines_only_is_refused(tmp_path):
+    write_tokens(tmp_path, {split: [" ", "", " "] for split in LINES})
+    with pytest.raises(BuildError, match="holds no text: point it at a non-empty WikiText copy"):
+        load_lines(str(tmp_path), "wikitext-2-v1")
+
+
+def test_bytes_that_are_not_utf8_are_named_by_file_and_line(tmp_path):
+    write_tokens(tmp_path, LINES)
+    bad = tmp_path / "wiki.valid.tokens"
+    bad.write_bytes(b" = Beta = \n \n caf\xe9 latin-1 \n")
+    with pytest.raises(BuildError) as refused:
+        load_lines(str(tmp_path), "wikitext-2-v1")
+    assert f"{bad} line 3 is not UTF-8" in str(refused.value)
+    assert "re-encode the file as UTF-8" in str(refused.value)
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("hub_env", ["offline", "unreachable"])
+def test_hub_id_without_a_reachable_hub_fails_fast_and_writes_nothing(hub_env, tiny_model, tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}  # an empty cache: nothing to fall back on
+    for name in ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    if hub_env == "offline":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    output = tmp_path / "out"
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, str(BUILD), "--stage", "text", "--source", "Salesforce/wikitext",
+         "--model", tiny_model, "--output", str(output)],
+        env=env, capture_output=True, text=True, timeout=120)
+    # Most of this is importing torch and transformers; retries of the Hub would add tens of seconds.
+    assert time.monotonic() - started < 30
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("error: ")
+    assert "HF_DATASETS_OFFLINE" in run.stderr and "local --source" in run.stderr
+    assert not output.exists()
+    assert [path.name for path in tmp_path.iterdir() if path.name != "hf"] == []  # no staging left
+    assert run.stdout == ""
