@@ -1,12 +1,15 @@
 """Build the elm-wikitext dataset: WikiText-2 paragraphs paired with their embeddings.
 
     python build.py                      # text and embeddings -> data/elm-wikitext2
-    python build.py --stage text --help  # every option
+    python build.py --help               # every option
 """
 
 import json
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 
 from elm_wikitext.errors import BuildError
 from elm_wikitext.options import parse_options
@@ -14,8 +17,36 @@ from elm_wikitext.pipeline import build
 from elm_wikitext.verify import verify
 
 
+def start_logging() -> Path:
+    """Log to the terminal and to a file of this run under logs/ (one per process)."""
+    path = Path("logs") / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.parent.mkdir(exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(path)], force=True)
+    print(f"log: {path}", file=sys.stderr)
+    return path
+
+
+def summary(stats: dict, output: str) -> str:
+    """The run's closing table: rows and tokens per split, drops, time and speed, where it is."""
+    text, embed = stats.get("text", {}), stats.get("embed")
+    lines = [f"{'split':<12}{'rows':>10}{'tokens':>14}"]
+    lines += [f"{name:<12}{rows:>10,}{text.get('tokens', {}).get(name, 0):>14,}"
+              for name, rows in text.get("splits", {}).items()]
+    lines.append("dropped:    " + ", ".join(f"{reason} {count:,}" for reason, count in text.get("dropped", {}).items()))
+    timing = f"time:       text {text.get('seconds', 0):.1f} s"
+    if embed:
+        speed = embed["tokens"] / embed["seconds"] if embed["seconds"] else 0
+        timing += (f", embed {embed['seconds']:.1f} s ({speed:,.0f} tokens/s computed here, padding "
+                   f"{embed['padding_share']:.1%}, {embed['processes']} process(es) on {embed['device']})")
+    lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})"]
+    if "published" in stats:
+        lines.append(f"published:  {stats['published']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_logging()
     try:
         options = parse_options(argv)
         stats = verify(options.verify, None) if options.verify else build(options)
@@ -23,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         # One line whatever the message wraps: some library errors it quotes span several.
         print("error:", " ".join(str(err).split()), file=sys.stderr)
         return 2
-    if stats is not None:
+    if stats is None:  # not the main process: it printed nothing to summarise
+        return 0
+    if options.verify or options.dry_run:
         print(json.dumps(stats, indent=2))
-        if not options.verify:
-            print(f"wrote {options.output}: datasets.load_from_disk({options.output!r})")
-        if "published" in stats:
-            print(f"published: {stats['published']}")
+    else:
+        print(summary(stats, options.output))
     return 0
 
 

@@ -21,7 +21,7 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from . import processes
-from .encode import Encoder, embed_rows, load_encoder, token_batches
+from .encode import Encoder, check_budget, check_model_config, embed_rows, load_encoder, token_batches
 from .options import SPLIT_NAMES
 from .text import step_fingerprint
 
@@ -108,6 +108,7 @@ def with_token_ids(paragraphs: Dataset, tokenizer, options) -> Dataset:
     return paragraphs.map(
         tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer}, desc="Tokenizing",
         features=Features({**paragraphs.features, "input_ids": List(Value("int32"))}),
+        keep_in_memory=True,  # no cache files inside an earlier output that is being read
         new_fingerprint=step_fingerprint(paragraphs, tokenize, options.model, options.model_revision))
 
 
@@ -156,6 +157,7 @@ def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key:
             attach_vectors, batched=True, with_indices=True, desc=f"Adding vectors to {name}",
             fn_kwargs={"vectors_path": str(vectors_path), "offset": offset},
             features=Features({**split.features, "embedding": List(Value("float32"), length=dim)}),
+            cache_file_name=str(vectors_path.parent / f"{name}.arrow"),  # in the work dir, not the output
             new_fingerprint=step_fingerprint(split, attach_vectors, key)).with_format(None)
         offset += len(split)
     return DatasetDict(out)
@@ -165,8 +167,10 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     """Every process computes its share; the main process returns the splits with an
     `embedding` column (the others None) and the stage's statistics."""
     started = time.perf_counter()
+    check_model_config(options.model, options.model_revision, options.dim)  # refuse before any work
     everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer, options)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
+    check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id)
     effective_dtype = str(encoder.dtype).removeprefix("torch.")

@@ -7,8 +7,10 @@ layer's hidden state at that appended token, L2-normalized (and, for `dim` below
 Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
 """
 
+import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +28,13 @@ MAX_PADDING = 0.03
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(model: str, revision: str | None = None):
+    if Path(model).is_dir() and not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
+        raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
+                         "save the model's tokenizer there, or pass a Hub model id")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
@@ -55,29 +63,55 @@ def pick_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def check_architecture(model: str, revision: str | None):
-    """Refuse, before loading weights, a model that last-token pooling does not fit."""
+def check_model_config(model: str, revision: str | None, dim: int | None) -> int:
+    """Refuse, from the config alone, a model that last-token pooling does not fit or a `dim`
+    it does not have; return the dim to keep."""
     config = AutoConfig.from_pretrained(model, revision=revision)
     kind = config.model_type
     if (getattr(config, "is_encoder_decoder", False) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
             or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
         raise BuildError(f"--model {model} is a {kind} model, not a decoder-only one: last-token "
                          "pooling needs a causal decoder such as Qwen/Qwen3-Embedding-4B")
-    return config
+    dim = dim or config.hidden_size
+    if not 32 <= dim <= config.hidden_size:
+        raise BuildError(f"--dim {dim} is outside 32..{config.hidden_size} (the hidden size of "
+                         f"{model}): pass a --dim in that range")
+    return dim
+
+
+# Dense float16/bfloat16 peaks (FLOP/s) by GPU name, and the share of it this build reached on an
+# H200 with Qwen3-Embedding-4B's architecture (benchmarks/results). CPU: what this build reached
+# on a 2-core machine of the project's CI.
+GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+MEASURED_MFU = 0.35
+CPU_FLOPS = 1e11
+
+
+def estimate_embedding(model: str, revision: str | None, lengths: np.ndarray) -> dict:
+    """The embedding's FLOPs from the model's config (no weights), and its time on this device."""
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_layer = config.hidden_size * (2 * q + 2 * kv) + 3 * config.hidden_size * config.intermediate_size
+    lengths = lengths.astype(np.float64)
+    # 2 FLOPs per weight per token, plus causal attention: QK^T and AV over half the context.
+    flops = config.num_hidden_layers * (2 * per_layer * lengths.sum() + 2 * q * (lengths ** 2).sum())
+    device = pick_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = next((value for key, value in GPU_PEAKS.items() if key in name), None)
+    rate = CPU_FLOPS if device.type == "cpu" else peak * MEASURED_MFU if peak else None
+    return {"device": name, "embedding_tflop": round(flops / 1e12, 1),
+            "estimated_embedding_seconds": round(flops / rate) if rate else None}
 
 
 def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int,
                  device: torch.device | None = None) -> Encoder:
     """Load the model once, in float32 on CPU or `dtype` on GPU, and check it before any work."""
     device = device or pick_device()
-    config = check_architecture(model, revision)
-    dim = dim or config.hidden_size
-    if not 32 <= dim <= config.hidden_size:
-        raise BuildError(f"--dim {dim} is outside 32..{config.hidden_size} (the hidden size of "
-                         f"{model}): pass a --dim in that range")
+    dim = check_model_config(model, revision, dim)
     torch_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
     loaded, info = AutoModel.from_pretrained(
-        model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(),
+        model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device),
         output_loading_info=True)
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -87,19 +121,26 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
     return Encoder(loaded.to(device).eval(), pad_id, dim, device)
 
 
-def _attention() -> str:
-    # Right-padded causal batches need no mask, so SDPA's fused causal kernels apply.
+def _attention(device: torch.device) -> str:
+    # Right-padded causal batches need no mask, so both run their fused causal kernels;
+    # FlashAttention 2 where it is installed (GPU only), else PyTorch's SDPA.
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
     return "sdpa"
+
+
+def check_budget(lengths: np.ndarray, max_batch_tokens: int) -> None:
+    longest = int(lengths.max(initial=0))
+    if longest > max_batch_tokens:
+        raise BuildError(f"--max-batch-tokens {max_batch_tokens} is below the longest paragraph "
+                         f"({longest} tokens): raise it to at least {longest}")
 
 
 def token_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
     """Positions of `lengths` grouped longest first. A batch is padded to its longest row; it
     closes before it would cost more than `max_batch_tokens`, or before a row shorter than its
     longest by more than MAX_PADDING joins, which caps padding at MAX_PADDING of the tokens."""
-    longest = int(lengths.max(initial=0))
-    if longest > max_batch_tokens:
-        raise BuildError(f"--max-batch-tokens {max_batch_tokens} is below the longest paragraph "
-                         f"({longest} tokens): raise it to at least {longest}")
+    check_budget(lengths, max_batch_tokens)
     batches, current, width = [], [], 0
     for position in np.argsort(-lengths, kind="stable"):
         length = int(lengths[position])

@@ -63,6 +63,9 @@ class BuildOptions:
     verify: Optional[str] = _opt(
         None, "Only run the validation gates on an existing output DIR (schema, counts, unit "
         "vectors, no leaks, a re-embedded sample) and exit.")
+    dry_run: bool = _opt(
+        False, "Run the text stage and print the plan (source, model, device, paragraphs, tokens, "
+        "estimated embedding time) without loading model weights or writing anything.")
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text maps (default: in-process; the tokenizer already "
         "uses every core).")
@@ -96,6 +99,11 @@ class BuildOptions:
 
 def parse_options(argv: Optional[list[str]] = None) -> BuildOptions:
     parser = HfArgumentParser(BuildOptions, description="Build the elm-wikitext dataset.")
+
+    def refuse(message: str):  # argparse would print its whole usage; one line says enough
+        raise BuildError(f"{message}: see python build.py --help")
+
+    parser.error = refuse
     (options,) = parser.parse_args_into_dataclasses(args=argv)
     options.validate()
     return options

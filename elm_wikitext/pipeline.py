@@ -1,18 +1,21 @@
 """The build, composed in one place: source -> text -> split -> embed -> publish."""
 
+import contextlib
 import logging
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from huggingface_hub import HfApi
 
 from . import processes
 from .embed import embed_splits
-from .encode import load_tokenizer
+from .encode import estimate_embedding, load_tokenizer
 from .options import BuildOptions
 from .hub import preflight, push
-from .publish import build_manifest, check_output_location, read_output, stage_hub_folder, write_output
+from .publish import (build_manifest, check_output_location, output_lock, read_output,
+                      stage_hub_folder, write_output)
 from .source import load_lines
 from .split import make_splits
 from .text import build_paragraphs
@@ -31,6 +34,7 @@ def text_stage(options: BuildOptions, tokenizer):
                  split=options.split, seed=options.seed, min_tokens=options.min_tokens,
                  max_tokens=options.max_tokens, tokenizer=options.model,
                  splits={name: len(ds) for name, ds in splits.items()},
+                 tokens={name: int(ds.data.column("token_count").to_numpy().sum()) for name, ds in splits.items()},
                  seconds=round(time.perf_counter() - started, 2))
     return splits, stats
 
@@ -39,7 +43,14 @@ def build(options: BuildOptions, api=None) -> dict | None:
     """Run the stages that `options.stage` asks for, then publish if asked; return the
     statistics (main process). `api` is the Hub client (a stand-in in tests)."""
     check_output_location(options.output)
-    api = api or HfApi()
+    if options.dry_run:
+        return plan(options)
+    # One build per output at a time; the lock goes with the process, even after kill -9.
+    with output_lock(options.output) if processes.is_main() else contextlib.nullcontext():
+        return _build(options, api or HfApi())
+
+
+def _build(options: BuildOptions, api) -> dict | None:
     repo_id = preflight(options, api) if options.push and processes.is_main() else None
     tokenizer = load_tokenizer(options.model, options.model_revision)
     if options.stage == "embed":
@@ -61,6 +72,16 @@ def build(options: BuildOptions, api=None) -> dict | None:
     if options.push:
         stats["published"] = publish(options, repo_id, api)
     return stats
+
+
+def plan(options: BuildOptions) -> dict:
+    """What a build would do, from the text stage and the model's config (no weights)."""
+    tokenizer = load_tokenizer(options.model, options.model_revision)
+    splits, text = text_stage(options, tokenizer)
+    lengths = np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
+    return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
+                     "paragraphs": text["splits"], "dropped": text["dropped"], "tokens": int(lengths.sum()),
+                     **estimate_embedding(options.model, options.model_revision, lengths)}}
 
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:

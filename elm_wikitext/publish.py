@@ -7,6 +7,7 @@ Hub's layout (parquet shards under data/ and the card as README.md), then a tag 
 """
 
 import dataclasses
+from contextlib import contextmanager
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from datasets import DatasetDict, Features, List, Value, load_from_disk
 from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
@@ -49,6 +51,26 @@ def check_output_location(output: str) -> None:
     path = Path(output)
     if path.exists() and not path.is_dir():
         raise BuildError(f"--output {output} is a file: pass a directory path")
+
+
+@contextmanager
+def output_lock(output: str):
+    """Refuse a second build into the same output while one runs. The OS drops the lock when its
+    process ends, so a killed build never leaves a stale one."""
+    # The lock file lives in the user's cache, so that a refused run leaves nothing beside --output.
+    key = hashlib.sha256(str(Path(output).resolve()).encode()).hexdigest()[:16]
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "elm-wikitext" / "locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BuildError(f"another build is writing {output} (it holds the lock {path}): wait for "
+                         "it to finish, or pass another --output") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def package_versions() -> dict:

@@ -109,3 +109,17 @@ def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy
         assert one[name]["text_id"][:] == two[name]["text_id"][:]
         cosine = (vectors(embedded)[name] * vectors(text_output_copy)[name]).sum(axis=1)
         assert cosine.min() >= 0.99999
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
+def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
+    args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
+    assert run_build(*args, kill_after_chunks=2).returncode == -signal.SIGKILL
+    chunk = sorted(next(Path(f"{text_output_copy}.embed-work").iterdir()).glob("chunk-*.npy"))[0]
+    data = bytearray(chunk.read_bytes())
+    chunk.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
+    rerun = run_build(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"chunk file {chunk.name} is damaged" in rerun.stderr
+    for name, array in vectors(text_output_copy).items():
+        np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)

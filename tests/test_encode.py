@@ -131,5 +131,26 @@ def test_refuses_a_tokenizer_without_appended_end_token(tmp_path):
 
 
 def test_refuses_a_directory_without_tokenizer(tmp_path):
-    with pytest.raises(BuildError, match="cannot load a tokenizer"):
+    with pytest.raises(BuildError, match="holds no tokenizer"):
         load_tokenizer(str(tmp_path))
+
+
+def test_out_of_memory_halves_the_batch_and_retries(encoder, tokenizer, monkeypatch, caplog):
+    """A batch that does not fit is split in two, each half retried; the vectors are unchanged."""
+    from elm_wikitext import encode
+
+    ids = tokenizer(TEXTS)["input_ids"]
+    expected = embed_ids(encoder, ids)
+    real, sizes = encode.embed_ids, []
+
+    def small_memory(enc, rows):
+        sizes.append(len(rows))
+        if len(rows) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(enc, rows)
+
+    monkeypatch.setattr(encode, "embed_ids", small_memory)
+    vectors, _ = embed_rows(encoder, ids)
+    assert sizes == [4, 2, 1, 1, 2, 1, 1]
+    assert "retrying as two halves" in caplog.text
+    assert torch.allclose(vectors, expected, atol=1e-5)

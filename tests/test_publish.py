@@ -65,3 +65,15 @@ def test_failed_write_leaves_earlier_output_intact(embedded_copy, monkeypatch):
     after = {p.relative_to(embedded_copy): p.read_bytes() for p in embedded_copy.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in embedded_copy.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_second_build_into_the_same_output_is_refused(embedded_copy, options, capsys):
+    from build import main
+    from elm_wikitext.publish import output_lock
+
+    before = (embedded_copy / MANIFEST_FILE).read_bytes()
+    with output_lock(str(embedded_copy)):  # a first build, still running
+        code = main(["--source", options.source, "--model", options.model, "--output", str(embedded_copy)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: another build is writing {embedded_copy}")
+    assert (embedded_copy / MANIFEST_FILE).read_bytes() == before
