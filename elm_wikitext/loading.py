@@ -1,10 +1,12 @@
 """Reading the published dataset for training: shuffled batches, interpolation, statistics.
 
 Users get the dataset with `load_dataset("org/elm-wikitext2")` or `load_from_disk(DIR)`. A plain
-`DataLoader(split.with_format("torch"), batch_size=64, shuffle=True)` works, but datasets' torch
-formatter turns each (64, 2560) batch into 64 per-row tensors, and the DataLoader stacks them back
-(benchmarks/load_speed.py measures the cost). `shuffled_batches` instead hands the DataLoader one
-list of row numbers per batch, so each batch is one Arrow gather and one numpy copy into a tensor.
+`DataLoader(split.with_format("torch"), batch_size=64, shuffle=True)` works, and reads each batch
+in one go, but then takes a detour: datasets' torch formatter splits the (64, 2560) vectors into
+per-row arrays and stacks them again, `Dataset.__getitems__` splits the batch into 64 row dicts,
+and the DataLoader's collate stacks those once more. `shuffled_batches` reads the same batches in
+Arrow and makes each column one tensor with one numpy copy: about 3x the rows/s, and far more
+when torch's threaded copies meet busy cores (benchmarks/load_speed.py).
 """
 
 from collections.abc import Sequence
@@ -66,8 +68,8 @@ def _is_number(kind: pa.DataType) -> bool:
 
 def _owned_tensor(values: np.ndarray) -> torch.Tensor:
     # Arrow's buffers are read-only, so the tensor needs a copy; numpy's `astype` makes it and casts
-    # to the dtypes of `with_format("torch")` in one step (torch.tensor's own copy of such an array
-    # is many times slower when the cores are busy).
+    # to the dtypes of `with_format("torch")` in one step (torch's own threaded copy of a batch
+    # took up to 100x longer on a 2-core machine with other work running).
     dtype = np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32
     return torch.from_numpy(values.astype(dtype))
 
@@ -81,8 +83,8 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Ten
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """The point a fraction `t` along the great-circle arc from a's direction to b's: unit norm,
-    a at t=0, b at t=1. Nearly parallel pairs are exact; antipodal pairs have no single arc
-    (the result is NaN). Batched like `lerp`."""
+    a at t=0, b at t=1. Nearly parallel pairs need no special case; antipodal pairs have no single
+    arc, and what it returns for them means nothing. Batched like `lerp`; differentiable."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     # The angle from the chord lengths: accurate near 0 and pi, where acos(a . b) loses digits.
     angle = 2 * torch.atan2((a - b).norm(dim=-1, keepdim=True), (a + b).norm(dim=-1, keepdim=True))
@@ -109,6 +111,7 @@ def split_statistics(splits: DatasetDict) -> dict[str, dict]:
 
 
 def statistics(split: Dataset) -> dict:
+    """One split's statistics, of the columns it has (a text-stage output has no embedding)."""
     wanted = [name for name in ("article", "token_count", "char_count", "embedding")
               if name in split.column_names]
     stats = {"rows": len(split)}
