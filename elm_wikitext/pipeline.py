@@ -15,7 +15,7 @@ from .encode import estimate_embedding, load_tokenizer
 from .options import BuildOptions
 from .hub import preflight, push
 from .publish import (build_manifest, check_output_location, output_lock, read_output,
-                      stage_hub_folder, write_output)
+                      recover_output, stage_hub_folder, write_output)
 from .source import load_lines
 from .split import make_splits
 from .text import build_paragraphs
@@ -51,6 +51,8 @@ def build(options: BuildOptions, api=None) -> dict | None:
 
 
 def _build(options: BuildOptions, api) -> dict | None:
+    if processes.is_main():
+        recover_output(options.output)
     repo_id = preflight(options, api) if options.push and processes.is_main() else None
     tokenizer = load_tokenizer(options.model, options.model_revision)
     if options.stage == "embed":

@@ -124,6 +124,20 @@ def write_output(splits: DatasetDict, manifest: dict, output: str) -> Path:
     return target
 
 
+def recover_output(output: str) -> None:
+    """Clean up after a build killed while writing (call under the output lock): put back an
+    output caught between the two renames, and delete half-written staging directories."""
+    target = Path(output)
+    if not target.parent.is_dir():
+        return
+    previous = sorted(target.parent.glob(f".{target.name}.previous-*"))
+    if previous and not target.exists():
+        log.warning("restoring %s from %s, left by a build killed while writing", target, previous[-1])
+        os.replace(previous[-1], target)
+    for leftover in [*target.parent.glob(f".{target.name}.writing-*"), *target.parent.glob(f".{target.name}.previous-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
     # Two renames: at every moment either the old or the new output is complete on disk.
     previous = target.parent / f".{target.name}.previous-{os.getpid()}"

@@ -15,17 +15,38 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_CHUNKS = ["--chunk-tokens", "2048"]  # the sample's ~12k tokens make several chunks
 
 
-def run_build(*args: str, kill_after_chunks: int | None = None, launcher=(sys.executable,)) -> subprocess.CompletedProcess:
-    """build.py in a fresh process; optionally SIGKILL itself right after its n-th chunk is saved."""
+def run_build(*args: str, kill_at: tuple | None = None, launcher=(sys.executable,),
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """build.py in a fresh process. `kill_at=("module:attr.path", n, "before" or "after")` makes
+    it SIGKILL itself at the n-th call of that function: a real kill -9 at a chosen point."""
     code = "import sys; from build import main; sys.exit(main(sys.argv[1:]))"
-    if kill_after_chunks is not None:
-        code = (f"import os, signal; from elm_wikitext import embed; save = embed.ChunkStore.save; n = [0]\n"
-                f"def dying_save(self, *a):\n    save(self, *a); n[0] += 1\n"
-                f"    if n[0] == {kill_after_chunks}: os.kill(os.getpid(), signal.SIGKILL)\n"
-                f"embed.ChunkStore.save = dying_save\n" + code)
+    if kill_at is not None:
+        target, n, when = kill_at
+        code = KILL_HOOK.format(target=target, n=n, after=when == "after") + code
     script = ["-c", code] if launcher == (sys.executable,) else [str(ROOT / "build.py")]
     return subprocess.run([*launcher, *script, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
+
+
+KILL_HOOK = """
+import importlib, os, signal
+module, path = "{target}".split(":")
+owner = importlib.import_module(module)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+real, calls = getattr(owner, name), [0]
+def dying(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == {n} and not {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = real(*args, **kwargs)
+    if calls[0] == {n} and {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(owner, name, dying)
+"""
+KILL_AFTER_TWO_CHUNKS = ("elm_wikitext.embed:ChunkStore.save", 2, "after")
 
 
 def vectors(output: Path) -> dict[str, np.ndarray]:
@@ -71,7 +92,7 @@ def test_vectors_belong_to_their_rows(embedded, tiny_model, tokenizer):
 
 def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_model):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    killed = run_build(*args, kill_after_chunks=2)
+    killed = run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS)
     assert killed.returncode == -signal.SIGKILL
     assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names  # untouched
     work = next(Path(f"{text_output_copy}.embed-work").iterdir())
@@ -90,7 +111,7 @@ def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_
 
 def test_changed_dim_never_reuses_old_vectors(text_output_copy, tiny_model):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    assert run_build(*args, kill_after_chunks=2).returncode == -signal.SIGKILL
+    assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
     rerun = run_build(*args, "--dim", "32")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     splits = load_from_disk(str(text_output_copy))
@@ -114,7 +135,7 @@ def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
 def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    assert run_build(*args, kill_after_chunks=2).returncode == -signal.SIGKILL
+    assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
     chunk = sorted(next(Path(f"{text_output_copy}.embed-work").iterdir()).glob("chunk-*.npy"))[0]
     data = bytearray(chunk.read_bytes())
     chunk.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
@@ -123,3 +144,28 @@ def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, ti
     assert f"chunk file {chunk.name} is damaged" in rerun.stderr
     for name, array in vectors(text_output_copy).items():
         np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)
+
+
+def splits_as_rows(output: Path) -> dict:
+    return {name: list(zip(split["text_id"][:], split["text"][:], split["article"][:]))
+            for name, split in load_from_disk(str(output)).items()}
+
+
+def test_kill_9_mid_text_stage_then_rerun_matches(text_output, sample_dir, tiny_model, tmp_path):
+    args = ("--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", str(tmp_path / "out"))
+    cache = {"HF_DATASETS_CACHE": str(tmp_path / "cache")}  # nothing cached by earlier runs
+    killed = run_build(*args, kill_at=("elm_wikitext.text:clean_text", 30, "before"), env=cache)
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "out").exists()
+    assert run_build(*args, env=cache).returncode == 0
+    assert splits_as_rows(tmp_path / "out") == splits_as_rows(text_output)
+
+
+def test_kill_9_between_the_output_renames_then_rerun_matches(text_output, text_output_copy, sample_dir, tiny_model):
+    args = ("--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", str(text_output_copy))
+    # The first os.replace moves the old output aside, the second would move the new one in.
+    killed = run_build(*args, kill_at=("os:replace", 2, "before"))
+    assert killed.returncode == -signal.SIGKILL and not text_output_copy.exists()
+    rerun = run_build(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert splits_as_rows(text_output_copy) == splits_as_rows(text_output)
+    assert [p.name for p in text_output_copy.parent.iterdir() if p.name.startswith(".")] == []
