@@ -23,11 +23,10 @@ def start_logging() -> Path:
     path.parent.mkdir(exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path)], force=True)
-    print(f"log: {path}", file=sys.stderr)
     return path
 
 
-def summary(stats: dict, output: str) -> str:
+def summary(stats: dict, output: str, log_path: Path) -> str:
     """The run's closing table: rows and tokens per split, drops, time and speed, where it is."""
     text, embed = stats.get("text", {}), stats.get("embed")
     lines = [f"{'split':<12}{'rows':>10}{'tokens':>14}"]
@@ -39,27 +38,30 @@ def summary(stats: dict, output: str) -> str:
         speed = embed["tokens"] / embed["seconds"] if embed["seconds"] else 0
         timing += (f", embed {embed['seconds']:.1f} s ({speed:,.0f} tokens/s computed here, padding "
                    f"{embed['padding_share']:.1%}, {embed['processes']} process(es) on {embed['device']})")
-    lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})"]
+    lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
+              f"log:        {log_path}"]
     if "published" in stats:
         lines.append(f"published:  {stats['published']}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    start_logging()
+    log_path = start_logging()
     try:
         options = parse_options(argv)
         stats = verify(options.verify, None) if options.verify else build(options)
     except BuildError as err:
         # One line whatever the message wraps: some library errors it quotes span several.
+        # The log file under logs/ keeps the details; the terminal gets the one line.
         print("error:", " ".join(str(err).split()), file=sys.stderr)
         return 2
     if stats is None:  # not the main process: it printed nothing to summarise
         return 0
     if options.verify or options.dry_run:
         print(json.dumps(stats, indent=2))
+        print(f"log: {log_path}")
     else:
-        print(summary(stats, options.output))
+        print(summary(stats, options.output, log_path))
     return 0
 
 
