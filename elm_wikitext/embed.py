@@ -172,7 +172,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
-                           tokenizer.pad_token_id)
+                           tokenizer.pad_token_id, processes.device())
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
     key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
     store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)

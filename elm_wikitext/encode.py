@@ -1,8 +1,8 @@
 """The embedding model and its pooling, as Qwen3-Embedding's authors specify them.
 
 Documents get no instruction; the tokenizer appends `<|endoftext|>`; the vector is the last
-layer's hidden state at that appended token, L2-normalized (and, for `dim` below the hidden size, cut to the first
-`dim` values and normalized again: the model is trained for that, Matryoshka-style).
+layer's hidden state at that appended token, L2-normalized (and, for `dim` below the hidden size,
+cut to the first `dim` values and normalized again: the model is trained for that, Matryoshka-style).
 
 Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
 """

@@ -20,6 +20,11 @@ def is_main() -> bool:
     return _state().is_main_process
 
 
+def device():
+    """This process's device: its own GPU under a launcher, else the GPU or the CPU."""
+    return _state().device
+
+
 def count() -> int:
     return _state().num_processes
 

@@ -36,15 +36,25 @@ def options(tiny_model, sample_dir, tmp_path) -> BuildOptions:
     return BuildOptions(source=str(sample_dir), model=tiny_model, output=str(tmp_path / "out"))
 
 
+def build_sample(directory: Path, sample_dir: Path, tiny_model: str, *stage: str) -> Path:
+    """`build.py` on the sample with the tiny model, in-process; returns the output directory."""
+    from build import main
+
+    output = directory / "out"
+    assert main([*stage, "--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
+    return output
+
+
 @pytest.fixture(scope="session")
 def text_output(tiny_model, sample_dir, tmp_path_factory) -> Path:
     """One text-stage output of the sample, shared read-only by tests (copy it to modify)."""
-    from build import main
+    return build_sample(tmp_path_factory.mktemp("text"), sample_dir, tiny_model, "--stage", "text")
 
-    output = tmp_path_factory.mktemp("text") / "out"
-    assert main(["--stage", "text", "--source", str(sample_dir), "--model", tiny_model,
-                 "--output", str(output)]) == 0
-    return output
+
+@pytest.fixture(scope="session")
+def embedded_output(tiny_model, sample_dir, tmp_path_factory) -> Path:
+    """One full build (text and embeddings) of the sample, shared read-only by tests."""
+    return build_sample(tmp_path_factory.mktemp("embedded"), sample_dir, tiny_model)
 
 
 @pytest.fixture
@@ -52,16 +62,6 @@ def text_output_copy(text_output, tmp_path) -> Path:
     copy = tmp_path / "out"
     shutil.copytree(text_output, copy)
     return copy
-
-
-@pytest.fixture(scope="session")
-def embedded_output(tiny_model, sample_dir, tmp_path_factory) -> Path:
-    """One full build (text and embeddings) of the sample, shared read-only by tests."""
-    from build import main
-
-    output = tmp_path_factory.mktemp("embedded") / "out"
-    assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
-    return output
 
 
 @pytest.fixture
