@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import processes
 from .encode import Encoder, check_budget, check_model_config, embed_rows, load_encoder, token_batches
+from .errors import BuildError
 from .options import SPLIT_NAMES
 from .text import step_fingerprint
 
@@ -42,7 +43,11 @@ class ChunkStore:
 
     def __init__(self, directory: Path, dim: int):
         self.directory, self.dim = directory, dim
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BuildError(f"cannot write the embedding's work files in {directory} ({err}): make "
+                             "--output's folder writable") from None
 
     def load(self, index: int, rows: int) -> np.ndarray | None:
         for path in self.directory.glob(f"chunk-{index:05d}-*.npy"):

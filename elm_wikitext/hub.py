@@ -59,16 +59,23 @@ def preflight(options, api: HfApi) -> str:
     repo_id = options.repo_id or f"{user}/{REPO_NAME}"
     if not REPO_ID.match(repo_id) or ".." in repo_id:
         raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
-    if retried(api.repo_exists, repo_id, repo_type="dataset"):
-        tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags}
-        if options.version in tags:
-            raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
+    try:
+        if retried(api.repo_exists, repo_id, repo_type="dataset"):
+            tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags}
+            if options.version in tags:
+                raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
+    except HfHubHTTPError as err:
+        raise BuildError(f"the Hub answered {_status(err)} while checking {repo_id}: try again later") from None
     return repo_id
 
 
 def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) -> str:
     """Upload the staged folder as one commit, tag it, and return the line that loads it."""
-    retried(api.create_repo, repo_id, repo_type="dataset", private=private, exist_ok=True)
+    try:
+        retried(api.create_repo, repo_id, repo_type="dataset", private=private, exist_ok=True)
+    except HfHubHTTPError as err:
+        raise BuildError(f"creating {repo_id} failed ({_status(err)}); nothing was uploaded: rerun "
+                         "the same command") from None
     try:
         commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
                                    commit_message=f"elm-wikitext {version}",

@@ -118,6 +118,9 @@ def write_output(splits: DatasetDict, manifest: dict, output: str) -> Path:
         if "embedding" in splits["train"].column_names:
             write_card(splits, manifest, staging)
         _swap_into_place(staging, target)
+    except OSError as err:  # a read-only or full location: the earlier output is still whole
+        raise BuildError(f"cannot write {output} ({err}): make its folder writable or free some "
+                         "space, then rerun; any earlier output there is unchanged") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %s", target)

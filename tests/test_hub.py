@@ -128,3 +128,19 @@ def test_offline_push_is_refused_in_one_line(tiny_model, sample_dir, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: --push needs the Hub but HF_HUB_OFFLINE=1")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("step, errors", [
+    ("whoami", [http_error(500)] * 3), ("repo_exists", [http_error(503)] * 3),
+    ("create_repo", [http_error(502)] * 3), ("upload_folder", [http_error(500)]),
+    ("create_tag", [http_error(500)] * 3),
+])
+def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(push_options, step, errors):
+    api = StandInApi(fail={step: list(errors)})
+    with pytest.raises(BuildError):
+        build(push_options, api=api)
+    assert [tag for tag in api.tags] == []  # no tag, so no half-published version
+    assert api.calls.count("upload_folder") <= 1  # the commit is never retried
+    rerun = StandInApi()
+    build(push_options, api=rerun)
+    assert rerun.tags == [("v1.0.0", "abc123")] and rerun.calls.count("upload_folder") == 1

@@ -10,6 +10,7 @@ from huggingface_hub import DatasetCard
 from torch.utils.data import DataLoader
 
 from elm_wikitext import publish
+from elm_wikitext.errors import BuildError
 from elm_wikitext.publish import MANIFEST_FILE, stage_hub_folder
 
 
@@ -57,10 +58,10 @@ def test_failed_write_leaves_earlier_output_intact(embedded_copy, monkeypatch):
     splits, manifest = publish.read_output(str(embedded_copy))
 
     def failing_card(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(publish, "write_card", failing_card)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BuildError, match="No space left on device.*earlier output there is unchanged"):
         publish.write_output(splits, manifest, str(embedded_copy))
     after = {p.relative_to(embedded_copy): p.read_bytes() for p in embedded_copy.rglob("*") if p.is_file()}
     assert after == before
