@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+from datasets import Features
+from datasets.info import DatasetInfosDict
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -42,7 +44,16 @@ def retried(call, *args, **kwargs):
             time.sleep(2 ** attempt)
 
 
-def preflight(options, api: HfApi) -> str:
+def check_features(card_data, features: Features, repo_id: str) -> None:
+    """An existing repo's published columns must be the ones this build makes (a new --dim, say,
+    belongs in a new repo: readers of the old versions expect their vector size)."""
+    published = DatasetInfosDict.from_dataset_card_data(card_data or {}).get("default")
+    if published is not None and published.features is not None and published.features != features:
+        raise BuildError(f"{repo_id} holds other columns ({dict(published.features)}) than this build "
+                         "makes: pass another --repo-id, or the options the repo was built with")
+
+
+def preflight(options, api: HfApi, features: Features) -> str:
     """Everything that can refuse a push, checked before the build spends time. Returns the repo id."""
     if constants.HF_HUB_OFFLINE:
         raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push")
@@ -64,6 +75,7 @@ def preflight(options, api: HfApi) -> str:
             tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags}
             if options.version in tags:
                 raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
+            check_features(retried(api.dataset_info, repo_id).card_data, features, repo_id)
     except HfHubHTTPError as err:
         raise BuildError(f"the Hub answered {_status(err)} while checking {repo_id}: try again later") from None
     return repo_id

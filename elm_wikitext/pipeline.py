@@ -11,10 +11,10 @@ from huggingface_hub import HfApi
 
 from . import processes
 from .embed import embed_splits
-from .encode import estimate_embedding, load_tokenizer
+from .encode import check_model_config, estimate_embedding, load_tokenizer
 from .options import BuildOptions
 from .hub import preflight, push
-from .publish import (build_manifest, check_output_location, output_lock, read_output,
+from .publish import (build_manifest, check_output_location, expected_features, output_lock, read_output,
                       recover_output, stage_hub_folder, write_output)
 from .source import load_lines
 from .split import make_splits
@@ -53,7 +53,11 @@ def build(options: BuildOptions, api=None) -> dict | None:
 def _build(options: BuildOptions, api) -> dict | None:
     if processes.is_main():
         recover_output(options.output)
-    repo_id = preflight(options, api) if options.push and processes.is_main() else None
+    if options.push and processes.is_main():
+        dim = check_model_config(options.model, options.model_revision, options.dim)
+        repo_id = preflight(options, api, expected_features(dim))
+    else:
+        repo_id = None
     tokenizer = load_tokenizer(options.model, options.model_revision)
     if options.stage == "embed":
         splits, manifest = read_output(options.output)

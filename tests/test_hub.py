@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
+from datasets.info import DatasetInfosDict
+
 from elm_wikitext import hub
 from elm_wikitext.errors import BuildError
 from elm_wikitext.pipeline import build
@@ -24,9 +26,9 @@ def http_error(status: int) -> HfHubHTTPError:
 class StandInApi:
     """Records calls like HfApi would receive them; `fail` maps a method to errors to raise, in turn."""
 
-    def __init__(self, tags=(), exists=False, fail=None):
+    def __init__(self, tags=(), exists=False, fail=None, card_data=None):
         self.calls, self.tags, self.exists, self.fail = [], list(tags), exists, fail or {}
-        self.uploaded = None
+        self.uploaded, self.card_data = None, card_data
 
     def _call(self, name, *args, **kwargs):
         self.calls.append(name)
@@ -45,6 +47,10 @@ class StandInApi:
     def list_repo_refs(self, repo_id, repo_type):
         self._call("list_repo_refs")
         return SimpleNamespace(tags=[SimpleNamespace(name=t) for t in self.tags])
+
+    def dataset_info(self, repo_id):
+        self._call("dataset_info")
+        return SimpleNamespace(card_data=self.card_data)
 
     def create_repo(self, repo_id, repo_type, private, exist_ok):
         self._call("create_repo")
@@ -144,3 +150,27 @@ def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(push_options, ste
     rerun = StandInApi()
     build(push_options, api=rerun)
     assert rerun.tags == [("v1.0.0", "abc123")] and rerun.calls.count("upload_folder") == 1
+
+
+def published_card(dim: int):
+    from datasets.info import DatasetInfo
+    from huggingface_hub import DatasetCardData
+
+    from elm_wikitext.publish import expected_features
+
+    card = DatasetCardData()
+    DatasetInfosDict({"default": DatasetInfo(features=expected_features(dim))}).to_dataset_card_data(card)
+    return card
+
+
+def test_an_existing_repo_with_other_columns_is_refused_before_any_work(push_options):
+    api = StandInApi(exists=True, tags=["v0.9.0"], card_data=published_card(dim=32))
+    with pytest.raises(BuildError, match="holds other columns"):
+        build(push_options, api=api)
+    assert not Path(push_options.output).exists()
+
+
+def test_an_existing_repo_with_the_same_columns_gets_a_new_version(push_options):
+    api = StandInApi(exists=True, tags=["v0.9.0"], card_data=published_card(dim=64))
+    build(push_options, api=api)
+    assert ("v1.0.0", "abc123") in api.tags
