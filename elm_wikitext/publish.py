@@ -31,7 +31,6 @@ from .options import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["text_id", "text", "article", "section", "token_count", "char_count"]
 MANIFEST_FILE = "manifest.json"
 HISTOGRAM_FILE = "token_lengths.png"
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
@@ -92,7 +91,7 @@ def build_manifest(options, stats: dict) -> dict:
 
 def publishable(splits: DatasetDict) -> DatasetDict:
     """The published columns, in their order (the token ids stay behind)."""
-    columns = COLUMNS + (["embedding"] if "embedding" in splits["train"].column_names else [])
+    columns = list(expected_features(None)) + (["embedding"] if "embedding" in splits["train"].column_names else [])
     return splits.select_columns(columns)
 
 
@@ -159,9 +158,12 @@ def read_output(output: str) -> tuple[DatasetDict, dict]:
     return load_from_disk(output), json.loads(manifest_path.read_text())
 
 
+def token_counts(splits: DatasetDict) -> np.ndarray:
+    return np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
+
+
 def token_histogram(splits: DatasetDict) -> list[dict]:
-    counts = sum(np.histogram(split.data.column("token_count").to_numpy(), HISTOGRAM_EDGES)[0]
-                 for split in splits.values())
+    counts, _ = np.histogram(token_counts(splits), HISTOGRAM_EDGES)
     return [{"range": f"{low}-{high - 1}", "count": int(count)}
             for low, high, count in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:], counts)]
 
@@ -172,9 +174,8 @@ def save_histogram(splits: DatasetDict, path: Path) -> None:
     matplotlib.use("Agg")  # no display: render straight to the file
     from matplotlib import pyplot
 
-    lengths = np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
     figure, axes = pyplot.subplots(figsize=(7, 3.2), dpi=100)
-    axes.hist(lengths, bins=60, color="#4a7ab5")
+    axes.hist(token_counts(splits), bins=60, color="#4a7ab5")
     axes.set(xlabel="tokens per paragraph", ylabel="paragraphs", title="Token lengths (all splits)")
     figure.tight_layout()
     figure.savefig(path)
