@@ -33,7 +33,7 @@ def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):
     folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.2.3")
     assert sorted(p.name for p in (folder / "data").iterdir()) == [
         "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
-    hub = load_dataset(str(folder))
+    hub = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))  # no earlier run's cache
     local = load_from_disk(str(embedded_output))
     assert hub["train"].features["embedding"] == List(Value("float32"), length=64)
     for name in local:
