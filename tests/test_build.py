@@ -136,3 +136,9 @@ def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
     assert stats["splits"] == {name: len(split) for name, split in splits.items()}
     assert all(stats["splits"].values())
     assert [p.name for p in text_output.parent.iterdir()] == ["out"]  # no staging left beside it
+
+
+def test_readme_documents_every_option():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for option in dataclasses.fields(BuildOptions):
+        assert f"`--{option.name.replace('_', '-')}" in readme, option.name
