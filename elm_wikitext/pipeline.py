@@ -6,7 +6,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from huggingface_hub import HfApi
 
 from . import processes
@@ -15,7 +14,7 @@ from .encode import check_model_config, estimate_embedding, load_tokenizer
 from .options import BuildOptions
 from .hub import preflight, push
 from .publish import (build_manifest, check_output_location, expected_features, output_lock, read_output,
-                      recover_output, stage_hub_folder, write_output)
+                      recover_output, stage_hub_folder, token_counts, write_output)
 from .source import load_lines
 from .split import make_splits
 from .text import build_paragraphs
@@ -84,7 +83,7 @@ def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
-    lengths = np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
+    lengths = token_counts(splits)
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text["splits"], "dropped": text["dropped"], "tokens": int(lengths.sum()),
                      **estimate_embedding(options.model, options.model_revision, lengths)}}

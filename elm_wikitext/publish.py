@@ -214,8 +214,7 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
         max_tokens=config["max_tokens"], source=config["source"], source_config=config["source_config"],
         text=stats["text"], histogram=token_histogram(splits), command=manifest["command"],
         versions=manifest["versions"], created=manifest["created"],
-        splits=[{"name": name, "rows": len(split),
-                 "tokens": int(split.data.column("token_count").to_numpy().sum())}
+        splits=[{"name": name, "rows": len(split), "tokens": stats["text"]["tokens"][name]}
                 for name, split in splits.items()])
 
 

@@ -52,13 +52,19 @@ class Drops(Counter):
         return ds.select(keep).remove_columns("drop").flatten_indices()
 
 
+def heading_levels(stripped: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """Each line's heading level (1 for ` = Title = `, 2 for ` = = Section = = `, ...; null for
+    other lines) and whether it is a heading."""
+    equals = pc.struct_field(pc.extract_regex(stripped, r"^(?P<eq>(?:= )+)"), [0])
+    level = pc.divide(pc.utf8_length(equals), 2)
+    return level, pc.and_(pc.greater(level, 0), pc.ends_with(stripped, " ="))
+
+
 def group_paragraphs(lines: pa.Table) -> pa.Table:
     """Consecutive non-empty, non-heading lines form one paragraph, labelled with the article
     (` = Title = `) and the nearest section heading (` = = Section = = `, deeper levels too)."""
     stripped = pc.utf8_trim_whitespace(lines.column("text"))
-    equals = pc.struct_field(pc.extract_regex(stripped, r"^(?P<eq>(?:= )+)"), [0])
-    level = pc.divide(pc.utf8_length(equals), 2)
-    is_heading = pc.and_(pc.greater(level, 0), pc.ends_with(stripped, " ="))
+    level, is_heading = heading_levels(stripped)
     title = pc.utf8_trim(stripped, "= ")
     article = pc.fill_null_forward(pc.if_else(pc.equal(level, 1), title, None))
     # A new article resets the section; a deeper heading replaces it.
@@ -82,7 +88,7 @@ def group_paragraphs(lines: pa.Table) -> pa.Table:
 def count_lines(lines: pa.Table) -> dict:
     stripped = pc.utf8_trim_whitespace(lines.column("text"))
     blank = pc.sum(pc.equal(stripped, "")).as_py() or 0
-    heading = pc.sum(pc.and_(pc.starts_with(stripped, "= "), pc.ends_with(stripped, " ="))).as_py() or 0
+    heading = pc.sum(pc.fill_null(heading_levels(stripped)[1], False)).as_py() or 0
     return {"lines": lines.num_rows, "blank_lines": blank, "heading_lines": heading,
             "paragraph_lines": lines.num_rows - blank - heading}
 

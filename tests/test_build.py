@@ -142,3 +142,14 @@ def test_readme_documents_every_option():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for option in dataclasses.fields(BuildOptions):
         assert f"`--{option.name.replace('_', '-')}" in readme, option.name
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(sample_dir, tiny_model, tmp_path, capsys, text_output):
+    output = tmp_path / "out"
+    assert main(["--dry-run", "--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(printed[:printed.rindex("}") + 1])["plan"]
+    stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
+    assert plan["paragraphs"] == stats["splits"] and plan["tokens"] == sum(stats["tokens"].values())
+    assert plan["device"] == "cpu" and plan["estimated_embedding_seconds"] is not None
+    assert not output.exists()
