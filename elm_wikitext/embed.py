@@ -21,7 +21,8 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from . import processes
-from .encode import Encoder, check_budget, check_model_config, embed_rows, load_encoder, token_batches
+from .encode import (Encoder, check_budget, check_model_config, compile_layers, embed_rows, load_encoder,
+                     token_batches)
 from .errors import BuildError
 from .options import SPLIT_NAMES
 from .text import step_fingerprint
@@ -178,6 +179,8 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
+    if options.compile:
+        compile_layers(encoder.model)
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
     key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
     store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)
@@ -190,7 +193,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     vectors_path = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}
     stats.update(model=options.model, model_revision=options.model_revision, dtype=effective_dtype,
-                 dim=encoder.dim, device=str(encoder.device), processes=processes.count(),
+                 dim=encoder.dim, device=str(encoder.device), compiled=options.compile, processes=processes.count(),
                  chunks=len(chunks), seconds=round(time.perf_counter() - started, 2))
     computed = stats["tokens"] + stats["padded_tokens"]
     stats["padding_share"] = round(stats["padded_tokens"] / computed, 4) if computed else 0.0

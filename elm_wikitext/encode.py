@@ -123,6 +123,19 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
     return Encoder(loaded.to(device).eval(), pad_id, dim, device)
 
 
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile each decoder layer in place, for batches of any shape (`--compile`).
+
+    Between its matmuls a Qwen3 layer runs many small element-wise kernels (float32 RMSNorm,
+    rotary, SwiGLU, residual adds); compiling fuses them. The layers share one compiled graph, so
+    the first batch pays one compilation, and the first batch of a single row one more.
+    """
+    modules = getattr(model, "layers", None) or [model]
+    for module in modules:
+        module.compile(dynamic=True)
+    log.info("compiling %d decoder layers with torch.compile: the first batches wait for it", len(modules))
+
+
 def _attention(device: torch.device) -> str:
     # Right-padded causal batches need no mask, so both run their fused causal kernels;
     # FlashAttention 2 where it is installed (GPU only), else PyTorch's SDPA.

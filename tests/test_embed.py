@@ -132,6 +132,15 @@ def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy
         assert cosine.min() >= 0.99999
 
 
+def test_compiled_layers_give_the_same_vectors(embedded, text_output_copy, tiny_model):
+    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),
+                     *SMALL_CHUNKS, "--compile")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiling 2 decoder layers with torch.compile" in done.stderr
+    for name, array in vectors(text_output_copy).items():
+        assert (array * vectors(embedded)[name]).sum(axis=1).min() >= 0.99999
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
 def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
