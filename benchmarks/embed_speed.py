@@ -12,6 +12,9 @@ Same model, same paragraphs (random words with WikiText-2's paragraph-length pro
 
 On a GPU the model is Qwen3-Embedding-4B's architecture with random weights in float16, and
 the report adds MFU (tokens/s x 7.35 GFLOP/token over the H100's 989 TFLOP/s) and peak memory.
+The methods take turns for --repeats rounds; the report gives each one's median and the ratios
+round by round. --compile then measures (a) with build.py's --compile; --profile prints the
+operators that take one full batch's time.
 """
 
 import argparse
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 from transformers import Qwen3Config, Qwen3Model
 
-from elm_wikitext.encode import Encoder, embed_ids, embed_rows, token_batches
+from elm_wikitext.encode import Encoder, compile_layers, embed_ids, embed_rows, token_batches
 from elm_wikitext.tiny import QWEN3_VOCAB_SIZE, build_qwen_tokenizer
 
 FLOP_PER_TOKEN = 7.35e9  # Qwen3-Embedding-4B at a few hundred tokens (../shared/REFERENCE.md)
@@ -75,9 +78,15 @@ def this_build(encoder: Encoder, tokenizer, texts: list[str], budget: int) -> di
             embed_rows(encoder, [ids[i] for i in batch])
         run.stats = (int(lengths.sum()), sum(len(b) * int(lengths[b].max()) for b in batches), len(batches))
 
+    if encoder.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     seconds = timed(encoder.device, run)
     tokens, computed, batches = run.stats
-    return report(tokens, computed, seconds, batches=batches)
+    result = report(tokens, computed, seconds, batches=batches)
+    if encoder.device.type == "cuda":
+        result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        result["mfu"] = round(result["tokens_per_s"] * FLOP_PER_TOKEN / H100_PEAK, 3)
+    return result
 
 
 @torch.inference_mode()
@@ -98,13 +107,16 @@ def plan_loop(encoder: Encoder, tokenizer, texts: list[str], batch_size: int = 8
     return report(tokens, computed, seconds, batches=-(-len(texts) // batch_size))
 
 
-def sentence_transformers_encode(model_dir: str, texts: list[str], ids, batch_size: int) -> dict:
+def sentence_transformers_model(model_dir: str):
     from sentence_transformers import SentenceTransformer, models
 
     transformer = models.Transformer(model_dir, processor_kwargs={"padding_side": "left"})
-    st = SentenceTransformer(modules=[transformer, models.Pooling(
+    return SentenceTransformer(modules=[transformer, models.Pooling(
         transformer.get_embedding_dimension(), pooling_mode="lasttoken"), models.Normalize()],
         device="cpu")
+
+
+def sentence_transformers_encode(st, texts: list[str], ids, batch_size: int) -> dict:
     lengths = np.array([len(row) for row in ids])
     order = np.argsort(-lengths, kind="stable")  # encode sorts by length too
     computed = sum(int(lengths[order[i:i + batch_size]].max()) * len(order[i:i + batch_size])
@@ -128,15 +140,54 @@ def report(tokens: int, computed: int, seconds: float, **extra) -> dict:
             "seconds": round(seconds, 2), **extra}
 
 
+def profile_batch(encoder: Encoder, ids: list[list[int]], budget: int, top: int = 15) -> str:
+    """The operators (and on GPU the kernels) that take the time of one full batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lengths = np.array([len(row) for row in ids])
+    batch = max(token_batches(lengths, budget), key=len)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if encoder.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        timed(encoder.device, lambda: embed_rows(encoder, [ids[i] for i in batch]))
+    key = "self_device_time_total" if encoder.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top)
+
+
+def median_of(rounds: list[dict]) -> dict:
+    """Each method's median run over the rounds (by tokens/s), with the range of tokens/s."""
+    out = {}
+    for name in rounds[0]:
+        runs = sorted((r[name] for r in rounds), key=lambda run: run["tokens_per_s"])
+        out[name] = {**runs[len(runs) // 2], "tokens_per_s_range": [runs[0]["tokens_per_s"], runs[-1]["tokens_per_s"]]}
+    return out
+
+
+def ratios(rounds: list[dict], budget: int) -> dict:
+    """(a) over (c) and over the better (b), round by round: the methods took turns, so each
+    ratio compares runs made under the same load."""
+    a = [r[f"a_this_build_{budget}"]["tokens_per_s"] for r in rounds]
+    over_c = [x / r["c_plan_loop_batch8"]["tokens_per_s"] for x, r in zip(a, rounds)]
+    out = {"a_over_c": [round(v, 2) for v in over_c]}
+    if any(name.startswith("b_") for name in rounds[0]):
+        best_b = [max(v["tokens_per_s"] for k, v in r.items() if k.startswith("b_")) for r in rounds]
+        out["a_over_best_b"] = [round(x / b, 2) for x, b in zip(a, best_b)]
+    return {name: {"median": round(float(np.median(values)), 2), "each_round": values} for name, values in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["cpu", "qwen3-4b"], default="cpu")
-    parser.add_argument("--paragraphs", type=int, default=240)
+    parser.add_argument("--paragraphs", type=int, default=400)
     parser.add_argument("--baseline-paragraphs", type=int, default=None,
                         help="paragraphs for the slow baselines (default: all)")
     parser.add_argument("--budgets", default="16384,65536", help="token budgets of (a) to compare")
     parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds in which every method runs once, in turn; medians are reported")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="then compile the layers (--compile of build.py) and measure (a) again")
+    parser.add_argument("--profile", action="store_true", help="print the operators of one full batch")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,40 +201,57 @@ def main() -> None:
         model = Qwen3Model(config).to(dtype).eval()
     encoder = Encoder(model, tokenizer.pad_token_id, config.hidden_size, device)
     embed_ids(encoder, ids[:4])  # warm-up: kernels, allocator
+    budgets = [int(b) for b in args.budgets.split(",")]
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "model": args.model, "dtype": str(dtype), "paragraphs": len(ids),
-               "tokens": int(sum(len(r) for r in ids)), "torch": torch.__version__}
-    for budget in map(int, args.budgets.split(",")):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        results[f"a_this_build_{budget}"] = this_build(encoder, tokenizer, texts, budget)
-        if device.type == "cuda":
-            results[f"a_this_build_{budget}"]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-            results[f"a_this_build_{budget}"]["mfu"] = round(
-                results[f"a_this_build_{budget}"]["tokens_per_s"] * FLOP_PER_TOKEN / H100_PEAK, 3)
-        print(json.dumps(results), flush=True)
-    if device.type == "cuda":
-        results["float16_vs_float32_min_cosine"] = half_vs_full(encoder, ids[:64])
-    if args.skip_baselines:
-        print(json.dumps(results, indent=2))
-        return
+               "tokens": int(sum(len(r) for r in ids)), "torch": torch.__version__, "repeats": args.repeats}
+
     few = args.baseline_paragraphs or len(ids)
-    results["c_plan_loop_batch8"] = plan_loop(encoder, tokenizer, texts[:few])
-    if device.type == "cpu":
+    st_models = {}
+    if device.type == "cpu" and not args.skip_baselines:
         import tempfile
 
-        with tempfile.TemporaryDirectory() as model_dir:
-            model.save_pretrained(model_dir)
-            tokenizer.save_pretrained(model_dir)
-            for batch_size in (8, 32):
-                results[f"b_sentence_transformers_batch{batch_size}"] = sentence_transformers_encode(
-                    model_dir, texts[:few], ids[:few], batch_size)
+        model_dir = tempfile.mkdtemp()
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        st_models = {batch_size: sentence_transformers_model(model_dir) for batch_size in (8, 32)}
+    rounds = []
+    for _ in range(args.repeats):  # the methods take turns, so a change of load hits them all
+        runs = {f"a_this_build_{budget}": this_build(encoder, tokenizer, texts, budget) for budget in budgets}
+        if not args.skip_baselines:
+            runs["c_plan_loop_batch8"] = plan_loop(encoder, tokenizer, texts[:few])
+            for batch_size, st in st_models.items():
+                runs[f"b_sentence_transformers_batch{batch_size}"] = sentence_transformers_encode(
+                    st, texts[:few], ids[:few], batch_size)
+        rounds.append(runs)
+        print(json.dumps(runs), flush=True)
+    results["median"] = median_of(rounds)
+    if not args.skip_baselines:
+        results["ratios"] = ratios(rounds, budgets[-1])
+    if device.type == "cuda":
+        results["float16_vs_float32_min_cosine"] = half_vs_full(encoder, ids[:64])
+    if args.profile:
+        print(profile_batch(encoder, ids, budgets[-1]), flush=True)
+    if args.compile:
+        results["compiled"] = compiled_runs(encoder, tokenizer, texts, ids, budgets[-1], args.repeats)
     print(json.dumps(results, indent=2))
-    base = results["c_plan_loop_batch8"]["tokens_per_s"]
-    for name, result in results.items():
-        if isinstance(result, dict):
-            print(f"{name:38s} {result['tokens_per_s']:>9,} tok/s  padding {result['padding_share']:6.1%}"
-                  f"  {result['tokens_per_s'] / base:5.2f}x (c)")
+    base = results["median"].get("c_plan_loop_batch8", {}).get("tokens_per_s")
+    for name, result in {**results["median"], **results.get("compiled", {}).get("median", {})}.items():
+        versus = f"  {result['tokens_per_s'] / base:5.2f}x (c)" if base else ""
+        print(f"{name:38s} {result['tokens_per_s']:>9,} tok/s  padding {result['padding_share']:6.1%}{versus}")
+
+
+def compiled_runs(encoder: Encoder, tokenizer, texts, ids, budget: int, repeats: int) -> dict:
+    """(a) with `compile_layers`: the warm-up (a batch of one row and one of four, the two graphs
+    dynamo makes), then the same rounds; recompilations during them are counted."""
+    from torch._dynamo.utils import counters
+
+    compile_layers(encoder.model)
+    warm_up = timed(encoder.device, lambda: (embed_ids(encoder, ids[:1]), embed_ids(encoder, ids[:4])))
+    graphs = counters["stats"]["unique_graphs"]
+    rounds = [{f"a_compiled_{budget}": this_build(encoder, tokenizer, texts, budget)} for _ in range(repeats)]
+    return {"warm_up_seconds": round(warm_up, 1), "graphs_after_warm_up": graphs,
+            "graphs_after_runs": counters["stats"]["unique_graphs"], "median": median_of(rounds)}
 
 
 if __name__ == "__main__":
