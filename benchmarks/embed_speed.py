@@ -174,6 +174,22 @@ def ratios(rounds: list[dict], budget: int) -> dict:
     return {name: {"median": round(float(np.median(values)), 2), "each_round": values} for name, values in out.items()}
 
 
+def compiled_runs(encoder: Encoder, tokenizer, texts, ids, budget: int, repeats: int) -> dict:
+    """(a) with `compile_layers`: the warm-up (a batch of one row and one of four, the two graphs
+    dynamo makes), then the same rounds; recompilations during them are counted, and the
+    vectors are compared with eager ones."""
+    from torch._dynamo.utils import counters
+
+    eager = embed_ids(encoder, ids[:64])
+    compile_layers(encoder.model)
+    warm_up = timed(encoder.device, lambda: (embed_ids(encoder, ids[:1]), embed_ids(encoder, ids[:4])))
+    graphs = counters["stats"]["unique_graphs"]
+    rounds = [{f"a_compiled_{budget}": this_build(encoder, tokenizer, texts, budget)} for _ in range(repeats)]
+    cosine = round(float((embed_ids(encoder, ids[:64]) * eager).sum(dim=1).min()), 6)
+    return {"warm_up_seconds": round(warm_up, 1), "min_cosine_to_eager": cosine, "graphs_after_warm_up": graphs,
+            "graphs_after_runs": counters["stats"]["unique_graphs"], "median": median_of(rounds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["cpu", "qwen3-4b"], default="cpu")
@@ -211,10 +227,10 @@ def main() -> None:
     if device.type == "cpu" and not args.skip_baselines:
         import tempfile
 
-        model_dir = tempfile.mkdtemp()
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        st_models = {batch_size: sentence_transformers_model(model_dir) for batch_size in (8, 32)}
+        with tempfile.TemporaryDirectory() as model_dir:
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+            st_models = {batch_size: sentence_transformers_model(model_dir) for batch_size in (8, 32)}
     rounds = []
     for _ in range(args.repeats):  # the methods take turns, so a change of load hits them all
         runs = {f"a_this_build_{budget}": this_build(encoder, tokenizer, texts, budget) for budget in budgets}
@@ -239,19 +255,6 @@ def main() -> None:
     for name, result in {**results["median"], **results.get("compiled", {}).get("median", {})}.items():
         versus = f"  {result['tokens_per_s'] / base:5.2f}x (c)" if base else ""
         print(f"{name:38s} {result['tokens_per_s']:>9,} tok/s  padding {result['padding_share']:6.1%}{versus}")
-
-
-def compiled_runs(encoder: Encoder, tokenizer, texts, ids, budget: int, repeats: int) -> dict:
-    """(a) with `compile_layers`: the warm-up (a batch of one row and one of four, the two graphs
-    dynamo makes), then the same rounds; recompilations during them are counted."""
-    from torch._dynamo.utils import counters
-
-    compile_layers(encoder.model)
-    warm_up = timed(encoder.device, lambda: (embed_ids(encoder, ids[:1]), embed_ids(encoder, ids[:4])))
-    graphs = counters["stats"]["unique_graphs"]
-    rounds = [{f"a_compiled_{budget}": this_build(encoder, tokenizer, texts, budget)} for _ in range(repeats)]
-    return {"warm_up_seconds": round(warm_up, 1), "graphs_after_warm_up": graphs,
-            "graphs_after_runs": counters["stats"]["unique_graphs"], "median": median_of(rounds)}
 
 
 if __name__ == "__main__":

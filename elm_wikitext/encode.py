@@ -130,10 +130,11 @@ def compile_layers(model: torch.nn.Module) -> None:
     rotary, SwiGLU, residual adds); compiling fuses them. The layers share one compiled graph, so
     the first batch pays one compilation, and the first batch of a single row one more.
     """
-    modules = getattr(model, "layers", None) or [model]
-    for module in modules:
+    layers = getattr(model, "layers", None)  # decoders named otherwise are compiled whole
+    for module in layers or [model]:
         module.compile(dynamic=True)
-    log.info("compiling %d decoder layers with torch.compile: the first batches wait for it", len(modules))
+    what = f"{len(layers)} decoder layers" if layers else "the model"
+    log.info("compiling %s with torch.compile: the first batches wait for it", what)
 
 
 def _attention(device: torch.device) -> str:
