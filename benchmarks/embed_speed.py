@@ -108,12 +108,12 @@ def plan_loop(encoder: Encoder, tokenizer, texts: list[str], batch_size: int = 8
 
 
 def sentence_transformers_model(model_dir: str):
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    transformer = models.Transformer(model_dir, processor_kwargs={"padding_side": "left"})
-    return SentenceTransformer(modules=[transformer, models.Pooling(
-        transformer.get_embedding_dimension(), pooling_mode="lasttoken"), models.Normalize()],
-        device="cpu")
+    transformer = Transformer(model_dir, processor_kwargs={"padding_side": "left"})
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
 
 
 def sentence_transformers_encode(st, texts: list[str], ids, batch_size: int) -> dict:

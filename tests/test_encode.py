@@ -23,11 +23,12 @@ def encoder(tiny_model, tokenizer):
 def reference_vectors(model_dir: str, texts: list[str]) -> np.ndarray:
     """sentence-transformers' configuration of Qwen3-Embedding: Transformer -> Pooling('lasttoken')
     -> Normalize, padding on the left."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    transformer = models.Transformer(model_dir, processor_kwargs={"padding_side": "left"})
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    transformer = Transformer(model_dir, processor_kwargs={"padding_side": "left"})
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     return model.encode(texts, batch_size=len(texts), convert_to_numpy=True)
 
 
