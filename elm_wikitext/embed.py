@@ -193,8 +193,9 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     vectors_path = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}
     stats.update(model=options.model, model_revision=options.model_revision, dtype=effective_dtype,
-                 dim=encoder.dim, device=str(encoder.device), compiled=options.compile, processes=processes.count(),
-                 chunks=len(chunks), seconds=round(time.perf_counter() - started, 2))
+                 dim=encoder.dim, device=str(encoder.device), compiled=options.compile,
+                 processes=processes.count(), chunks=len(chunks),
+                 seconds=round(time.perf_counter() - started, 2))
     computed = stats["tokens"] + stats["padded_tokens"]
     stats["padding_share"] = round(stats["padded_tokens"] / computed, 4) if computed else 0.0
     return add_embedding_column(splits, vectors_path, encoder.dim, key), stats

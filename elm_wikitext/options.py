@@ -54,7 +54,7 @@ class BuildOptions:
         "halves it for that batch and retries.")
     compile: bool = _opt(
         False, "torch.compile the model's decoder layers, fusing their element-wise work. The "
-        "first batches pay the compilation (seconds on CPU, more on GPU).")
+        "first batches wait for the compilation.")
     chunk_tokens: int = _opt(
         131072, "Tokens per resumable unit of the embed stage: a crash loses at most one chunk "
         "per process, and processes share the work chunk by chunk.")
