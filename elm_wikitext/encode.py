@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.qwen3 import modeling_qwen3
 from transformers.models.auto.modeling_auto import (
@@ -34,12 +36,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 
 
 def load_tokenizer(model: str, revision: str | None = None):
-    if Path(model).is_dir() and not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
+    """The model's tokenizer; the first thing a build fetches of the model, so a Hub id is checked
+    here with one quick request."""
+    local = Path(model).is_dir()
+    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):  # not `org/name`
+        raise BuildError(f"--model {model} does not exist: pass a local model directory or a Hub model id")
+    if local and not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
         raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
                          "save the model's tokenizer there, or pass a Hub model id")
+    if not local and not constants.HF_HUB_OFFLINE:
+        _check_model_on_hub(model, revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
+        if not local and constants.HF_HUB_OFFLINE:
+            raise BuildError(f"--model {model} is not in the local cache and HF_HUB_OFFLINE=1 is set: "
+                             "run once online to cache it, or pass a local model directory") from None
         raise BuildError(f"cannot load a tokenizer from --model {model} ({err}): pass a Hub model id "
                          "or a directory with tokenizer.json / tokenizer_config.json") from None
     probe = tokenizer("probe")["input_ids"]
@@ -47,6 +59,22 @@ def load_tokenizer(model: str, revision: str | None = None):
         raise BuildError(f"the tokenizer of {model} does not append an end-of-text token, which "
                          "last-token pooling reads: use the embedding model's own tokenizer")
     return tokenizer
+
+
+def _check_model_on_hub(model: str, revision: str | None) -> None:
+    """Stop at once on an unreachable Hub or a wrong id, not after the download client's retries."""
+    try:
+        HfApi().model_info(model, revision=revision, timeout=10)
+    except GatedRepoError:
+        return  # it exists; the download says what access it needs
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise BuildError(f"--model {model} (revision {revision or 'main'}) is not a model on the Hub that "
+                         f"you can see ({type(err).__name__}): check the id and --model-revision, log in "
+                         "for a private model, or pass a local model directory") from None
+    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
+        raise BuildError(f"cannot reach --model {model} on the Hub ({type(err).__name__}: {err}): pass a "
+                         "local model directory, or run once online and then set HF_HUB_OFFLINE=1 to "
+                         "use the cached copy") from None
 
 
 @dataclass

@@ -1,6 +1,11 @@
 import dataclasses
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +14,8 @@ from datasets import load_from_disk
 from build import main
 from elm_wikitext.options import SPLIT_NAMES, BuildOptions
 from elm_wikitext.publish import MANIFEST_FILE
+
+BUILD = Path(__file__).parents[1] / "build.py"
 
 # Each bad input, and what its one error line must say to fix. `{paths}` are filled per test.
 REFUSALS = {
@@ -19,6 +26,7 @@ REFUSALS = {
     "missing source": (["--source", "{tmp}/nope"], "does not exist: pass a directory"),
     "model directory without tokenizer files": (["--model", "{config_only_model}"], "holds no tokenizer"),
     "empty model directory": (["--model", "{empty_model}"], "holds no tokenizer"),
+    "missing model directory": (["--model", "{tmp}/no-such-model"], "does not exist: pass a local model directory"),
     "nothing left after filtering": (["--min-tokens", "1900", "--max-tokens", "1950"],
                                      "widen --min-tokens 1900 / --max-tokens 1950"),
     "dim below 32": (["--dim", "16"], "pass --dim between 32"),
@@ -153,3 +161,42 @@ def test_dry_run_prints_the_plan_and_writes_nothing(sample_dir, tiny_model, tmp_
     assert plan["paragraphs"] == stats["splits"] and plan["tokens"] == sum(stats["tokens"].values())
     assert plan["device"] == "cpu" and plan["estimated_embedding_seconds"] is not None
     assert not output.exists()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# What each Hub id's refusal must tell a user without the Hub.
+HUB_IDS = {"source": ("HF_DATASETS_OFFLINE", "local --source"), "model": ("HF_HUB_OFFLINE", "local model directory")}
+
+
+@pytest.mark.parametrize("hub_env", ["offline", "unreachable"])
+@pytest.mark.parametrize("from_hub", list(HUB_IDS))
+def test_hub_id_without_a_reachable_hub_fails_fast_and_writes_nothing(
+        from_hub, hub_env, sample_dir, tiny_model, tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}  # an empty cache: nothing to fall back on
+    for name in ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    if hub_env == "offline":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    source, model = ("Salesforce/wikitext", tiny_model) if from_hub == "source" else (sample_dir, "Qwen/Qwen3-Embedding-4B")
+    output = tmp_path / "out"
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, str(BUILD), "--stage", "text", "--source", str(source), "--model", model,
+         "--output", str(output)], env=env, capture_output=True, text=True, timeout=120)
+    # Most of this is importing torch and transformers; retries of the Hub would add tens of seconds.
+    assert time.monotonic() - started < 30
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("error: ")
+    assert all(words in run.stderr for words in HUB_IDS[from_hub]), run.stderr
+    assert not output.exists()
+    assert [path.name for path in tmp_path.iterdir() if path.name != "hf"] == []  # no staging left
+    assert run.stdout == ""

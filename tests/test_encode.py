@@ -136,6 +136,23 @@ def test_refuses_a_directory_without_tokenizer(tmp_path):
         load_tokenizer(str(tmp_path))
 
 
+def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    class HubWithoutIt:
+        def model_info(self, repo_id, revision=None, timeout=None):
+            response = SimpleNamespace(status_code=404, headers={}, request=None)
+            raise RepositoryNotFoundError(f"404: {repo_id}", response=response)
+
+    monkeypatch.setattr("elm_wikitext.encode.HfApi", HubWithoutIt)
+    monkeypatch.setattr("elm_wikitext.encode.constants.HF_HUB_OFFLINE", False)
+    with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
+                                         r"on the Hub.*check the id and --model-revision"):
+        load_tokenizer("Qwen/Qwen3-Embeding-4B")
+
+
 def test_out_of_memory_halves_the_batch_and_retries(encoder, tokenizer, monkeypatch, caplog):
     """A batch that does not fit is split in two, each half retried; the vectors are unchanged."""
     from elm_wikitext import encode
