@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import constants
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.qwen3 import modeling_qwen3
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 from .errors import BuildError
+from .hub import check_on_hub
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def load_tokenizer(model: str, revision: str | None = None):
         raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
                          "save the model's tokenizer there, or pass a Hub model id")
     if not local and not constants.HF_HUB_OFFLINE:
-        _check_model_on_hub(model, revision)
+        check_on_hub("--model", model, revision, "model", "pass a local model directory, or run once "
+                     "online and then set HF_HUB_OFFLINE=1 to use the cached copy")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
@@ -59,22 +60,6 @@ def load_tokenizer(model: str, revision: str | None = None):
         raise BuildError(f"the tokenizer of {model} does not append an end-of-text token, which "
                          "last-token pooling reads: use the embedding model's own tokenizer")
     return tokenizer
-
-
-def _check_model_on_hub(model: str, revision: str | None) -> None:
-    """Stop at once on an unreachable Hub or a wrong id, not after the download client's retries."""
-    try:
-        HfApi().model_info(model, revision=revision, timeout=10)
-    except GatedRepoError:
-        return  # it exists; the download says what access it needs
-    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise BuildError(f"--model {model} (revision {revision or 'main'}) is not a model on the Hub that "
-                         f"you can see ({type(err).__name__}): check the id and --model-revision, log in "
-                         "for a private model, or pass a local model directory") from None
-    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
-        raise BuildError(f"cannot reach --model {model} on the Hub ({type(err).__name__}: {err}): pass a "
-                         "local model directory, or run once online and then set HF_HUB_OFFLINE=1 to "
-                         "use the cached copy") from None
 
 
 @dataclass

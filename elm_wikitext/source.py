@@ -9,9 +9,8 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
-from huggingface_hub import HfApi
-
 from .errors import BuildError
+from .hub import check_on_hub
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def _load_hub(source: str, config: str, revision: str | None) -> Dataset:
     remedy = ("pass a local --source directory, or run once online and then set "
               "HF_DATASETS_OFFLINE=1 to use the cached copy")
     if not datasets.config.HF_HUB_OFFLINE:
-        _check_hub_reachable(source, revision, remedy)
+        check_on_hub("--source", source, revision, "dataset", remedy)
     try:
         splits = load_dataset(source, config, revision=revision)
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
@@ -93,12 +92,3 @@ def _load_hub(source: str, config: str, revision: str | None) -> Dataset:
     if missing:
         raise BuildError(f"{source} ({config}) lacks the splits {missing}: pass a WikiText config")
     return concatenate_datasets([splits[name] for name in HUB_SPLITS]).select_columns(["text"])
-
-
-def _check_hub_reachable(source: str, revision: str | None, remedy: str) -> None:
-    """One quick request, so that an unreachable Hub stops the build at once instead of after
-    load_dataset's retries."""
-    try:
-        HfApi().dataset_info(source, revision=revision, timeout=10)
-    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
-        raise BuildError(f"cannot reach {source} on the Hub ({type(err).__name__}: {err}): {remedy}") from None

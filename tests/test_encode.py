@@ -142,11 +142,11 @@ def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeyp
     from huggingface_hub.errors import RepositoryNotFoundError
 
     class HubWithoutIt:
-        def model_info(self, repo_id, revision=None, timeout=None):
+        def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
             response = SimpleNamespace(status_code=404, headers={}, request=None)
             raise RepositoryNotFoundError(f"404: {repo_id}", response=response)
 
-    monkeypatch.setattr("elm_wikitext.encode.HfApi", HubWithoutIt)
+    monkeypatch.setattr("elm_wikitext.hub.HfApi", HubWithoutIt)
     monkeypatch.setattr("elm_wikitext.encode.constants.HF_HUB_OFFLINE", False)
     with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
                                          r"on the Hub.*check the id and --model-revision"):
