@@ -23,6 +23,11 @@ def start_logging() -> Path:
     path.parent.mkdir(exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path)], force=True)
+    # These libraries print to stderr through handlers of their own (datasets and huggingface_hub
+    # then pass the record on to ours as well): let ours show each record once, and log it.
+    for name in ("datasets", "huggingface_hub", "transformers"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     return path
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import socket
@@ -200,3 +201,19 @@ def test_hub_id_without_a_reachable_hub_fails_fast_and_writes_nothing(
     assert not output.exists()
     assert [path.name for path in tmp_path.iterdir() if path.name != "hf"] == []  # no staging left
     assert run.stdout == ""
+
+
+def test_library_warnings_show_once_and_reach_the_log(tmp_path, monkeypatch, capsys):
+    from build import start_logging
+
+    monkeypatch.chdir(tmp_path)
+    log_path = start_logging()
+    try:
+        for name in ("huggingface_hub.utils._http", "datasets.builder", "transformers.modeling_utils"):
+            logging.getLogger(name).warning("a warning from %s", name)
+        lines = capsys.readouterr().err.splitlines()
+        for name in ("huggingface_hub.utils._http", "datasets.builder", "transformers.modeling_utils"):
+            assert sum(f"a warning from {name}" in line for line in lines) == 1, lines
+            assert f"a warning from {name}" in log_path.read_text()
+    finally:
+        logging.basicConfig(force=True)  # let go of the log file
