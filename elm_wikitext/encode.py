@@ -38,19 +38,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 def load_tokenizer(model: str, revision: str | None = None):
     """The model's tokenizer; the first thing a build fetches of the model, so a Hub id is checked
     here with one quick request."""
-    local = Path(model).is_dir()
-    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):  # not `org/name`
+    from_hub = not Path(model).is_dir()
+    if not from_hub:
+        if not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
+            raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
+                             "save the model's tokenizer there, or pass a Hub model id")
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not `org/name`
         raise BuildError(f"--model {model} does not exist: pass a local model directory or a Hub model id")
-    if local and not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
-        raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
-                         "save the model's tokenizer there, or pass a Hub model id")
-    if not local and not constants.HF_HUB_OFFLINE:
+    elif not constants.HF_HUB_OFFLINE:
         check_on_hub("--model", model, revision, "model", "pass a local model directory, or run once "
                      "online and then set HF_HUB_OFFLINE=1 to use the cached copy")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
-        if not local and constants.HF_HUB_OFFLINE:
+        if from_hub and constants.HF_HUB_OFFLINE:
             raise BuildError(f"--model {model} is not in the local cache and HF_HUB_OFFLINE=1 is set: "
                              "run once online to cache it, or pass a local model directory") from None
         raise BuildError(f"cannot load a tokenizer from --model {model} ({err}): pass a Hub model id "
