@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
+
 from .errors import BuildError
 from .hub import check_on_hub
 

@@ -208,11 +208,12 @@ def test_library_warnings_show_once_and_reach_the_log(tmp_path, monkeypatch, cap
 
     monkeypatch.chdir(tmp_path)
     log_path = start_logging()
+    names = ("huggingface_hub.utils._http", "datasets.builder", "transformers.modeling_utils")
     try:
-        for name in ("huggingface_hub.utils._http", "datasets.builder", "transformers.modeling_utils"):
+        for name in names:
             logging.getLogger(name).warning("a warning from %s", name)
         lines = capsys.readouterr().err.splitlines()
-        for name in ("huggingface_hub.utils._http", "datasets.builder", "transformers.modeling_utils"):
+        for name in names:
             assert sum(f"a warning from {name}" in line for line in lines) == 1, lines
             assert f"a warning from {name}" in log_path.read_text()
     finally:
