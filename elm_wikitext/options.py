@@ -29,7 +29,8 @@ class BuildOptions:
         "wiki.{train,valid,test}.tokens files or the Hub's parquet files of one config.")
     source_config: str = _opt(
         "wikitext-2-v1", "The Hub config of --source (wikitext-2-v1, wikitext-2-raw-v1, "
-        "wikitext-103-v1, wikitext-103-raw-v1). Ignored for a local directory.")
+        "wikitext-103-v1, wikitext-103-raw-v1). In a local copy of the whole Hub repo, the config's "
+        "folder is read.")
     source_revision: Optional[str] = _opt(None, "A Hub revision (branch, tag or commit) of --source.")
     model: str = _opt(
         "Qwen/Qwen3-Embedding-4B", "The embedding model: a Hub id or a local model directory. Its "
@@ -98,6 +99,14 @@ class BuildOptions:
             raise BuildError("--chunk-tokens must be positive: pass e.g. --chunk-tokens 131072")
         if self.max_batch_tokens < 1:
             raise BuildError("--max-batch-tokens must be positive: pass e.g. --max-batch-tokens 65536")
+        if self.seed < 0:
+            raise BuildError(f"--seed {self.seed} is negative: pass a seed of 0 or more")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise BuildError(f"--num-proc {self.num_proc} is not a number of processes: pass 1 or "
+                             "more, or leave it out to work in-process")
+        if self.push and self.stage == "text":
+            raise BuildError("--push publishes embeddings, which --stage text does not make: "
+                             "use --stage all, or --stage embed on this output")
 
 
 def parse_options(argv: Optional[list[str]] = None) -> BuildOptions:
@@ -107,6 +116,8 @@ def parse_options(argv: Optional[list[str]] = None) -> BuildOptions:
         raise BuildError(f"{message}: see python build.py --help")
 
     parser.error = refuse
-    (options,) = parser.parse_args_into_dataclasses(args=argv)
+    options, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        refuse(f"unrecognized arguments: {' '.join(unknown)}")
     options.validate()
     return options

@@ -22,9 +22,11 @@ HUB_SPLITS = ("train", "validation", "test")
 
 def load_lines(source: str, config: str, revision: str | None = None) -> Dataset:
     """All WikiText lines of `source`, one row per line, blank lines included."""
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        lines = _load_local(path)
+        lines = _load_local(path, config)
+    elif path.exists():
+        raise BuildError(f"--source {source} is a file: pass the directory that holds it")
     elif _looks_like_path(source):
         raise BuildError(f"--source {source} does not exist: pass a directory holding "
                          f"{', '.join(TOKEN_FILES)} or parquet files, or a Hub dataset id")
@@ -45,19 +47,33 @@ def _all_blank(lines: Dataset) -> bool:
     return not any(text.strip() for batch in lines.iter(batch_size=10_000) for text in batch["text"])
 
 
-def _load_local(path: Path) -> Dataset:
+def _load_local(path: Path, config: str) -> Dataset:
     token_files = [path / name for name in TOKEN_FILES if (path / name).is_file()]
     if token_files:
         for file in token_files:
             _check_utf8(file)
         parts = [load_dataset("text", data_files=str(file), split="train") for file in token_files]
         return concatenate_datasets(parts)
+    if (path / config).is_dir():  # a download of the whole Hub repo: one folder per config
+        path = path / config
     parquet = sorted(path.rglob("*.parquet"), key=_parquet_order)
     if parquet:
-        parts = [load_dataset("parquet", data_files=str(file), split="train") for file in parquet]
-        return concatenate_datasets(parts).select_columns(["text"])
+        return _load_parquet(path, parquet)
     raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(TOKEN_FILES)} "
                      "or the Hub's parquet files (e.g. train-00000-of-00001.parquet)")
+
+
+def _load_parquet(path: Path, files: list[Path]) -> Dataset:
+    folders = sorted({str(file.parent.relative_to(path)) for file in files})
+    if len(folders) > 1:  # several configs would be pooled, e.g. raw and tokenized copies
+        raise BuildError(f"--source {path} holds parquet files in {len(folders)} folders ({', '.join(folders)}): "
+                         "pass one of them as --source, or name it with --source-config")
+    parts = [load_dataset("parquet", data_files=str(file), split="train") for file in files]
+    for file, part in zip(files, parts):
+        if "text" not in part.column_names:
+            raise BuildError(f"{file} has no 'text' column (it has {part.column_names}): pass "
+                             "WikiText's parquet files, whose one column is 'text'")
+    return concatenate_datasets(parts).select_columns(["text"])
 
 
 def _parquet_order(file: Path) -> tuple[int, str]:

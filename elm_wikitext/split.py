@@ -48,7 +48,8 @@ def _select(paragraphs: Dataset, split_of_row: np.ndarray) -> DatasetDict:
         splits[name] = paragraphs.select(rows)
     empty = [name for name, ds in splits.items() if len(ds) == 0]
     if empty:
-        raise BuildError(f"the {', '.join(empty)} split is empty ({len(paragraphs)} paragraphs): "
+        raise BuildError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
+                         f"({len(paragraphs)} paragraphs): "
                          "use a larger source or give each split a larger --split ratio")
     return DatasetDict(splits)
 

@@ -33,6 +33,10 @@ REFUSALS = {
     "dim below 32": (["--dim", "16"], "pass --dim between 32"),
     "an empty split": (["--split", "1,0,0"], "give each split a larger --split ratio"),
     "unknown choice": (["--dtype", "float8"], "invalid choice: 'float8'"),
+    "unknown option": (["--bogus", "1"], "unrecognized arguments: --bogus 1: see python build.py --help"),
+    "negative seed": (["--seed", "-1"], "pass a seed of 0 or more"),
+    "no worker processes": (["--num-proc", "0"], "pass 1 or more, or leave it out"),
+    "push without embeddings": (["--push"], "use --stage all, or --stage embed on this output"),
 }
 
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.

@@ -33,9 +33,39 @@ def test_token_files_pool_every_line_train_valid_test(tmp_path):
 def test_hub_parquet_files_pool_train_validation_test_whatever_the_write_order(tmp_path):
     # Written test first: name order (test < train < validation) and write order both differ
     # from the Hub's split order.
-    for split in ("test", "validation", "train"):
-        pq.write_table(pa.table({"text": LINES[split]}), tmp_path / f"{split}-00000-of-00001.parquet")
+    write_parquet(tmp_path, {split: LINES[split] for split in ("test", "validation", "train")})
     assert load_lines(str(tmp_path), "wikitext-2-v1")["text"] == ALL_LINES
+
+
+def write_parquet(directory: Path, lines: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, rows in lines.items():
+        pq.write_table(pa.table({"text": rows}), directory / f"{split}-00000-of-00001.parquet")
+    return directory
+
+
+def test_a_download_of_the_whole_hub_repo_reads_the_config_folder(tmp_path):
+    # `hf download Salesforce/wikitext` holds one folder per config; pooling them would mix
+    # raw and tokenized copies of the same text.
+    write_parquet(tmp_path / "wikitext-2-v1", LINES)
+    write_parquet(tmp_path / "wikitext-2-raw-v1", {split: ["raw " + line for line in rows]
+                                                   for split, rows in LINES.items()})
+    assert load_lines(str(tmp_path), "wikitext-2-v1")["text"] == ALL_LINES
+    with pytest.raises(BuildError, match=r"holds parquet files in 2 folders \(wikitext-2-raw-v1, "
+                                         r"wikitext-2-v1\): pass one of them as --source"):
+        load_lines(str(tmp_path), "wikitext-103-v1")
+
+
+def test_parquet_without_a_text_column_is_refused(tmp_path):
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "train-00000-of-00001.parquet")
+    with pytest.raises(BuildError, match=r"train-00000-of-00001.parquet has no 'text' column \(it has \['body'\]\)"):
+        load_lines(str(tmp_path), "wikitext-2-v1")
+
+
+def test_a_file_instead_of_a_directory_is_refused(tmp_path):
+    file = write_tokens(tmp_path, LINES) / "wiki.train.tokens"
+    with pytest.raises(BuildError, match="is a file: pass the directory that holds it"):
+        load_lines(str(file), "wikitext-2-v1")
 
 
 def test_missing_path_is_refused(tmp_path, monkeypatch):
