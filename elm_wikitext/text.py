@@ -28,7 +28,8 @@ DROP_REASONS = ("empty", "low_quality", "duplicate", "too_short", "too_long")
 
 # WikiText splits numbers and hyphenated words around `@x@`: `1 @,@ 000`, `2 @.@ 5`, `a @-@ b`.
 SPLIT_NUMBER = re.compile(r" @(.)@ ")
-UNK = re.compile(r"<unk>")
+# `<unk>` goes with a join mark beside it: `the <unk> @-@ based` reads `the based`, not `the -based`.
+UNK = re.compile(r"(?:@.@ )?<unk>(?: @.@)?")
 # Undo the tokenizer's spaces: none before closing punctuation and clitics, none after openers.
 SPACE_BEFORE = re.compile(r" (?=[,.;:!?)\]}%]|'s\b|'re\b|'ve\b|'ll\b|'d\b|'m\b|n't\b)")
 SPACE_AFTER = re.compile(r"(?<=[(\[{$£€]) ")
@@ -66,7 +67,7 @@ def group_paragraphs(lines: pa.Table) -> pa.Table:
     stripped = pc.utf8_trim_whitespace(lines.column("text"))
     level, is_heading = heading_levels(stripped)
     title = pc.utf8_trim(stripped, "= ")
-    article = pc.fill_null_forward(pc.if_else(pc.equal(level, 1), title, None))
+    article = pc.fill_null_forward(pc.if_else(pc.and_(is_heading, pc.equal(level, 1)), title, None))
     # A new article resets the section; a deeper heading replaces it.
     section = pc.fill_null_forward(pc.if_else(is_heading, pc.if_else(pc.equal(level, 1), "", title), None))
     is_text = pc.and_(pc.invert(pc.fill_null(is_heading, False)), pc.not_equal(stripped, ""))
@@ -96,12 +97,13 @@ def count_lines(lines: pa.Table) -> dict:
 def clean_text(text: str) -> str:
     """WikiText's tokenized line -> prose: numbers and hyphens joined, `<unk>` removed, spaces
     around punctuation undone, quotes attached to what they quote, whitespace collapsed."""
-    text = SPLIT_NUMBER.sub(r"\1", text)
     text = UNK.sub(" ", text)
+    text = SPLIT_NUMBER.sub(r"\1", text)
     text = WHITESPACE.sub(" ", text).strip()
     text = SPACE_BEFORE.sub("", text)
     text = SPACE_AFTER.sub("", text)
-    text = QUOTED.sub(r'"\1"', text)
+    if text.count('"') % 2 == 0:  # an odd count (an inch mark, a quote left open) would pair wrongly
+        text = QUOTED.sub(r'"\1"', text)
     return WHITESPACE.sub(" ", text).strip()
 
 

@@ -14,6 +14,9 @@ from elm_wikitext.text import clean_text, group_paragraphs, quality_reason
     ("he said \" it is done \" ; then ( briefly ) left !", 'he said "it is done"; then (briefly) left!'),
     ("John 's boat did n't sink : it 's fine ?", "John's boat didn't sink: it's fine?"),
     ("  spaced   out  ", "spaced out"),
+    ("the <unk> @-@ based design , a pre @-@ <unk> form", "the based design, a pre form"),
+    # An odd number of quotes (here an inch mark) is left unpaired rather than paired wrongly.
+    ('a 5 \' 10 " man said " go " twice', 'a 5 \' 10 " man said " go " twice'),
 ])
 def test_clean_text_reads_as_prose(raw, clean):
     assert clean_text(raw) == clean
@@ -36,6 +39,14 @@ def test_paragraphs_carry_article_and_nested_section():
         {"text": "history text", "article": "Alpha", "section": "History"},
         {"text": "early text", "article": "Alpha", "section": "Early days"},
         {"text": "beta text", "article": "Beta", "section": ""},
+    ]
+
+
+def test_a_line_that_only_starts_like_a_heading_is_text_of_the_current_article():
+    lines = pa.table({"text": [" = Alpha = ", " ", " = not a heading ", " ", " after it ", " "]})
+    assert group_paragraphs(lines).to_pylist() == [
+        {"text": "= not a heading", "article": "Alpha", "section": ""},
+        {"text": "after it", "article": "Alpha", "section": ""},
     ]
 
 
