@@ -74,10 +74,11 @@ def test_split_by_paragraph_is_deterministic_for_a_seed(paragraphs):
 
 
 @pytest.mark.parametrize("split_by", ["article", "paragraph"])
-@pytest.mark.parametrize("ratios", ["1,0,0", "0.9,0.1,0"])
-def test_an_empty_split_is_refused(paragraphs, split_by, ratios):
+@pytest.mark.parametrize("ratios, empty", [("1,0,0", "validation and test splits are"),
+                                           ("0.9,0.1,0", "test split is")])
+def test_an_empty_split_is_refused(paragraphs, split_by, ratios, empty):
     options = BuildOptions(split=ratios, split_by=split_by)
-    with pytest.raises(BuildError, match=r"split is empty .*give each split a larger --split ratio"):
+    with pytest.raises(BuildError, match=rf"the {empty} empty .*give each split a larger --split ratio"):
         make_splits(paragraphs, options)
 
 
