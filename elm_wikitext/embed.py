@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import processes
 from .encode import (Encoder, check_budget, check_model_config, compile_layers, embed_rows, load_encoder,
-                     token_batches)
+                     model_identity, token_batches)
 from .errors import BuildError
 from .options import SPLIT_NAMES
 from .text import step_fingerprint
@@ -72,9 +72,11 @@ class ChunkStore:
 
 
 def work_key(options, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
-    """What the vectors depend on: another model, revision, dtype, dim or text never reuses them."""
+    """What the vectors depend on: other weights (another model or revision, or new files under
+    the same name), dtype, dim or text never reuse them."""
     texts = hashlib.sha256("\n".join(text_ids.to_pylist()).encode()).hexdigest()
-    return Hasher.hash(["embed/1", options.model, options.model_revision, effective_dtype, dim,
+    weights = model_identity(options.model, options.model_revision)
+    return Hasher.hash(["embed/1", options.model, weights, effective_dtype, dim,
                         options.max_tokens, options.chunk_tokens, texts, _code_version()])[:16]
 
 

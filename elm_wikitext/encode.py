@@ -7,6 +7,7 @@ cut to the first `dim` values and normalized again: the model is trained for tha
 Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
 """
 
+import hashlib
 import importlib.util
 import logging
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import constants
+from huggingface_hub import constants, try_to_load_from_cache
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.qwen3 import modeling_qwen3
 from transformers.models.auto.modeling_auto import (
@@ -135,6 +136,22 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
                          "checkpoint is partial; download it again or pass a complete model")
     log.info("model %s on %s in %s, dim %d", model, device, torch_dtype, dim)
     return Encoder(loaded.to(device).eval(), pad_id, dim, device)
+
+
+def model_identity(model: str, revision: str | None) -> str:
+    """What names a model's weights, so that other weights never reuse old vectors: the commit of
+    a Hub model (its cached snapshot's folder), or the SHA-256 of a local directory's files (about
+    5 s for the 8 GB of Qwen3-Embedding-4B; their dates would differ from machine to machine)."""
+    if not Path(model).is_dir():  # loaded, so its config.json is in the cache (unless told otherwise)
+        cached = try_to_load_from_cache(model, "config.json", revision=revision)
+        return Path(cached).parent.name if isinstance(cached, str) else f"{model}@{revision}"
+    digest = hashlib.sha256()
+    for path in sorted(path for path in Path(model).iterdir() if path.is_file()):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def compile_layers(model: torch.nn.Module) -> None:

@@ -119,6 +119,20 @@ def test_changed_dim_never_reuses_old_vectors(text_output_copy, tiny_model):
     assert splits["train"].features["embedding"].length == 32
 
 
+def test_new_weights_under_the_same_path_never_reuse_old_vectors(text_output_copy, tmp_path):
+    from elm_wikitext.tiny import make_tiny_model
+
+    model = make_tiny_model(str(tmp_path / "model"), seed=0)
+    args = ("--stage", "embed", "--model", model, "--output", str(text_output_copy), *SMALL_CHUNKS)
+    assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
+    make_tiny_model(model, seed=1)  # e.g. a fine-tuned checkpoint saved over the old one
+    rerun = run_build(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "0 of " in rerun.stderr and "were done before" in rerun.stderr
+    splits = load_from_disk(str(text_output_copy))
+    assert embed_stats(text_output_copy)["paragraphs"] == sum(len(s) for s in splits.values())
+
+
 def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy, tiny_model):
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),

@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from elm_wikitext.encode import embed_ids, embed_rows, load_encoder, load_tokenizer, token_batches
+from elm_wikitext.encode import (embed_ids, embed_rows, load_encoder, load_tokenizer, model_identity,
+                                 token_batches)
 from elm_wikitext.errors import BuildError
 
 TEXTS = [
@@ -151,6 +152,20 @@ def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeyp
     with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
                                          r"on the Hub.*check the id and --model-revision"):
         load_tokenizer("Qwen/Qwen3-Embeding-4B")
+
+
+def test_a_hub_model_is_named_by_the_commit_of_its_cached_files(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "models--someone--embedder"
+    for commit in ("1111aaaa", "2222bbbb"):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("2222bbbb")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert model_identity("someone/embedder", None) == "2222bbbb"  # where main points now
+    assert model_identity("someone/embedder", "1111aaaa") == "1111aaaa"
 
 
 def test_out_of_memory_halves_the_batch_and_retries(encoder, tokenizer, monkeypatch, caplog):
