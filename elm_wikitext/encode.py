@@ -263,11 +263,9 @@ def last_token_states(model, input_ids: torch.Tensor, ends: torch.Tensor) -> tor
     cos, sin = model.rotary_emb(x, positions[None])
     keys = keys * cos[:, None] + modeling_qwen3.rotate_half(keys) * sin[:, None]
     query = query * cos[0, ends][:, None, None] + modeling_qwen3.rotate_half(query) * sin[0, ends][:, None, None]
-    groups = attn.num_key_value_groups
     seen = (positions[None] <= ends[:, None])[:, None, None]  # (rows, 1, 1, length)
-    attended = F.scaled_dot_product_attention(
-        query, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1),
-        attn_mask=seen, scale=attn.scaling)
+    attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=seen, scale=attn.scaling,
+                                              enable_gqa=True)  # no copy of keys and values per head
     state = hidden[rows, ends] + attn.o_proj(attended.flatten(1))
     state = state + layer.mlp(layer.post_attention_layernorm(state))
     return norm(state)
@@ -281,8 +279,10 @@ def embed_rows(encoder: Encoder, ids: list[list[int]]) -> tuple[torch.Tensor, in
     try:
         vectors = embed_ids(encoder, ids)
     except torch.OutOfMemoryError:
+        vectors = None  # retried below: here the traceback would keep the failed batch's tensors
+    if vectors is None:
         if len(ids) == 1:
-            raise BuildError("one paragraph does not fit in GPU memory: lower --max-tokens") from None
+            raise BuildError("one paragraph does not fit in GPU memory: lower --max-tokens")
         half = len(ids) // 2
         log.warning("CUDA out of memory on %d rows: retrying as two halves", len(ids))
         torch.cuda.empty_cache()

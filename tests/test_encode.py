@@ -169,22 +169,30 @@ def test_a_hub_model_is_named_by_the_commit_of_its_cached_files(tmp_path, monkey
 
 
 def test_out_of_memory_halves_the_batch_and_retries(encoder, tokenizer, monkeypatch, caplog):
-    """A batch that does not fit is split in two, each half retried; the vectors are unchanged."""
+    """A batch that does not fit is split in two, each half retried once the failed attempt's
+    tensors are freed (a retry inside `except` would keep them alive through the traceback);
+    the vectors are unchanged."""
+    import weakref
+
     from elm_wikitext import encode
 
     ids = tokenizer(TEXTS)["input_ids"]
     expected = embed_ids(encoder, ids)
-    real, sizes = encode.embed_ids, []
+    real, sizes, failed_batches, alive_at_retry = encode.embed_ids, [], [], []
 
     def small_memory(enc, rows):
         sizes.append(len(rows))
+        alive_at_retry.append(sum(ref() is not None for ref in failed_batches))
         if len(rows) > 1:
+            activations = torch.ones(len(rows), 1000)  # what the forward had allocated
+            failed_batches.append(weakref.ref(activations))
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(enc, rows)
 
     monkeypatch.setattr(encode, "embed_ids", small_memory)
     vectors, _ = embed_rows(encoder, ids)
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
+    assert alive_at_retry == [0] * len(sizes)
     assert "retrying as two halves" in caplog.text
     assert torch.allclose(vectors, expected, atol=1e-5)
 
