@@ -128,7 +128,7 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
     dim = check_model_config(model, revision, dim)
     torch_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
     loaded, info = AutoModel.from_pretrained(
-        model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device),
+        model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device, torch_dtype),
         output_loading_info=True)
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -168,10 +168,11 @@ def compile_layers(model: torch.nn.Module) -> None:
     log.info("compiling %s with torch.compile: the first batches wait for it", what)
 
 
-def _attention(device: torch.device) -> str:
+def _attention(device: torch.device, dtype: torch.dtype) -> str:
     # Right-padded causal batches need no mask, so both run their fused causal kernels;
-    # FlashAttention 2 where it is installed (GPU only), else PyTorch's SDPA.
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    # FlashAttention 2 where it is installed (GPU, float16/bfloat16 only), else PyTorch's SDPA.
+    if (device.type == "cuda" and dtype != torch.float32
+            and importlib.util.find_spec("flash_attn") is not None):
         return "flash_attention_2"
     return "sdpa"
 
@@ -297,13 +298,14 @@ def embed_rows(encoder: Encoder, ids: list[list[int]]) -> tuple[torch.Tensor, in
 
 def _embed_in_float32(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
     # float16 overflows to inf/NaN on some inputs. Casting float16/bfloat16 weights up and back
-    # down is exact, so the model is unchanged afterwards.
-    dtype = encoder.dtype
+    # down is exact, so the model is unchanged afterwards. FlashAttention runs only half
+    # precision, so float32 runs with SDPA.
+    dtype, attention = encoder.dtype, encoder.model.config._attn_implementation
     if dtype == torch.float32:
         raise BuildError("the model gives non-finite vectors even in float32: check its weights")
     log.warning("%d rows gave non-finite vectors in %s: recomputing them in float32", len(ids), dtype)
-    encoder.model.float()
+    encoder.model.float().set_attn_implementation("sdpa")
     try:
         return embed_ids(encoder, ids)
     finally:
-        encoder.model.to(dtype)
+        encoder.model.to(dtype).set_attn_implementation(attention)

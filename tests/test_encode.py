@@ -63,22 +63,26 @@ def test_non_finite_rows_are_recomputed_in_float32(encoder, tokenizer):
     """A half-precision model that overflows on a row gets that row from float32 weights."""
     ids = tokenizer(TEXTS)["input_ids"]
     expected = embed_ids(encoder, ids)
-    encoder.model.half()
-    original = encoder.model.forward
+    # "eager" stands for FlashAttention here: a kernel the float32 pass must not use.
+    encoder.model.half().set_attn_implementation("eager")
+    original, float32_attention = encoder.model.forward, []
 
     def overflowing(*args, **kwargs):
         out = original(*args, **kwargs)
         if out.last_hidden_state.dtype == torch.float16:
             out.last_hidden_state[1, :, 0] = float("inf")
+        else:
+            float32_attention.append(encoder.model.config._attn_implementation)
         return out
 
     encoder.model.forward = overflowing
     try:
         vectors, recomputed = embed_rows(encoder, ids)
+        assert encoder.dtype == torch.float16 and encoder.model.config._attn_implementation == "eager"
     finally:
         del encoder.model.forward
-        encoder.model.float()
-    assert recomputed == 1
+        encoder.model.float().set_attn_implementation("sdpa")
+    assert recomputed == 1 and float32_attention == ["sdpa"]
     assert torch.isfinite(vectors).all()
     assert torch.dot(vectors[1], expected[1]).item() >= 0.9999
 
