@@ -21,7 +21,7 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from . import processes
-from .encode import (Encoder, check_budget, check_model_config, compile_layers, embed_rows, load_encoder,
+from .encode import (Encoder, check_budget, compile_layers, embed_rows, load_encoder,
                      model_identity, token_batches)
 from .errors import BuildError
 from .options import SPLIT_NAMES
@@ -175,7 +175,6 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     """Every process computes its share; the main process returns the splits with an
     `embedding` column (the others None) and the stage's statistics."""
     started = time.perf_counter()
-    check_model_config(options.model, options.model_revision, options.dim)  # refuse before any work
     everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer, options)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import constants, try_to_load_from_cache
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.models.qwen3 import modeling_qwen3
 from transformers.models.auto.modeling_auto import (
@@ -83,7 +84,11 @@ def pick_device() -> torch.device:
 def check_model_config(model: str, revision: str | None, dim: int | None) -> int:
     """Refuse, from the config alone, a model that last-token pooling does not fit or a `dim`
     it does not have; return the dim to keep."""
-    config = AutoConfig.from_pretrained(model, revision=revision)
+    try:
+        config = AutoConfig.from_pretrained(model, revision=revision)
+    except (OSError, ValueError) as err:  # no config.json, or one without a known model_type
+        raise BuildError(f"--model {model} has no model config that transformers can read ({err}): "
+                         "pass a complete model directory (config.json and weights) or a Hub model id") from None
     kind = config.model_type
     if (getattr(config, "is_encoder_decoder", False) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
             or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
@@ -127,9 +132,13 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
     device = device or pick_device()
     dim = check_model_config(model, revision, dim)
     torch_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
-    loaded, info = AutoModel.from_pretrained(
-        model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device, torch_dtype),
-        output_loading_info=True)
+    try:
+        loaded, info = AutoModel.from_pretrained(
+            model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device, torch_dtype),
+            output_loading_info=True)
+    except (OSError, SafetensorError) as err:  # no weight files, or damaged ones
+        raise BuildError(f"cannot load the weights of --model {model} ({err}): download the model "
+                         "again, or pass a complete model directory") from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         raise BuildError(f"--model {model} lacks {len(missing)} weights (e.g. {missing[:3]}): its "

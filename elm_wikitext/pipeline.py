@@ -53,11 +53,9 @@ def _build(options: BuildOptions, api) -> dict | None:
     if processes.is_main():
         recover_output(options.output)
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
-    if options.push and processes.is_main():
+    if options.stage != "text":  # a model the pooling does not fit is refused before the text stage
         dim = check_model_config(options.model, options.model_revision, options.dim)
-        repo_id = preflight(options, api, expected_features(dim))
-    else:
-        repo_id = None
+    repo_id = preflight(options, api, expected_features(dim)) if options.push and processes.is_main() else None
     if options.stage == "embed":
         splits, manifest = read_output(options.output)
         if "embedding" in splits["train"].column_names:  # embedding again, with other settings

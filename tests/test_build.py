@@ -44,6 +44,9 @@ EMBED_REFUSALS = {
     "dim above the hidden size": (["--dim", "128"], "--dim 128 is outside 32..64"),
     "budget below the longest paragraph": (["--max-batch-tokens", "150"], "raise it to at least"),
     "an encoder model": (["--model", "{bert}"], "not a decoder-only one"),
+    "a tokenizer without a model": (["--model", "{tokenizer_only}"], "has no model config that transformers can read"),
+    "no weight files": (["--model", "{no_weights}"], "cannot load the weights of --model"),
+    "a truncated weight file": (["--model", "{truncated}"], "download the model again"),
 }
 
 
@@ -92,8 +95,9 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
         assert not output.exists()
 
 
-@pytest.mark.parametrize("case", list(EMBED_REFUSALS))
-def test_embed_stage_refusals_keep_the_earlier_output(case, text_output_copy, tiny_model, tmp_path, capsys):
+@pytest.fixture
+def broken_models(tiny_model, tmp_path) -> dict:
+    """Model directories with the tokenizer in place and the model wrong or incomplete."""
     from transformers import BertConfig, BertModel
 
     from elm_wikitext.tiny import build_qwen_tokenizer
@@ -102,12 +106,33 @@ def test_embed_stage_refusals_keep_the_earlier_output(case, text_output_copy, ti
     BertModel(BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(bert)
     build_qwen_tokenizer().save_pretrained(bert)  # a tokenizer that fits, on the wrong model
+    tokenizer_only = tmp_path / "tokenizer-only"
+    build_qwen_tokenizer().save_pretrained(tokenizer_only)
+    no_weights, truncated = tmp_path / "no-weights", tmp_path / "truncated"
+    shutil.copytree(tiny_model, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(tiny_model, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+    return {"bert": bert, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated}
+
+
+@pytest.mark.parametrize("case", list(EMBED_REFUSALS))
+def test_embed_stage_refusals_keep_the_earlier_output(case, text_output_copy, tiny_model, broken_models, capsys):
     args, fix = EMBED_REFUSALS[case]
     before = snapshot(text_output_copy)
     status, error = run(["--stage", "embed", "--model", tiny_model, "--output", text_output_copy,
-                         *(arg.format(bert=bert) for arg in args)], capsys)
+                         *(arg.format(**broken_models) for arg in args)], capsys)
     assert status == 2 and fix in error
     assert snapshot(text_output_copy) == before
+
+
+def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
+        sample_dir, broken_models, tmp_path, capsys):
+    status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["bert"],
+                                         "--output", tmp_path / "out"]])
+    err = capsys.readouterr().err
+    assert status == 2 and "not a decoder-only one" in err.splitlines()[-1]
+    assert "Counting tokens" not in err  # the text stage's progress bars never started
 
 
 def test_output_that_is_a_file_is_refused_and_kept(sample_dir, tiny_model, tmp_path, capsys):
