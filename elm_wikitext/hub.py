@@ -83,40 +83,45 @@ def preflight(options, api: HfApi, features: Features) -> str:
         user = retried(api.whoami)["name"]
     except HfHubHTTPError as err:
         raise BuildError(f"the Hub refused the token ({_status(err)}): run `hf auth login` again") from None
-    except OSError as err:
-        raise BuildError(f"cannot reach the Hub ({err}): check the network, or build without --push") from None
+    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
+        raise BuildError(f"cannot reach the Hub ({type(err).__name__}: {err}): check the network, "
+                         "or build without --push") from None
     repo_id = options.repo_id or f"{user}/{REPO_NAME}"
     if not REPO_ID.match(repo_id) or ".." in repo_id:
         raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
     try:
-        if retried(api.repo_exists, repo_id, repo_type="dataset"):
-            tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags}
-            if options.version in tags:
-                raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
-            check_features(retried(api.dataset_info, repo_id).card_data, features, repo_id)
-    except HfHubHTTPError as err:
-        raise BuildError(f"the Hub answered {_status(err)} while checking {repo_id}: try again later") from None
+        exists = retried(api.repo_exists, repo_id, repo_type="dataset")
+        tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags} if exists else set()
+        card_data = retried(api.dataset_info, repo_id).card_data if exists else None
+    except Exception as err:
+        raise BuildError(f"checking {repo_id} on the Hub failed ({type(err).__name__}: {err}): "
+                         "try again later") from None
+    if options.version in tags:
+        raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
+    check_features(card_data, features, repo_id)
     return repo_id
 
 
 def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) -> str:
     """Upload the staged folder as one commit, tag it, and return the line that loads it."""
+    # Each step's failure, an HTTP answer or the client's own network error (its types vary by
+    # version), ends the build with what was done and what to do.
     try:
         retried(api.create_repo, repo_id, repo_type="dataset", private=private, exist_ok=True)
-    except HfHubHTTPError as err:
-        raise BuildError(f"creating {repo_id} failed ({_status(err)}); nothing was uploaded: rerun "
-                         "the same command") from None
+    except Exception as err:
+        raise BuildError(f"creating {repo_id} failed ({type(err).__name__}: {err}); nothing was "
+                         "uploaded: rerun the same command") from None
     try:
         commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
                                    commit_message=f"elm-wikitext {version}",
                                    delete_patterns=["data/*"])  # a new version replaces every shard
-    except (HfHubHTTPError, OSError) as err:
+    except Exception as err:
         raise BuildError(f"uploading to {repo_id} failed ({err}); no tag was created and "
                          f"{version} is not published: rerun the same command") from None
     try:
         retried(api.create_tag, repo_id, repo_type="dataset", tag=version, revision=commit.oid,
                 tag_message=f"elm-wikitext {version}")
-    except HfHubHTTPError as err:
+    except Exception as err:
         raise BuildError(f"the data is in {repo_id} at commit {commit.oid}, but creating the tag "
                          f"{version} failed ({err}): run `hf repo tag create {repo_id} {version} "
                          f"--revision {commit.oid} --repo-type dataset`") from None

@@ -70,10 +70,10 @@ def _build(options: BuildOptions, api) -> dict | None:
     if not processes.is_main():
         return None
     write_output(splits, build_manifest(options, stats), options.output)
-    if options.stage != "text":
-        shutil.rmtree(Path(f"{options.output}.embed-work"), ignore_errors=True)
     if options.push:
         stats["published"] = publish(options, repo_id, api)
+    # Only now: a rerun after a failed upload finds every vector done.
+    shutil.rmtree(Path(f"{options.output}.embed-work"), ignore_errors=True)
     return stats
 
 

@@ -136,10 +136,17 @@ def test_offline_push_is_refused_in_one_line(tiny_model, sample_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+class ConnectError(Exception):
+    """Stands for the HTTP client's own network error (httpx2.ConnectError in huggingface_hub 2.x),
+    which is neither an OSError nor an HfHubHTTPError."""
+
+
 @pytest.mark.parametrize("step, errors", [
     ("whoami", [http_error(500)] * 3), ("repo_exists", [http_error(503)] * 3),
     ("create_repo", [http_error(502)] * 3), ("upload_folder", [http_error(500)]),
     ("create_tag", [http_error(500)] * 3),
+    ("whoami", [ConnectError("connection refused")]), ("upload_folder", [ConnectError("reset")]),
+    ("create_tag", [ConnectError("timed out")]),
 ])
 def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(push_options, step, errors):
     api = StandInApi(fail={step: list(errors)})
@@ -148,8 +155,11 @@ def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(push_options, ste
     assert [tag for tag in api.tags] == []  # no tag, so no half-published version
     assert api.calls.count("upload_folder") <= 1  # the commit is never retried
     rerun = StandInApi()
-    build(push_options, api=rerun)
+    stats = build(push_options, api=rerun)
     assert rerun.tags == [("v1.0.0", "abc123")] and rerun.calls.count("upload_folder") == 1
+    # A failure after the embedding kept its chunks: the rerun computes no vector again.
+    embedded_before = step in ("create_repo", "upload_folder", "create_tag")
+    assert (stats["embed"]["paragraphs"] == 0) == embedded_before
 
 
 def published_card(dim: int):
