@@ -8,6 +8,7 @@ then streams the chunks into one memory-mapped array and adds it as a column wit
 """
 
 import hashlib
+import io
 import logging
 import os
 import time
@@ -52,13 +53,16 @@ class ChunkStore:
 
     def load(self, index: int, rows: int) -> np.ndarray | None:
         for path in self.directory.glob(f"chunk-{index:05d}-*.npy"):
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # another process found it damaged and removed it
+                continue
             if path.stem.endswith(hashlib.sha256(data).hexdigest()[:16]):
-                vectors = np.load(path)
+                vectors = np.load(io.BytesIO(data))
                 if vectors.shape == (rows, self.dim) and np.isfinite(vectors).all():
                     return vectors
             log.warning("chunk file %s is damaged: computing it again", path.name)
-            path.unlink()
+            path.unlink(missing_ok=True)
         return None
 
     def save(self, index: int, vectors: np.ndarray) -> None:
@@ -144,8 +148,9 @@ def assemble(store: ChunkStore, chunks: list[np.ndarray], rows: int) -> Path:
     vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, store.dim))
     for index, positions in enumerate(chunks):
         chunk = store.load(index, len(positions))
-        if chunk is None:
-            raise RuntimeError(f"chunk {index} is missing after every process finished")
+        if chunk is None:  # another machine wrote it where this one cannot see it
+            raise BuildError(f"chunk {index} is missing from {store.directory} after every process "
+                             "finished: with several machines, --output must be on storage they all share")
         vectors[positions] = chunk
     vectors.flush()
     return path
@@ -188,8 +193,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     chunks = plan_chunks(lengths, options.chunk_tokens)
     counts = compute_chunks(encoder, everything, lengths, chunks, store, options.max_batch_tokens)
     all_counts = processes.gather(counts)
-    processes.wait_for_everyone()
-    if not processes.is_main():
+    if not processes.is_main():  # gathering above was the last step together
         return None, {}
     vectors_path = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}

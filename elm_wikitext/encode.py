@@ -126,7 +126,7 @@ def estimate_embedding(model: str, revision: str | None, lengths: np.ndarray) ->
             "estimated_embedding_seconds": round(flops / rate) if rate else None}
 
 
-def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int,
+def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int | None,
                  device: torch.device | None = None) -> Encoder:
     """Load the model once, in float32 on CPU or `dtype` on GPU, and check it before any work."""
     device = device or pick_device()
@@ -144,6 +144,7 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
         raise BuildError(f"--model {model} lacks {len(missing)} weights (e.g. {missing[:3]}): its "
                          "checkpoint is partial; download it again or pass a complete model")
     log.info("model %s on %s in %s, dim %d", model, device, torch_dtype, dim)
+    pad_id = 0 if pad_id is None else pad_id  # no attention reaches the padding, so any id does
     return Encoder(loaded.to(device).eval(), pad_id, dim, device)
 
 

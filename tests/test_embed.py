@@ -169,6 +169,17 @@ def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, ti
         np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)
 
 
+def test_a_chunk_no_process_could_see_names_the_shared_storage_fix(tmp_path):
+    from elm_wikitext.embed import ChunkStore, assemble, plan_chunks
+    from elm_wikitext.errors import BuildError
+
+    store = ChunkStore(tmp_path / "work", dim=4)
+    chunks = plan_chunks(np.array([3, 2, 2]), chunk_tokens=4)
+    store.save(0, np.ones((len(chunks[0]), 4), dtype=np.float32))  # chunk 1 was written elsewhere
+    with pytest.raises(BuildError, match="chunk 1 is missing .* --output must be on storage they all share"):
+        assemble(store, chunks, rows=3)
+
+
 def splits_as_rows(output: Path) -> dict:
     return {name: list(zip(split["text_id"][:], split["text"][:], split["article"][:]))
             for name, split in load_from_disk(str(output)).items()}

@@ -87,6 +87,13 @@ def test_non_finite_rows_are_recomputed_in_float32(encoder, tokenizer):
     assert torch.dot(vectors[1], expected[1]).item() >= 0.9999
 
 
+def test_a_tokenizer_without_a_pad_token_still_batches(tiny_model, tokenizer):
+    ids = tokenizer(TEXTS)["input_ids"]
+    padded = load_encoder(tiny_model, None, "float16", None, tokenizer.pad_token_id)
+    unpadded = load_encoder(tiny_model, None, "float16", None, None)
+    assert torch.allclose(embed_ids(unpadded, ids), embed_ids(padded, ids), atol=1e-6)
+
+
 def test_token_batches_cap_budget_and_padding():
     lengths = np.random.default_rng(0).integers(100, 2001, size=2000)
     batches = token_batches(lengths, 16384)
