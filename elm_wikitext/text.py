@@ -117,13 +117,18 @@ def quality_reason(text: str) -> str:
     return ""
 
 
+def text_id(text: str) -> str:
+    """The same paragraph gets the same id on any machine and in any run."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def clean_batch(batch: dict) -> dict:
     texts = [clean_text(text) for text in batch["text"]]
     return {
         "text": texts,
         "article": [clean_text(title) for title in batch["article"]],
         "section": [clean_text(title) for title in batch["section"]],
-        "text_id": [hashlib.sha256(text.encode()).hexdigest()[:16] for text in texts],
+        "text_id": [text_id(text) for text in texts],
         "drop": [quality_reason(text) for text in texts],
     }
 

@@ -2,6 +2,7 @@
 `python build.py --verify DIR`. Each gate returns the problems it found, naming the rows."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -9,7 +10,8 @@ from datasets import DatasetDict
 
 from .encode import embed_ids, load_encoder, load_tokenizer
 from .errors import BuildError
-from .publish import expected_features, read_output
+from .publish import expected_features, read_output, split_checksum
+from .text import text_id
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,12 @@ def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
 
 def check_schema(splits: DatasetDict, manifest: dict) -> list[str]:
     dim = manifest["stats"]["embed"]["dim"]
-    problems = [f"{name}: features {dict(split.features)} differ from the published schema"
-                for name, split in splits.items() if split.features != expected_features(dim)]
+    return [f"{name}: features {dict(split.features)} differ from the published schema"
+            for name, split in splits.items() if split.features != expected_features(dim)]
+
+
+def check_counts(splits: DatasetDict, manifest: dict) -> list[str]:
+    problems = []
     for name, expected in manifest["splits"].items():
         if name not in splits or len(splits[name]) != expected["rows"]:
             problems.append(f"{name}: {len(splits[name]) if name in splits else 'no'} rows, "
@@ -39,17 +45,31 @@ def check_vectors(splits: DatasetDict, dim: int) -> list[str]:
     for name, split in splits.items():
         if "embedding" not in split.column_names:
             continue  # the schema gate reports it
-        flat = pc.list_flatten(split.data.column("embedding")).to_numpy()
-        vectors = flat.reshape(len(split), -1)
-        if vectors.shape[1] != dim:
-            problems.append(f"{name}: vectors have {vectors.shape[1]} values, not {dim}")
+        column = split.data.column("embedding")
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        if (lengths != dim).any():  # missing or of another size: nothing more to check
+            problems.append(f"{name}: rows without a vector of {dim} values: {_ids(split, lengths != dim)}")
             continue
+        vectors = pc.list_flatten(column).to_numpy().reshape(len(split), dim)
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
             problems.append(f"{name}: non-finite vectors in rows {_ids(split, ~finite)}")
         bad_norm = finite & (np.abs(np.linalg.norm(vectors, axis=1) - 1) > NORM_TOLERANCE)
         if bad_norm.any():
             problems.append(f"{name}: vectors without unit norm in rows {_ids(split, bad_norm)}")
+    return problems
+
+
+def check_files(splits: DatasetDict, manifest: dict, output: str) -> list[str]:
+    """Each split's Arrow files hash as the manifest recorded, and each text_id is its text's."""
+    problems = [f"{name}: its files differ from the SHA-256 in the manifest (changed since the build)"
+                for name in splits if name in manifest["splits"]
+                and split_checksum(Path(output) / name) != manifest["splits"][name]["sha256"]]
+    for name, split in splits.items():
+        wrong = np.array([text_id(text) != stored for text, stored
+                          in zip(split.data.column("text").to_pylist(), split.data.column("text_id").to_pylist())])
+        if wrong.any():
+            problems.append(f"{name}: text_id is not the SHA-256 of the text in rows {_ids(split, wrong)}")
     return problems
 
 
@@ -94,8 +114,10 @@ def verify(output: str, model: str | None = None) -> dict:
     splits, manifest = read_output(output)
     if "embed" not in manifest["stats"]:
         raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
-    problems = (check_schema(splits, manifest) + check_vectors(splits, manifest["stats"]["embed"]["dim"])
-                + check_uniqueness(splits))
+    problems = check_schema(splits, manifest)
+    if not problems:  # the other gates read the columns the schema promises
+        problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
+                     + check_vectors(splits, manifest["stats"]["embed"]["dim"]) + check_uniqueness(splits))
     if not problems:  # the slow gate only for an output that passed the others
         problems += check_sample(splits, manifest, model)
     if problems:

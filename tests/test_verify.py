@@ -7,18 +7,21 @@ import pytest
 from datasets import load_from_disk
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.publish import MANIFEST_FILE
+from elm_wikitext.publish import MANIFEST_FILE, split_checksum
 from elm_wikitext.verify import verify
 
 
-def rewrite(output, change):
-    """Apply `change` to the splits and save them back in place, keeping the manifest."""
-    splits = load_from_disk(str(output))
-    splits = change(splits)
-    manifest = (output / MANIFEST_FILE).read_text()
+def rewrite(output, change, update_checksums=True):
+    """Apply `change` to the splits and save them beside `output` with its manifest, the files'
+    checksums updated as a build that made these rows would have written them (or not)."""
+    splits = change(load_from_disk(str(output)))
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
     tmp = output.parent / "rewritten"
     splits.save_to_disk(str(tmp))
-    (tmp / MANIFEST_FILE).write_text(manifest)
+    if update_checksums:
+        for name, entry in manifest["splits"].items():
+            entry["sha256"] = split_checksum(tmp / name)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
     return tmp
 
 
@@ -67,3 +70,40 @@ def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
 
     with pytest.raises(BuildError, match="re-embeds with cosine"):
         verify(str(rewrite(embedded_copy, shuffle_vectors)))
+
+
+def test_files_changed_after_the_build_fail(embedded_copy):
+    def edit_text(splits):
+        splits["test"] = splits["test"].map(
+            lambda row, index: {"section": row["section"] + ("!" if index == 0 else "")}, with_indices=True)
+        return splits
+
+    with pytest.raises(BuildError, match="test: its files differ from the SHA-256 in the manifest"):
+        verify(str(rewrite(embedded_copy, edit_text, update_checksums=False)))
+
+
+def test_a_text_id_that_is_not_its_texts_fails(embedded_copy):
+    def relabel(splits):
+        splits["train"] = splits["train"].map(
+            lambda row, index: {"text_id": "0" * 16 if index == 2 else row["text_id"]}, with_indices=True)
+        return splits
+
+    with pytest.raises(BuildError, match="train: text_id is not the SHA-256 of the text in rows 0000000000000000"):
+        verify(str(rewrite(embedded_copy, relabel)))
+
+
+def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
+    import pyarrow as pa
+    from datasets import Dataset
+
+    def drop_vector(splits):
+        test = splits["test"]
+        vectors = test["embedding"][:]
+        vectors[1] = None  # the column keeps its fixed size: only this row is null
+        column = pa.array(vectors, pa.list_(pa.float32(), len(vectors[0])))
+        splits["test"] = Dataset(test.data.table.set_column(
+            test.column_names.index("embedding"), "embedding", column), info=test.info)
+        return splits
+
+    with pytest.raises(BuildError, match="test: rows without a vector of 64 values"):
+        verify(str(rewrite(embedded_copy, drop_vector)))
