@@ -162,10 +162,12 @@ def token_counts(splits: DatasetDict) -> np.ndarray:
     return np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
 
 
-def token_histogram(splits: DatasetDict) -> list[dict]:
-    counts, _ = np.histogram(token_counts(splits), HISTOGRAM_EDGES)
+def token_histogram(splits: DatasetDict, min_tokens: int, max_tokens: int) -> list[dict]:
+    """Rows per token-length bucket, the buckets spanning the run's --min-tokens..--max-tokens."""
+    edges = sorted({min_tokens, max_tokens + 1, *(e for e in HISTOGRAM_EDGES if min_tokens < e <= max_tokens)})
+    counts, _ = np.histogram(token_counts(splits), edges)
     return [{"range": f"{low}-{high - 1}", "count": int(count)}
-            for low, high, count in zip(HISTOGRAM_EDGES, HISTOGRAM_EDGES[1:], counts)]
+            for low, high, count in zip(edges, edges[1:], counts)]
 
 
 def save_histogram(splits: DatasetDict, path: Path) -> None:
@@ -191,7 +193,7 @@ def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str) 
         task_categories=["feature-extraction", "text-generation"],
         size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
                          "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
-        source_datasets=["original"] if Path(source).exists() else [source],
+        source_datasets=None if Path(source).exists() else [source],  # a local copy: unknown
         tags=["embeddings", "elm", "wikitext"])
     info = DatasetInfo(features=expected_features(dim), splits=SplitDict(
         {name: SplitInfo(name=name, num_examples=len(split)) for name, split in splits.items()}))
@@ -203,18 +205,20 @@ def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str) 
 
 def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>/elm-wikitext2",
                 version: str = "v1.0.0") -> DatasetCard:
-    stats, config = manifest["stats"], manifest["config"]
-    embed = stats["embed"]
+    # The text stage's facts come from its own statistics: a later `--stage embed` run's options
+    # say nothing of the source or the length limits the text was made with.
+    text, embed = manifest["stats"]["text"], manifest["stats"]["embed"]
     pretty_name = "ELM WikiText-2: paragraphs and their Qwen3-Embedding vectors"
     return DatasetCard.from_template(
-        card_metadata(splits, embed["dim"], config["source"], pretty_name),
+        card_metadata(splits, embed["dim"], text["source"], pretty_name),
         template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, version=version,
         model=embed["model"], model_revision=embed["model_revision"] or "main", dim=embed["dim"],
-        dim_cut=config["dim"] is not None, dtype=embed["dtype"], recomputed=embed["recomputed_float32"],
-        max_tokens=config["max_tokens"], source=config["source"], source_config=config["source_config"],
-        text=stats["text"], histogram=token_histogram(splits), command=manifest["command"],
+        dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"], recomputed=embed["recomputed_float32"],
+        max_tokens=text["max_tokens"], source=text["source"], source_config=text["source_config"],
+        text=text, histogram=token_histogram(splits, text["min_tokens"], text["max_tokens"]),
+        command=manifest["command"],
         versions=manifest["versions"], created=manifest["created"],
-        splits=[{"name": name, "rows": len(split), "tokens": stats["text"]["tokens"][name]}
+        splits=[{"name": name, "rows": len(split), "tokens": text["tokens"][name]}
                 for name, split in splits.items()])
 
 

@@ -1,6 +1,7 @@
 """The output directory, the card, and the Hub layout loaded back as a user would."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,23 @@ def test_output_holds_data_card_manifest_and_histogram(embedded_output):
     assert "duplicate | 1" in card.text and "low_quality | 2" in card.text
     assert "load_dataset(" in card.text and "Merity" in card.text
     assert (embedded_output / "token_lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, tiny_model, tmp_path):
+    from build import main
+
+    output = str(tmp_path / "out")
+    assert main(["--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", output,
+                 "--min-tokens", "20", "--max-tokens", "3000"]) == 0
+    assert main(["--stage", "embed", "--model", tiny_model, "--output", output]) == 0  # default options
+    card = DatasetCard.load(Path(output) / "README.md")
+    assert f"Built from `{sample_dir}`" in card.text and "Salesforce/wikitext" not in card.text
+    assert "at most 3000 tokens per paragraph" in card.text and "outside 20-3000 tokens" in card.text
+    table = card.text.split("| tokens | paragraphs |")[1].split("![")[0]
+    buckets = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "-" in line]
+    assert buckets[0][0].strip().startswith("20-") and buckets[-1][0].strip().endswith("-3000")
+    rows = sum(len(split) for split in load_from_disk(output).values())
+    assert sum(int(count.replace(",", "")) for _, count in buckets) == rows  # every row in a bucket
 
 
 def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):
