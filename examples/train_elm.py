@@ -30,7 +30,7 @@ log = logging.getLogger("train_elm")
 @dataclass
 class TrainArgs:
     dataset: str = field(default="data/elm-wikitext2", metadata={
-        "help": "A local directory written by save_to_disk (build.py's --output), or a Hub dataset id."})
+        "help": "build.py's --output, a downloaded copy of the Hub repo, or a Hub dataset id."})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --dataset."})
     split: str = field(default="train", metadata={"help": "The split to train on."})
     max_steps: int = field(default=500, metadata={"help": "Optimizer steps (WikiText-2's epoch is ~190)."})
@@ -44,8 +44,9 @@ class TrainArgs:
 
 
 def load_splits(source: str, revision: Optional[str]):
-    """A local directory is what `save_to_disk` wrote; anything else is a Hub dataset id."""
-    if Path(source).is_dir():
+    """build.py's --output (what `save_to_disk` wrote), a downloaded copy of the Hub repo (its
+    parquet files and card), or a Hub dataset id."""
+    if (Path(source) / "dataset_dict.json").is_file():
         return load_from_disk(source)
     return load_dataset(source, revision=revision)
 

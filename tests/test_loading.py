@@ -210,3 +210,17 @@ def test_the_example_trains_on_a_saved_dataset(saved, capsys):
     assert len(losses) == 7 and all(math.isfinite(loss) for loss in losses)  # past one epoch of 5
     example.main(["--dataset", str(saved), "--max-steps", "2", "--width", "16"])
     assert capsys.readouterr().out.startswith("2 steps in ")
+
+
+def test_the_example_reads_a_downloaded_copy_of_the_hub_repo(saved, tmp_path):
+    from datasets import load_from_disk
+
+    spec = importlib.util.spec_from_file_location("train_elm", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    copy = tmp_path / "elm-wikitext2"  # the Hub layout, as `hf download --repo-type dataset` leaves it
+    (copy / "data").mkdir(parents=True)
+    for name, split in load_from_disk(str(saved)).items():
+        split.to_parquet(copy / "data" / f"{name}-00000-of-00001.parquet")
+    splits = example.load_splits(str(copy), None)
+    assert {name: len(split) for name, split in splits.items()} == ROWS
