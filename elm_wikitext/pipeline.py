@@ -72,8 +72,8 @@ def _build(options: BuildOptions, api) -> dict | None:
     write_output(splits, build_manifest(options, stats), options.output)
     if options.push:
         stats["published"] = publish(options, repo_id, api)
-    # Only now: a rerun after a failed upload finds every vector done.
-    shutil.rmtree(Path(f"{options.output}.embed-work"), ignore_errors=True)
+    if options.stage != "text":  # only now: a rerun after a failed upload finds every vector done
+        shutil.rmtree(Path(f"{options.output}.embed-work"), ignore_errors=True)
     return stats
 
 
