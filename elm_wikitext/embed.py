@@ -186,7 +186,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
     if options.compile:
-        compile_layers(encoder.model)
+        compile_layers(encoder)
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
     key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
     store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)

@@ -164,18 +164,27 @@ def model_identity(model: str, revision: str | None) -> str:
     return digest.hexdigest()
 
 
-def compile_layers(model: torch.nn.Module) -> None:
-    """torch.compile each decoder layer in place, for batches of any shape (`--compile`).
+def compile_layers(encoder: Encoder) -> None:
+    """torch.compile each decoder layer in place, for batches of any shape (`--compile`), and
+    compile them now, on two small batches, so that a machine where inductor cannot build its
+    kernels (no C compiler, say) is refused before any work and the progress bar times batches only.
 
     Between its matmuls a Qwen3 layer runs many small element-wise kernels (float32 RMSNorm,
-    rotary, SwiGLU, residual adds); compiling fuses them. The layers share one compiled graph, so
-    the first batch pays one compilation, and the first batch of a single row one more.
+    rotary, SwiGLU, residual adds); compiling fuses them. The layers share one compiled graph for
+    batches of several rows and one for a single row.
     """
-    layers = getattr(model, "layers", None)  # decoders named otherwise are compiled whole
-    for module in layers or [model]:
+    layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole
+    for module in layers or [encoder.model]:
         module.compile(dynamic=True)
     what = f"{len(layers)} decoder layers" if layers else "the model"
-    log.info("compiling %s with torch.compile: the first batches wait for it", what)
+    log.info("compiling %s with torch.compile", what)
+    try:
+        for rows in (1, 2):
+            embed_ids(encoder, [[encoder.pad_id] * 16] * rows)
+    except Exception as err:  # inductor's and Triton's errors come in many types
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        raise BuildError(f"--compile cannot compile on this machine ({reason}): install a C compiler "
+                         "(gcc) that torch.compile can use, or build without --compile") from None
 
 
 def _attention(device: torch.device, dtype: torch.dtype) -> str:

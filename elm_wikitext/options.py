@@ -54,8 +54,8 @@ class BuildOptions:
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
     compile: bool = _opt(
-        False, "torch.compile the model's decoder layers, fusing their element-wise work. The "
-        "first batches wait for the compilation.")
+        False, "torch.compile the model's decoder layers, fusing their element-wise work. They are "
+        "compiled before the first batch, which takes seconds.")
     chunk_tokens: int = _opt(
         131072, "Tokens per resumable unit of the embed stage: a crash loses at most one chunk "
         "per process, and processes share the work chunk by chunk.")

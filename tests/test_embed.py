@@ -155,6 +155,17 @@ def test_compiled_layers_give_the_same_vectors(embedded, text_output_copy, tiny_
         assert (array * vectors(embedded)[name]).sum(axis=1).min() >= 0.99999
 
 
+def test_compile_without_a_working_compiler_is_refused_before_any_work(text_output_copy, tiny_model):
+    before = sorted(p.name for p in text_output_copy.parent.iterdir())
+    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), "--compile",
+                     env={"CXX": "/bin/false", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"})
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("error: --compile cannot compile on this machine")
+    assert "or build without --compile" in done.stderr.splitlines()[-1]
+    assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names
+    assert sorted(p.name for p in text_output_copy.parent.iterdir()) == before  # no work files either
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
 def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
