@@ -40,8 +40,9 @@ def plan_chunks(lengths: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
 
 
 class ChunkStore:
-    """Finished chunks as `chunk-00012-<sha256 prefix>.npy`: written aside, renamed into place,
-    and loaded only when their bytes match the name and their shape the plan."""
+    """Finished chunks as `chunk-00012-<sha256 prefix>.npz` (the vectors, and how many of their
+    rows needed float32): written aside, renamed into place, and loaded only when their bytes
+    match the name and their shape the plan."""
 
     def __init__(self, directory: Path, dim: int):
         self.directory, self.dim = directory, dim
@@ -51,28 +52,30 @@ class ChunkStore:
             raise BuildError(f"cannot write the embedding's work files in {directory} ({err}): make "
                              "--output's folder writable") from None
 
-    def load(self, index: int, rows: int) -> np.ndarray | None:
-        for path in self.directory.glob(f"chunk-{index:05d}-*.npy"):
+    def load(self, index: int, rows: int) -> tuple[np.ndarray, int] | None:
+        """The chunk's vectors and its count of float32 recomputations, or None to compute it."""
+        for path in self.directory.glob(f"chunk-{index:05d}-*.npz"):
             try:
                 data = path.read_bytes()
             except FileNotFoundError:  # another process found it damaged and removed it
                 continue
             if path.stem.endswith(hashlib.sha256(data).hexdigest()[:16]):
-                vectors = np.load(io.BytesIO(data))
+                with np.load(io.BytesIO(data)) as chunk:
+                    vectors, recomputed = chunk["vectors"], int(chunk["recomputed"])
                 if vectors.shape == (rows, self.dim) and np.isfinite(vectors).all():
-                    return vectors
+                    return vectors, recomputed
             log.warning("chunk file %s is damaged: computing it again", path.name)
             path.unlink(missing_ok=True)
         return None
 
-    def save(self, index: int, vectors: np.ndarray) -> None:
+    def save(self, index: int, vectors: np.ndarray, recomputed: int) -> None:
         temporary = self.directory / f".chunk-{index:05d}.{os.getpid()}.tmp"
         with open(temporary, "wb") as handle:
-            np.save(handle, vectors)
+            np.savez(handle, vectors=vectors, recomputed=np.int64(recomputed))
             handle.flush()
             os.fsync(handle.fileno())
         digest = hashlib.sha256(temporary.read_bytes()).hexdigest()[:16]
-        os.replace(temporary, self.directory / f"chunk-{index:05d}-{digest}.npy")
+        os.replace(temporary, self.directory / f"chunk-{index:05d}-{digest}.npz")
 
 
 def work_key(options, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
@@ -135,25 +138,27 @@ def compute_chunks(encoder: Encoder, paragraphs: Dataset, lengths: np.ndarray,
     with tqdm(total=total, unit="tok", unit_scale=True, desc="Embedding",
               disable=not log.isEnabledFor(logging.INFO)) as bar:
         for i in mine:
-            ids = paragraphs[chunks[i]]["input_ids"]
-            store.save(i, embed_chunk(encoder, ids, budget, counts, bar))
+            ids, before = paragraphs[chunks[i]]["input_ids"], counts["recomputed_float32"]
+            vectors = embed_chunk(encoder, ids, budget, counts, bar)
+            store.save(i, vectors, counts["recomputed_float32"] - before)
     log.info("embedded %d chunks here; %d of %d were done before", len(mine),
              len(chunks) - len(todo), len(chunks))
     return counts
 
 
-def assemble(store: ChunkStore, chunks: list[np.ndarray], rows: int) -> Path:
-    """Stream the chunks into one (rows, dim) array on disk, in dataset order."""
-    path = store.directory / "vectors.npy"
+def assemble(store: ChunkStore, chunks: list[np.ndarray], rows: int) -> tuple[Path, int]:
+    """Stream the chunks into one (rows, dim) array on disk, in dataset order; also return how
+    many rows needed float32, over every run that made the chunks."""
+    path, recomputed = store.directory / "vectors.npy", 0
     vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, store.dim))
     for index, positions in enumerate(chunks):
         chunk = store.load(index, len(positions))
         if chunk is None:  # another machine wrote it where this one cannot see it
             raise BuildError(f"chunk {index} is missing from {store.directory} after every process "
                              "finished: with several machines, --output must be on storage they all share")
-        vectors[positions] = chunk
+        vectors[positions], recomputed = chunk[0], recomputed + chunk[1]
     vectors.flush()
-    return path
+    return path, recomputed
 
 
 def attach_vectors(table: pa.Table, indices: list[int], vectors_path: str, offset: int) -> pa.Table:
@@ -195,8 +200,9 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     all_counts = processes.gather(counts)
     if not processes.is_main():  # gathering above was the last step together
         return None, {}
-    vectors_path = assemble(store, chunks, len(everything))
-    stats = {name: sum(c[name] for c in all_counts) for name in counts}
+    vectors_path, recomputed = assemble(store, chunks, len(everything))
+    stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
+    stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
     stats.update(model=options.model, model_revision=options.model_revision, dtype=effective_dtype,
                  dim=encoder.dim, device=str(encoder.device), compiled=options.compile,
                  processes=processes.count(), chunks=len(chunks),

@@ -96,7 +96,7 @@ def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_
     assert killed.returncode == -signal.SIGKILL
     assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names  # untouched
     work = next(Path(f"{text_output_copy}.embed-work").iterdir())
-    finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npy")}
+    finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npz")}
     assert len(finished) == 2
 
     rerun = run_build(*args)
@@ -170,7 +170,7 @@ def test_compile_without_a_working_compiler_is_refused_before_any_work(text_outp
 def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
     assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
-    chunk = sorted(next(Path(f"{text_output_copy}.embed-work").iterdir()).glob("chunk-*.npy"))[0]
+    chunk = sorted(next(Path(f"{text_output_copy}.embed-work").iterdir()).glob("chunk-*.npz"))[0]
     data = bytearray(chunk.read_bytes())
     chunk.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
     rerun = run_build(*args)
@@ -186,9 +186,20 @@ def test_a_chunk_no_process_could_see_names_the_shared_storage_fix(tmp_path):
 
     store = ChunkStore(tmp_path / "work", dim=4)
     chunks = plan_chunks(np.array([3, 2, 2]), chunk_tokens=4)
-    store.save(0, np.ones((len(chunks[0]), 4), dtype=np.float32))  # chunk 1 was written elsewhere
+    store.save(0, np.ones((len(chunks[0]), 4), dtype=np.float32), recomputed=0)  # chunk 1 was written elsewhere
     with pytest.raises(BuildError, match="chunk 1 is missing .* --output must be on storage they all share"):
         assemble(store, chunks, rows=3)
+
+
+def test_float32_recomputations_are_counted_over_every_run_that_made_the_chunks(tmp_path):
+    from elm_wikitext.embed import ChunkStore, assemble, plan_chunks
+
+    chunks = plan_chunks(np.array([3, 2, 2]), chunk_tokens=4)
+    ChunkStore(tmp_path / "work", dim=4).save(0, np.ones((len(chunks[0]), 4), np.float32), recomputed=1)
+    resumed = ChunkStore(tmp_path / "work", dim=4)  # a later run finds chunk 0 and computes chunk 1
+    resumed.save(1, np.ones((len(chunks[1]), 4), np.float32), recomputed=2)
+    path, recomputed = assemble(resumed, chunks, rows=3)
+    assert recomputed == 3 and np.load(path).shape == (3, 4)
 
 
 def splits_as_rows(output: Path) -> dict:
