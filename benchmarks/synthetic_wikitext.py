@@ -1,8 +1,9 @@
 """A synthetic corpus in WikiText's format and with its size and line-length profile.
 
-WikiText-2 has 44,836 lines (36,718 + 3,760 + 4,358) and about 2.5M words: about half the lines
-are blank, about a tenth are headings, and paragraph lines run about 130 words on average with a
-long tail. The words here are random, drawn from a small vocabulary with WikiText's artifacts
+WikiText-2 has 44,836 lines (36,718 + 3,760 + 4,358) and about 2.5M words. Its layout: a blank
+line before and after each heading, and a section's paragraphs on consecutive lines, one per
+line, with no blank line between them; so roughly half the lines are paragraphs, of about 115
+words on average with a long tail. The words here are random, drawn from a small vocabulary with WikiText's artifacts
 (`@-@`, `@,@`, `@.@`, `<unk>`, spaced punctuation), so that every step of the text stage has the
 same kind of work to do as on the real corpus.
 
@@ -25,17 +26,17 @@ LINES = {"wiki.train.tokens": 36718, "wiki.valid.tokens": 3760, "wiki.test.token
 
 
 def paragraph(rng: np.random.Generator) -> str:
-    words = int(np.clip(rng.lognormal(mean=4.95, sigma=0.6), 5, 1500))
+    words = int(np.clip(rng.lognormal(mean=4.55, sigma=0.6), 5, 1500))
     return " " + " ".join(rng.choice(WORDS, size=words)) + " "
 
 
 def article_lines(rng: np.random.Generator, number: int) -> list[str]:
     lines = [f" = Article {number} = ", " "]
-    for section in range(int(rng.integers(2, 6))):
+    lines += [paragraph(rng) for _ in range(int(rng.integers(1, 5)))]  # the lead
+    for section in range(int(rng.integers(2, 7))):
         lines += [" ", f" = = Section {section} = = ", " "]
-        for _ in range(int(rng.integers(2, 6))):
-            lines += [paragraph(rng), " "]
-    return lines
+        lines += [paragraph(rng) for _ in range(int(rng.integers(1, 6)))]
+    return lines + [" "]
 
 
 def write_corpus(directory: str | Path, scale: float = 1.0, seed: int = 0) -> Path:

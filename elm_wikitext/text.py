@@ -1,8 +1,8 @@
 """Text stage: WikiText lines -> clean paragraphs with their article and section, filtered.
 
-Each step is a `Dataset.map` over batches. The two steps that need to see across rows (grouping
-lines into paragraphs, dropping duplicates) work on Arrow arrays of the whole column, which stay
-memory-mapped, instead of Python lists. Every filter says why it drops a row; `Drops` counts them.
+Each step is a `Dataset.map` over batches. The two steps that need to see across rows (labelling
+paragraphs with the headings above them, dropping duplicates) work on Arrow arrays of the whole
+column, which stay memory-mapped, instead of Python lists. Every filter says why it drops a row; `Drops` counts them.
 """
 
 import hashlib
@@ -61,9 +61,10 @@ def heading_levels(stripped: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Chunk
     return level, pc.and_(pc.greater(level, 0), pc.ends_with(stripped, " ="))
 
 
-def group_paragraphs(lines: pa.Table) -> pa.Table:
-    """Consecutive non-empty, non-heading lines form one paragraph, labelled with the article
-    (` = Title = `) and the nearest section heading (` = = Section = = `, deeper levels too)."""
+def label_paragraphs(lines: pa.Table) -> pa.Table:
+    """Each non-empty line that is not a heading is one Wikipedia paragraph (WikiText puts a
+    paragraph on a line, with blank lines only around headings), labelled with its article
+    (` = Title = `) and the nearest section heading above it (` = = Section = = `, deeper too)."""
     stripped = pc.utf8_trim_whitespace(lines.column("text"))
     level, is_heading = heading_levels(stripped)
     title = pc.utf8_trim(stripped, "= ")
@@ -71,19 +72,8 @@ def group_paragraphs(lines: pa.Table) -> pa.Table:
     # A new article resets the section; a deeper heading replaces it.
     section = pc.fill_null_forward(pc.if_else(is_heading, pc.if_else(pc.equal(level, 1), "", title), None))
     is_text = pc.and_(pc.invert(pc.fill_null(is_heading, False)), pc.not_equal(stripped, ""))
-    text_mask = is_text.to_numpy(zero_copy_only=False)
-    starts = text_mask & ~np.r_[False, text_mask[:-1]]
-    paragraph_id = np.cumsum(starts)[text_mask]
-    grouped = pa.table({
-        "id": paragraph_id, "text": stripped.filter(is_text),
-        "article": pc.fill_null(article, "").filter(is_text),
-        "section": pc.fill_null(section, "").filter(is_text),
-    }).group_by("id", use_threads=False).aggregate(
-        [("text", "list"), ("article", "first"), ("section", "first")])
-    return pa.table({
-        "text": pc.binary_join(grouped.column("text_list"), " "),
-        "article": grouped.column("article_first"), "section": grouped.column("section_first"),
-    })
+    return pa.table({"text": stripped.filter(is_text), "article": pc.fill_null(article, "").filter(is_text),
+                     "section": pc.fill_null(section, "").filter(is_text)})
 
 
 def count_lines(lines: pa.Table) -> dict:
@@ -159,10 +149,10 @@ def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]
     """Lines -> kept paragraphs with text_id, text, article, section, input_ids, token_count,
     char_count; and the statistics of what was dropped and why."""
     stats = count_lines(lines.data.table)
-    paragraphs = lines.with_format("arrow").map(
-        group_paragraphs, batched=True, batch_size=None, remove_columns=lines.column_names,
-        features=PARAGRAPH_FEATURES, desc="Grouping lines into paragraphs",
-        new_fingerprint=step_fingerprint(lines, group_paragraphs)).with_format(None)
+    paragraphs = lines.with_format("arrow").map(  # one batch: headings label the lines after them
+        label_paragraphs, batched=True, batch_size=None, remove_columns=lines.column_names,
+        features=PARAGRAPH_FEATURES, desc="Labelling paragraphs",
+        new_fingerprint=step_fingerprint(lines, label_paragraphs)).with_format(None)
     stats["paragraphs"] = len(paragraphs)
     drops = Drops()
     cleaned = paragraphs.map(

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 from datasets import load_from_disk
 
-from elm_wikitext.text import clean_text, group_paragraphs, quality_reason
+from elm_wikitext.text import clean_text, label_paragraphs, quality_reason
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -28,14 +28,16 @@ def test_quality_reasons():
     assert quality_reason("A river in the north, 120 km long.") == ""
 
 
-def test_paragraphs_carry_article_and_nested_section():
+def test_each_line_is_a_paragraph_with_its_article_and_nested_section():
+    # WikiText's layout: one paragraph per line, consecutive, blank lines only around headings.
     lines = pa.table({"text": [
-        " ", " = Alpha = ", " ", " intro line one ", " intro line two ", " ", " = = History = = ",
+        " ", " = Alpha = ", " ", " intro paragraph one ", " intro paragraph two ", " ", " = = History = = ",
         " ", " history text ", " ", " = = = Early days = = = ", " ", " early text ", " ",
         " = Beta = ", " ", " beta text ", " "]})
-    out = group_paragraphs(lines).to_pylist()
+    out = label_paragraphs(lines).to_pylist()
     assert out == [
-        {"text": "intro line one intro line two", "article": "Alpha", "section": ""},
+        {"text": "intro paragraph one", "article": "Alpha", "section": ""},
+        {"text": "intro paragraph two", "article": "Alpha", "section": ""},
         {"text": "history text", "article": "Alpha", "section": "History"},
         {"text": "early text", "article": "Alpha", "section": "Early days"},
         {"text": "beta text", "article": "Beta", "section": ""},
@@ -44,7 +46,7 @@ def test_paragraphs_carry_article_and_nested_section():
 
 def test_a_line_that_only_starts_like_a_heading_is_text_of_the_current_article():
     lines = pa.table({"text": [" = Alpha = ", " ", " = not a heading ", " ", " after it ", " "]})
-    assert group_paragraphs(lines).to_pylist() == [
+    assert label_paragraphs(lines).to_pylist() == [
         {"text": "= not a heading", "article": "Alpha", "section": ""},
         {"text": "after it", "article": "Alpha", "section": ""},
     ]
@@ -69,8 +71,8 @@ def test_text_stage_on_the_sample(text_output):
     for artifact in ("@,@", "@.@", "@-@", "<unk>", " ,", " .", "( ", " 's", " n't", "  "):
         assert not any(artifact in text for text in texts), artifact
     assert any("Saint-Clément" in row["section"] for row in rows)
-    # Two lines with no blank line between them became one paragraph.
-    assert stats["paragraph_lines"] == stats["paragraphs"] + 1
+    # Each paragraph line is a paragraph, also where no blank line separates two (WikiText's layout).
+    assert stats["paragraph_lines"] == stats["paragraphs"]
 
 
 def test_token_count_includes_the_appended_end_of_text(text_output, tokenizer):
