@@ -42,8 +42,8 @@ def build(options: BuildOptions, api=None) -> dict | None:
     """Run the stages that `options.stage` asks for, then publish if asked; return the
     statistics (main process). `api` is the Hub client (a stand-in in tests)."""
     check_output_location(options.output)
-    if options.dry_run:
-        return plan(options)
+    if options.dry_run:  # one plan, from the main process
+        return plan(options) if processes.is_main() else None
     # One build per output at a time; the lock goes with the process, even after kill -9.
     with output_lock(options.output) if processes.is_main() else contextlib.nullcontext():
         return _build(options, api or HfApi())
@@ -52,6 +52,7 @@ def build(options: BuildOptions, api=None) -> dict | None:
 def _build(options: BuildOptions, api) -> dict | None:
     if processes.is_main():
         recover_output(options.output)
+    processes.wait_for_everyone()  # the others read the output only once it is whole again
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model the pooling does not fit is refused before the text stage
         dim = check_model_config(options.model, options.model_revision, options.dim)
