@@ -52,8 +52,9 @@ def _load_local(path: Path, config: str) -> Dataset:
     if token_files:
         for file in token_files:
             _check_utf8(file)
-        parts = [load_dataset("text", data_files=str(file), split="train") for file in token_files]
-        return concatenate_datasets(parts)
+        parts = [load_dataset("text", data_files=str(file), split="train")
+                 for file in token_files if file.stat().st_size > 0]  # datasets fails on an empty file
+        return concatenate_datasets(parts) if parts else Dataset.from_dict({"text": []})
     if (path / config).is_dir():  # a download of the whole Hub repo: one folder per config
         path = path / config
     parquet = sorted(path.rglob("*.parquet"), key=_parquet_order)

@@ -80,6 +80,21 @@ def test_directory_without_wikitext_files_is_refused(tmp_path):
         load_lines(str(tmp_path), "wikitext-2-v1")
 
 
+def test_an_empty_token_file_beside_others_adds_no_lines(tmp_path):
+    write_tokens(tmp_path, LINES)
+    (tmp_path / "wiki.test.tokens").write_bytes(b"")
+    assert load_lines(str(tmp_path), "wikitext-2-v1")["text"] == LINES["train"] + LINES["validation"]
+
+
+@pytest.mark.parametrize("content", [b"", b" \n\n \n"], ids=["empty files", "blank lines"])
+def test_source_without_text_is_refused(tmp_path, content):
+    write_tokens(tmp_path, LINES)
+    for name in TOKEN_FILE.values():
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(BuildError, match="holds no text: point it at a non-empty WikiText copy"):
+        load_lines(str(tmp_path), "wikitext-2-v1")
+
+
 def test_source_of_blank_lines_only_is_refused(tmp_path):
     write_tokens(tmp_path, {split: [" ", "", " "] for split in LINES})
     with pytest.raises(BuildError, match="holds no text: point it at a non-empty WikiText copy"):
