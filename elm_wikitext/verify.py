@@ -73,13 +73,14 @@ def check_files(splits: DatasetDict, manifest: dict, output: str) -> list[str]:
     return problems
 
 
-def check_uniqueness(splits: DatasetDict) -> list[str]:
+def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
+    """No text_id twice, no text in two splits, and, where articles were kept whole, no article."""
     problems = []
     ids = np.concatenate([split.data.column("text_id").to_numpy(zero_copy_only=False) for split in splits.values()])
     values, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         problems.append(f"text_id repeated: {', '.join(values[counts > 1][:5])}")
-    for column in ("text", "article"):
+    for column in ("text", "article") if split_by == "article" else ("text",):
         seen = {name: set(split.data.column(column).to_pylist()) for name, split in splits.items()}
         names = list(seen)
         for i, first in enumerate(names):
@@ -114,10 +115,12 @@ def verify(output: str, model: str | None = None) -> dict:
     splits, manifest = read_output(output)
     if "embed" not in manifest["stats"]:
         raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
+    stats = manifest["stats"]
     problems = check_schema(splits, manifest)
     if not problems:  # the other gates read the columns the schema promises
         problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
-                     + check_vectors(splits, manifest["stats"]["embed"]["dim"]) + check_uniqueness(splits))
+                     + check_vectors(splits, stats["embed"]["dim"])
+                     + check_uniqueness(splits, stats["text"]["split_by"]))
     if not problems:  # the slow gate only for an output that passed the others
         problems += check_sample(splits, manifest, model)
     if problems:

@@ -107,3 +107,14 @@ def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
 
     with pytest.raises(BuildError, match="test: rows without a vector of 64 values"):
         verify(str(rewrite(embedded_copy, drop_vector)))
+
+
+def test_a_paragraph_split_passes_though_its_articles_span_splits(sample_dir, tiny_model, tmp_path):
+    from build import main
+
+    output = tmp_path / "out"
+    assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
+                 "--split-by", "paragraph"]) == 0
+    splits = load_from_disk(str(output))
+    assert set(splits["train"]["article"]) & set(splits["test"]["article"])  # what --split-by paragraph means
+    assert verify(str(output))["rows"]["test"] == len(splits["test"])
