@@ -212,14 +212,20 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
     return DatasetCard.from_template(
         card_metadata(splits, embed["dim"], text["source"], pretty_name),
         template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, version=version,
-        model=embed["model"], model_revision=embed["model_revision"] or "main", dim=embed["dim"],
+        model=embed["model"], model_revision=_hub_only(embed["model"], embed["model_revision"] or "main"),
+        dim=embed["dim"],
         dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"], recomputed=embed["recomputed_float32"],
-        max_tokens=text["max_tokens"], source=text["source"], source_config=text["source_config"],
+        max_tokens=text["max_tokens"], source=text["source"], source_config=_hub_only(text["source"], text["source_config"]),
         text=text, histogram=token_histogram(splits, text["min_tokens"], text["max_tokens"]),
         command=manifest["command"],
         versions=manifest["versions"], created=manifest["created"],
         splits=[{"name": name, "rows": len(split), "tokens": text["tokens"][name]}
                 for name, split in splits.items()])
+
+
+def _hub_only(repo: str, setting: str) -> str | None:
+    # A revision or a config names something on the Hub; a local directory has neither.
+    return None if Path(repo).exists() else setting
 
 
 def write_card(splits: DatasetDict, manifest: dict, directory: Path, **hub) -> None:

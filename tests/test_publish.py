@@ -38,7 +38,8 @@ def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, 
                  "--min-tokens", "20", "--max-tokens", "3000"]) == 0
     assert main(["--stage", "embed", "--model", tiny_model, "--output", output]) == 0  # default options
     card = DatasetCard.load(Path(output) / "README.md")
-    assert f"Built from `{sample_dir}`" in card.text and "Salesforce/wikitext" not in card.text
+    assert f"Built from `{sample_dir}`, its train" in card.text and "Salesforce/wikitext" not in card.text
+    assert f"- Model: `{tiny_model}`." in card.text  # a local directory: no Hub config or revision
     assert "at most 3000 tokens per paragraph" in card.text and "outside 20-3000 tokens" in card.text
     table = card.text.split("| tokens | paragraphs |")[1].split("![")[0]
     buckets = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "-" in line]
