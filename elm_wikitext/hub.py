@@ -102,6 +102,15 @@ def preflight(options, api: HfApi, features: Features) -> str:
     return repo_id
 
 
+def _tagged(api: HfApi, repo_id: str, tag: str, commit: str) -> bool:
+    """Whether `tag` already names `commit` (a retried tag request then answers 409)."""
+    try:
+        tags = retried(api.list_repo_refs, repo_id, repo_type="dataset").tags
+    except Exception:  # the tag's own failure is the one to report
+        return False
+    return any(ref.name == tag and ref.target_commit == commit for ref in tags)
+
+
 def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) -> str:
     """Upload the staged folder as one commit, tag it, and return the line that loads it."""
     # Each step's failure, an HTTP answer or the client's own network error (its types vary by
@@ -122,7 +131,8 @@ def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) ->
         retried(api.create_tag, repo_id, repo_type="dataset", tag=version, revision=commit.oid,
                 tag_message=f"elm-wikitext {version}")
     except Exception as err:
-        raise BuildError(f"the data is in {repo_id} at commit {commit.oid}, but creating the tag "
-                         f"{version} failed ({err}): run `hf repo tag create {repo_id} {version} "
-                         f"--revision {commit.oid} --repo-type dataset`") from None
+        if not _tagged(api, repo_id, version, commit.oid):  # else the answer was lost, not the tag
+            raise BuildError(f"the data is in {repo_id} at commit {commit.oid}, but creating the tag "
+                             f"{version} failed ({err}): run `hf repo tag create {repo_id} {version} "
+                             f"--revision {commit.oid} --repo-type dataset`") from None
     return f'load_dataset("{repo_id}", revision="{version}")'

@@ -46,7 +46,8 @@ class StandInApi:
 
     def list_repo_refs(self, repo_id, repo_type):
         self._call("list_repo_refs")
-        return SimpleNamespace(tags=[SimpleNamespace(name=t) for t in self.tags])
+        tags = [tag if isinstance(tag, tuple) else (tag, "an older commit") for tag in self.tags]
+        return SimpleNamespace(tags=[SimpleNamespace(name=name, target_commit=commit) for name, commit in tags])
 
     def dataset_info(self, repo_id):
         self._call("dataset_info")
@@ -160,6 +161,21 @@ def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(push_options, ste
     # A failure after the embedding kept its chunks: the rerun computes no vector again.
     embedded_before = step in ("create_repo", "upload_folder", "create_tag")
     assert (stats["embed"]["paragraphs"] == 0) == embedded_before
+
+
+def test_a_tag_whose_answer_was_lost_is_not_reported_as_failed(push_options):
+    class LostAnswer(StandInApi):
+        def create_tag(self, repo_id, repo_type, tag, revision, tag_message):
+            self.calls.append("create_tag")
+            if (tag, revision) in self.tags:
+                raise http_error(409)  # the retry: the tag exists
+            self.tags.append((tag, revision))
+            raise http_error(502)  # the tag was made, but its answer was lost on the way
+
+    api = LostAnswer()
+    stats = build(push_options, api=api)
+    assert api.calls.count("create_tag") == 2 and api.tags == [("v1.0.0", "abc123")]
+    assert stats["published"] == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
 
 
 def published_card(dim: int):
