@@ -208,17 +208,18 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
     # The text stage's facts come from its own statistics: a later `--stage embed` run's options
     # say nothing of the source or the length limits the text was made with.
     text, embed = manifest["stats"]["text"], manifest["stats"]["embed"]
-    pretty_name = "ELM WikiText-2: paragraphs and their Qwen3-Embedding vectors"
+    config = _hub_only(text["source"], text["source_config"]) or ""
+    corpus = "WikiText-" + config.split("-")[1] if config.startswith("wikitext-") else "WikiText"
+    pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed['model']).name} vectors"
     return DatasetCard.from_template(
-        card_metadata(splits, embed["dim"], text["source"], pretty_name),
-        template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, version=version,
+        card_metadata(splits, embed["dim"], text["source"], pretty_name), template_path=str(CARD_TEMPLATE),
+        pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
         model=embed["model"], model_revision=_hub_only(embed["model"], embed["model_revision"] or "main"),
-        dim=embed["dim"],
-        dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"], recomputed=embed["recomputed_float32"],
-        max_tokens=text["max_tokens"], source=text["source"], source_config=_hub_only(text["source"], text["source_config"]),
-        text=text, histogram=token_histogram(splits, text["min_tokens"], text["max_tokens"]),
-        command=manifest["command"],
-        versions=manifest["versions"], created=manifest["created"],
+        dim=embed["dim"], dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"],
+        recomputed=embed["recomputed_float32"], max_tokens=text["max_tokens"], source=text["source"],
+        source_config=config or None, text=text,
+        histogram=token_histogram(splits, text["min_tokens"], text["max_tokens"]),
+        command=manifest["command"], versions=manifest["versions"], created=manifest["created"],
         splits=[{"name": name, "rows": len(split), "tokens": text["tokens"][name]}
                 for name, split in splits.items()])
 

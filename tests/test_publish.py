@@ -48,6 +48,18 @@ def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, 
     assert sum(int(count.replace(",", "")) for _, count in buckets) == rows  # every row in a bucket
 
 
+def test_the_card_names_the_corpus_and_model_it_was_built_from(embedded_output):
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    manifest["stats"]["text"].update(source="Salesforce/wikitext", source_config="wikitext-103-raw-v1")
+    manifest["stats"]["embed"].update(model="Qwen/Qwen3-Embedding-0.6B", model_revision=None)
+    card = publish.render_card(load_from_disk(str(embedded_output)), manifest)
+    assert card.data.pretty_name == "ELM WikiText-103: paragraphs and their Qwen3-Embedding-0.6B vectors"
+    assert card.data.source_datasets == ["Salesforce/wikitext"]
+    assert "WikiText-103 paragraphs paired with their **Qwen/Qwen3-Embedding-0.6B** embeddings" in card.text
+    assert "Built from `Salesforce/wikitext` (`wikitext-103-raw-v1`)" in card.text
+    assert "revision `main`" in card.text and "WikiText-2" not in card.text
+
+
 def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):
     folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.2.3")
     assert sorted(p.name for p in (folder / "data").iterdir()) == [
