@@ -193,7 +193,7 @@ def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str) 
         task_categories=["feature-extraction", "text-generation"],
         size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
                          "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
-        source_datasets=None if Path(source).exists() else [source],  # a local copy: unknown
+        source_datasets=[source] if _on_hub(source) else None,  # a local copy: unknown
         tags=["embeddings", "elm", "wikitext"])
     info = DatasetInfo(features=expected_features(dim), splits=SplitDict(
         {name: SplitInfo(name=name, num_examples=len(split)) for name, split in splits.items()}))
@@ -208,13 +208,14 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
     # The text stage's facts come from its own statistics: a later `--stage embed` run's options
     # say nothing of the source or the length limits the text was made with.
     text, embed = manifest["stats"]["text"], manifest["stats"]["embed"]
-    config = _hub_only(text["source"], text["source_config"]) or ""
+    config = text["source_config"] if _on_hub(text["source"]) else ""
     corpus = "WikiText-" + config.split("-")[1] if config.startswith("wikitext-") else "WikiText"
     pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed['model']).name} vectors"
     return DatasetCard.from_template(
         card_metadata(splits, embed["dim"], text["source"], pretty_name), template_path=str(CARD_TEMPLATE),
         pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
-        model=embed["model"], model_revision=_hub_only(embed["model"], embed["model_revision"] or "main"),
+        model=embed["model"],
+        model_revision=(embed["model_revision"] or "main") if _on_hub(embed["model"]) else None,
         dim=embed["dim"], dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"],
         recomputed=embed["recomputed_float32"], max_tokens=text["max_tokens"], source=text["source"],
         source_config=config or None, text=text,
@@ -224,9 +225,9 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
                 for name, split in splits.items()])
 
 
-def _hub_only(repo: str, setting: str) -> str | None:
-    # A revision or a config names something on the Hub; a local directory has neither.
-    return None if Path(repo).exists() else setting
+def _on_hub(repo: str) -> bool:
+    # A Hub id has a config and a revision to report; a local directory has neither.
+    return not Path(repo).exists()
 
 
 def write_card(splits: DatasetDict, manifest: dict, directory: Path, **hub) -> None:

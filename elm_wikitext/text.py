@@ -2,7 +2,8 @@
 
 Each step is a `Dataset.map` over batches. The two steps that need to see across rows (labelling
 paragraphs with the headings above them, dropping duplicates) work on Arrow arrays of the whole
-column, which stay memory-mapped, instead of Python lists. Every filter says why it drops a row; `Drops` counts them.
+column, which stay memory-mapped, instead of Python lists. Every filter says why it drops a row;
+`Drops` counts them.
 """
 
 import hashlib
