@@ -40,9 +40,10 @@ def summary(stats: dict, output: str, log_path: Path) -> str:
     lines.append("dropped:    " + ", ".join(f"{reason} {count:,}" for reason, count in text.get("dropped", {}).items()))
     timing = f"time:       text {text.get('seconds', 0):.1f} s"
     if embed:
-        speed = embed["tokens"] / embed["seconds"] if embed["seconds"] else 0
-        timing += (f", embed {embed['seconds']:.1f} s ({speed:,.0f} tokens/s computed here, padding "
-                   f"{embed['padding_share']:.1%}, {embed['processes']} process(es) on {embed['device']})")
+        compiled = ", compiled" if embed["compiled"] else ""
+        timing += (f", embed {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
+                   f"here in {embed['embedding_seconds']:.1f} s of batches, padding {embed['padding_share']:.1%}, "
+                   f"{embed['processes']} process(es) on {embed['device']}{compiled})")
     lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
               f"log:        {log_path}"]
     if "published" in stats:

@@ -190,22 +190,27 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
-    if options.compile:
-        compile_layers(encoder)
+    compiled = options.compile == "yes" or (options.compile == "auto" and encoder.device.type == "cuda")
+    if compiled:
+        compiled = compile_layers(encoder, required=options.compile == "yes")
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
     key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
     store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)
     chunks = plan_chunks(lengths, options.chunk_tokens)
+    embedding_started = time.perf_counter()
     counts = compute_chunks(encoder, everything, lengths, chunks, store, options.max_batch_tokens)
-    all_counts = processes.gather(counts)
+    all_counts = processes.gather(counts)  # waits for the slowest process
+    embedding_seconds = time.perf_counter() - embedding_started
     if not processes.is_main():  # gathering above was the last step together
         return None, {}
     vectors_path, recomputed = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
     stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
     stats.update(model=options.model, model_revision=options.model_revision, dtype=effective_dtype,
-                 dim=encoder.dim, device=str(encoder.device), compiled=options.compile,
+                 dim=encoder.dim, device=str(encoder.device), compiled=compiled,
                  processes=processes.count(), chunks=len(chunks),
+                 embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
+                 tokens_per_second=round(stats["tokens"] / embedding_seconds),
                  seconds=round(time.perf_counter() - started, 2))
     computed = stats["tokens"] + stats["padded_tokens"]
     stats["padding_share"] = round(stats["padded_tokens"] / computed, 4) if computed else 0.0

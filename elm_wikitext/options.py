@@ -53,9 +53,11 @@ class BuildOptions:
     max_batch_tokens: int = _opt(
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
-    compile: bool = _opt(
-        False, "torch.compile the model's decoder layers, fusing their element-wise work. They are "
-        "compiled before the first batch, which takes seconds.")
+    compile: str = _opt(
+        "auto", "torch.compile the model's decoder layers, fusing their element-wise work (1.5x "
+        "the tokens/s on an H100), before the first batch (seconds). 'auto': on a GPU, and eager "
+        "with a warning where inductor cannot build kernels; eager on CPU. 'yes': also on CPU, "
+        "refused where it cannot compile. 'no': never.", choices=["auto", "yes", "no"])
     chunk_tokens: int = _opt(
         131072, "Tokens per resumable unit of the embed stage: a crash loses at most one chunk "
         "per process, and processes share the work chunk by chunk.")

@@ -79,6 +79,9 @@ def test_embedding_column_is_a_fixed_length_unit_vector(embedded):
     stats = embed_stats(embedded)
     assert stats["paragraphs"] == sum(len(s) for s in splits.values())
     assert stats["padding_share"] <= 0.03
+    assert stats["compiled"] is False  # --compile auto compiles on a GPU only
+    assert 0 < stats["embedding_seconds"] <= stats["seconds"]
+    assert stats["tokens_per_second"] >= stats["tokens"] / stats["seconds"]  # batches only, no loading
 
 
 def test_vectors_belong_to_their_rows(embedded, tiny_model, tokenizer):
@@ -148,22 +151,48 @@ def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy
 
 def test_compiled_layers_give_the_same_vectors(embedded, text_output_copy, tiny_model):
     done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),
-                     *SMALL_CHUNKS, "--compile")
+                     *SMALL_CHUNKS, "--compile", "yes", env={"TORCH_LOGS": "recompiles"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compiling 2 decoder layers with torch.compile" in done.stderr
+    # The warm-up's second graph (several rows) is the only recompilation: no batch waits for one.
+    assert done.stderr.count("Recompiling function") == 1, done.stderr[-3000:]
+    assert embed_stats(text_output_copy)["compiled"] is True
     for name, array in vectors(text_output_copy).items():
         assert (array * vectors(embedded)[name]).sum(axis=1).min() >= 0.99999
 
 
+NO_COMPILER = {"CXX": "/bin/false", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}  # inductor's C++ build fails
+
+
 def test_compile_without_a_working_compiler_is_refused_before_any_work(text_output_copy, tiny_model):
     before = sorted(p.name for p in text_output_copy.parent.iterdir())
-    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), "--compile",
-                     env={"CXX": "/bin/false", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"})
+    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),
+                     "--compile", "yes", env=NO_COMPILER)
     assert done.returncode == 2
-    assert done.stderr.splitlines()[-1].startswith("error: --compile cannot compile on this machine")
-    assert "or build without --compile" in done.stderr.splitlines()[-1]
+    assert done.stderr.splitlines()[-1].startswith("error: --compile yes cannot compile on this machine")
+    assert "or pass --compile no" in done.stderr.splitlines()[-1]
     assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names
     assert sorted(p.name for p in text_output_copy.parent.iterdir()) == before  # no work files either
+
+
+def test_where_compiling_fails_unasked_the_layers_stay_eager_and_embed_the_same(tiny_model, tokenizer):
+    """What --compile auto does on a GPU without a working compiler (run here on CPU)."""
+    code = f"""
+import logging, torch
+from elm_wikitext.encode import compile_layers, embed_ids, load_encoder
+logging.basicConfig()
+encoder = load_encoder({tiny_model!r}, None, "float32", None, 0)
+ids = [[11, 22, 33, 44, 0], [55, 66, 0]]
+eager = embed_ids(encoder, ids)
+assert compile_layers(encoder, required=False) is False
+assert torch.allclose(embed_ids(encoder, ids), eager, atol=1e-6)
+print("same vectors")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **NO_COMPILER})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "same vectors"
+    assert "cannot compile the model on this machine" in done.stderr and "embedding eagerly" in done.stderr
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
