@@ -13,8 +13,9 @@ Same model, same paragraphs (random words with WikiText-2's paragraph-length pro
 On a GPU the model is Qwen3-Embedding-4B's architecture with random weights in float16, and
 the report adds MFU (tokens/s x 7.35 GFLOP/token over the H100's 989 TFLOP/s) and peak memory.
 The methods take turns for --repeats rounds; the report gives each one's median and the ratios
-round by round. --compile then measures (a) with build.py's --compile; --profile prints the
-operators that take one full batch's time (eager, and compiled with --compile).
+round by round. --compile then measures (a) with the layers compiled, as build.py does on a GPU
+(--compile auto) or anywhere with --compile yes; --profile prints the operators that take one
+full batch's time (eager, and compiled with --compile).
 """
 
 import argparse
@@ -177,18 +178,19 @@ def ratios(rounds: list[dict], budget: int) -> dict:
     return {name: {"median": round(float(np.median(values)), 2), "each_round": values} for name, values in out.items()}
 
 
-def compiled_runs(encoder: Encoder, tokenizer, texts, ids, budget: int, repeats: int, profile: bool) -> dict:
-    """(a) with `compile_layers`: its warm-up (the two graphs dynamo makes), then the same rounds;
-    recompilations during them are counted, and the vectors are compared with eager ones."""
+def compiled_runs(encoder: Encoder, tokenizer, texts, ids, budgets: list[int], repeats: int, profile: bool) -> dict:
+    """(a) with `compile_layers`: its warm-up (the two graphs dynamo makes), then the same rounds
+    and budgets; recompilations during them are counted, and the vectors are compared with eager ones."""
     from torch._dynamo.utils import counters
 
     eager = embed_ids(encoder, ids[:64])
     warm_up = timed(encoder.device, lambda: compile_layers(encoder))
     graphs = counters["stats"]["unique_graphs"]
-    rounds = [{f"a_compiled_{budget}": this_build(encoder, tokenizer, texts, budget)} for _ in range(repeats)]
+    rounds = [{f"a_compiled_{budget}": this_build(encoder, tokenizer, texts, budget) for budget in budgets}
+              for _ in range(repeats)]
     cosine = round(float((embed_ids(encoder, ids[:64]) * eager).sum(dim=1).min()), 6)
     if profile:
-        print("compiled:\n" + profile_batch(encoder, ids, budget), flush=True)
+        print("compiled:\n" + profile_batch(encoder, ids, budgets[-1]), flush=True)
     return {"warm_up_seconds": round(warm_up, 1), "min_cosine_to_eager": cosine, "graphs_after_warm_up": graphs,
             "graphs_after_runs": counters["stats"]["unique_graphs"], "median": median_of(rounds)}
 
@@ -253,7 +255,7 @@ def main() -> None:
         print("eager:\n" + profile_batch(encoder, ids, budgets[-1]), flush=True)
     if args.compile:
         try:
-            results["compiled"] = compiled_runs(encoder, tokenizer, texts, ids, budgets[-1], args.repeats,
+            results["compiled"] = compiled_runs(encoder, tokenizer, texts, ids, budgets, args.repeats,
                                                 args.profile)
         except Exception as err:  # a compiler that fails (no C compiler, a Triton error) must not cost
             results["compiled"] = {"error": f"{type(err).__name__}: {err}"[:2000]}  # the eager figures
