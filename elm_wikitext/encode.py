@@ -177,8 +177,8 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
 
     Between its matmuls a Qwen3 layer runs many small element-wise kernels (float32 RMSNorm,
     rotary, SwiGLU, residual adds); compiling fuses them: 1.5x the tokens/s of eager layers in a
-    build on an H100 (README). The layers share one compiled graph for batches of several rows and one for a
-    single row, whatever their length: no batch compiles again.
+    build on an H100 (README). The layers share one compiled graph for batches of several rows
+    and one for a single row, whatever their length: no batch compiles again.
     """
     layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole
     modules = list(layers or [encoder.model])
