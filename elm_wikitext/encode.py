@@ -248,7 +248,8 @@ def right_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.inference_mode()
 def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
-    """Normalized float32 vectors (rows, dim) of token-id rows that each end in end-of-text.
+    """Normalized float32 vectors (rows, dim), on the CPU, of token-id rows that each end in
+    end-of-text.
 
     The authors pad on the left so that the end-of-text token is last in every row. Padding on the
     right and reading each row at its own last token gives the same vectors: under the causal
@@ -267,7 +268,7 @@ def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
     vectors = F.normalize(last.float(), dim=-1)
     if encoder.dim < vectors.shape[-1]:
         vectors = F.normalize(vectors[:, :encoder.dim], dim=-1)
-    return vectors
+    return vectors.cpu()
 
 
 @contextmanager
@@ -330,7 +331,7 @@ def embed_rows(encoder: Encoder, ids: list[list[int]]) -> tuple[torch.Tensor, in
     bad = torch.nonzero(~torch.isfinite(vectors).all(dim=-1)).flatten().tolist()
     if bad:
         vectors[bad] = _embed_in_float32(encoder, [ids[i] for i in bad])
-    return vectors.cpu(), len(bad)
+    return vectors, len(bad)
 
 
 def _embed_in_float32(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:

@@ -103,7 +103,7 @@ def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: i
     for name, split in splits.items():
         for index in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
             row = split[int(index)]
-            fresh = embed_ids(encoder, [tokenizer(row["text"])["input_ids"]]).cpu().numpy()[0]
+            fresh = embed_ids(encoder, [tokenizer(row["text"])["input_ids"]]).numpy()[0]
             cosine = float(fresh @ np.asarray(row["embedding"], dtype=np.float32))
             if cosine < MIN_COSINE:
                 problems.append(f"{name}: row {row['text_id']} re-embeds with cosine {cosine:.5f}")
