@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from elm_wikitext import processes
 from elm_wikitext.errors import BuildError
 from elm_wikitext.options import parse_options
 from elm_wikitext.pipeline import build
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         # The log file under logs/ keeps the details; the terminal gets the one line.
         print("error:", " ".join(str(err).split()), file=sys.stderr)
         return 2
+    finally:
+        processes.finish()  # under a launcher; the work together is over either way
     if stats is None:  # not the main process: it printed nothing to summarise
         return 0
     if options.verify or options.dry_run:

@@ -51,3 +51,12 @@ def gather(obj) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([obj]) if count() > 1 else [obj]
+
+
+def finish() -> None:
+    """Leave the process group before the interpreter shuts down. A gloo group left to the
+    shutdown can still hold work of the last collective, and freeing it then aborts the process
+    (SIGABRT, "terminate called without an active exception"): 6 of 30 runs of 4 CPU processes
+    that gathered and exited did so without this call, none of 30 with it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _state().destroy_process_group()
