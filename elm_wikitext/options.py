@@ -25,12 +25,14 @@ class BuildOptions:
         "existing text-stage --output) or 'all' (text, then embed).",
         choices=["text", "embed", "all"])
     source: str = _opt(
-        "Salesforce/wikitext", "A Hub dataset id, or a local directory holding WikiText's "
-        "wiki.{train,valid,test}.tokens files or the Hub's parquet files of one config.")
+        "Salesforce/wikitext", "A Hub dataset id, or a local directory holding WikiText's archive "
+        "files (wiki.{train,valid,test}.raw for a raw config, .tokens for the others) or the Hub's "
+        "parquet files of one config.")
     source_config: str = _opt(
-        "wikitext-2-v1", "The Hub config of --source (wikitext-2-v1, wikitext-2-raw-v1, "
-        "wikitext-103-v1, wikitext-103-raw-v1). In a local copy of the whole Hub repo, the config's "
-        "folder is read.")
+        "wikitext-2-raw-v1", "The WikiText config (wikitext-2-raw-v1, wikitext-2-v1, "
+        "wikitext-103-raw-v1, wikitext-103-v1). The raw configs hold the real words; the others "
+        "replace rare words with <unk>. In a local copy of the whole Hub repo, the config's folder "
+        "is read.")
     source_revision: Optional[str] = _opt(None, "A Hub revision (branch, tag or commit) of --source.")
     model: str = _opt(
         "Qwen/Qwen3-Embedding-4B", "The embedding model: a Hub id or a local model directory. Its "

@@ -15,9 +15,20 @@ from .hub import check_on_hub
 
 log = logging.getLogger(__name__)
 
-# WikiText's own archive files, in the order they are pooled.
+# WikiText's own archive files, in the order they are pooled: the raw configs' archives hold
+# `wiki.*.raw`, the tokenized ones' (rare words as `<unk>`) `wiki.*.tokens`.
+RAW_FILES = ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
 TOKEN_FILES = ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
 HUB_SPLITS = ("train", "validation", "test")
+
+
+def is_raw(config: str) -> bool:
+    """`wikitext-2-raw-v1` and `wikitext-103-raw-v1` hold the real words; the others `<unk>`."""
+    return "raw" in config.split("-")
+
+
+def archive_files(config: str) -> tuple[str, ...]:
+    return RAW_FILES if is_raw(config) else TOKEN_FILES
 
 
 def load_lines(source: str, config: str, revision: str | None = None) -> Dataset:
@@ -29,7 +40,7 @@ def load_lines(source: str, config: str, revision: str | None = None) -> Dataset
         raise BuildError(f"--source {source} is a file: pass the directory that holds it")
     elif _looks_like_path(source):
         raise BuildError(f"--source {source} does not exist: pass a directory holding "
-                         f"{', '.join(TOKEN_FILES)} or parquet files, or a Hub dataset id")
+                         f"{', '.join(archive_files(config))} or parquet files, or a Hub dataset id")
     else:
         lines = _load_hub(source, config, revision)
     if len(lines) == 0 or _all_blank(lines):
@@ -48,7 +59,8 @@ def _all_blank(lines: Dataset) -> bool:
 
 
 def _load_local(path: Path, config: str) -> Dataset:
-    token_files = [path / name for name in TOKEN_FILES if (path / name).is_file()]
+    token_files = [path / name for name in archive_files(config) if (path / name).is_file()]
+    _check_archive_kind(path, config, token_files)
     if token_files:
         for file in token_files:
             _check_utf8(file)
@@ -60,8 +72,21 @@ def _load_local(path: Path, config: str) -> Dataset:
     parquet = sorted(path.rglob("*.parquet"), key=_parquet_order)
     if parquet:
         return _load_parquet(path, parquet)
-    raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(TOKEN_FILES)} "
+    raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(archive_files(config))} "
                      "or the Hub's parquet files (e.g. train-00000-of-00001.parquet)")
+
+
+def _check_archive_kind(path: Path, config: str, found: list[Path]) -> None:
+    """Refuse a folder holding only the other config's archive files: building the tokenized
+    text (with `<unk>`) where the raw one was asked for, or the reverse, would go unnoticed."""
+    other = TOKEN_FILES if is_raw(config) else RAW_FILES
+    if found or not any((path / name).is_file() for name in other):
+        return
+    kind, fix = ("tokenized", config.replace("-raw-v1", "-v1")) if is_raw(config) else (
+        "raw", config.replace("-v1", "-raw-v1"))
+    raise BuildError(f"--source {path} holds the {kind} archive files (wiki.*.{other[0].split('.')[-1]}), "
+                     f"not those of --source-config {config}: pass --source-config {fix} to build "
+                     f"from them, or a folder holding {', '.join(archive_files(config))}")
 
 
 def _load_parquet(path: Path, files: list[Path]) -> Dataset:

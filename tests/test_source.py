@@ -17,17 +17,40 @@ ALL_LINES = LINES["train"] + LINES["validation"] + LINES["test"]
 TOKEN_FILE = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 
 
-def write_tokens(directory: Path, lines: dict) -> Path:
+def write_tokens(directory: Path, lines: dict, suffix: str = ".tokens") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for split, rows in lines.items():
-        (directory / TOKEN_FILE[split]).write_text("".join(line + "\n" for line in rows), encoding="utf-8")
+        name = TOKEN_FILE[split].replace(".tokens", suffix)
+        (directory / name).write_text("".join(line + "\n" for line in rows), encoding="utf-8")
     return directory
 
 
-def test_token_files_pool_every_line_train_valid_test(tmp_path):
-    lines = load_lines(str(write_tokens(tmp_path / "wikitext", LINES)), "wikitext-2-v1")
+@pytest.mark.parametrize("config, suffix", [("wikitext-2-v1", ".tokens"), ("wikitext-2-raw-v1", ".raw"),
+                                            ("wikitext-103-raw-v1", ".raw")])
+def test_archive_files_pool_every_line_train_valid_test(tmp_path, config, suffix):
+    lines = load_lines(str(write_tokens(tmp_path / "wikitext", LINES, suffix)), config)
     assert lines.column_names == ["text"]
     assert lines["text"] == ALL_LINES
+
+
+def test_a_folder_of_both_archives_is_read_by_the_config(tmp_path):
+    write_tokens(tmp_path, LINES, ".tokens")
+    write_tokens(tmp_path, {split: [line.replace("text", "words") for line in rows]
+                            for split, rows in LINES.items()}, ".raw")
+    assert "alpha words" in " ".join(load_lines(str(tmp_path), "wikitext-2-raw-v1")["text"])
+    assert "alpha text" in " ".join(load_lines(str(tmp_path), "wikitext-2-v1")["text"])
+
+
+@pytest.mark.parametrize("config, suffix, message", [
+    ("wikitext-2-raw-v1", ".tokens", r"holds the tokenized archive files \(wiki.\*.tokens\), not those of "
+     r"--source-config wikitext-2-raw-v1: pass --source-config wikitext-2-v1"),
+    ("wikitext-2-v1", ".raw", r"holds the raw archive files \(wiki.\*.raw\), not those of "
+     r"--source-config wikitext-2-v1: pass --source-config wikitext-2-raw-v1"),
+])
+def test_the_other_configs_archive_is_refused_not_read_silently(tmp_path, config, suffix, message):
+    write_tokens(tmp_path, LINES, suffix)
+    with pytest.raises(BuildError, match=message):
+        load_lines(str(tmp_path), config)
 
 
 def test_hub_parquet_files_pool_train_validation_test_whatever_the_write_order(tmp_path):
