@@ -112,14 +112,15 @@ def split_statistics(splits: DatasetDict) -> dict[str, dict]:
 
 def statistics(split: Dataset) -> dict:
     """One split's statistics, of the columns it has (a text-stage output has no embedding)."""
-    wanted = [name for name in ("article", "token_count", "char_count", "embedding")
+    article = "article_id" if "article_id" in split.column_names else "article"  # older builds
+    wanted = [name for name in (article, "token_count", "char_count", "embedding")
               if name in split.column_names]
     stats = {"rows": len(split)}
     if not wanted or len(split) == 0:
         return stats
     table = split.select_columns(wanted).with_format("arrow")[:]  # respects select/shuffle
-    if "article" in wanted:
-        stats["articles"] = len(pc.unique(table.column("article")))
+    if article in wanted:
+        stats["articles"] = len(pc.unique(table.column(article)))
     if "token_count" in wanted:
         stats["tokens"] = int(pc.sum(table.column("token_count")).as_py())
     for name in ("token_count", "char_count"):

@@ -15,7 +15,7 @@ from .options import BuildOptions
 from .hub import preflight, push
 from .publish import (build_manifest, check_output_location, expected_features, output_lock, read_output,
                       recover_output, stage_hub_folder, token_counts, write_output)
-from .source import load_lines
+from .source import is_raw, load_lines
 from .split import make_splits
 from .text import build_paragraphs
 from .verify import verify
@@ -29,6 +29,7 @@ def text_stage(options: BuildOptions, tokenizer):
     paragraphs, stats = build_paragraphs(lines, tokenizer, options)
     splits = make_splits(paragraphs, options).flatten_indices()
     stats.update(source=options.source, source_config=options.source_config,
+                 raw=is_raw(options.source_config),
                  source_revision=options.source_revision, split_by=options.split_by,
                  split=options.split, seed=options.seed, min_tokens=options.min_tokens,
                  max_tokens=options.max_tokens, tokenizer=options.model,

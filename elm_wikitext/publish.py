@@ -39,7 +39,8 @@ ROWS_PER_SHARD = 50_000  # about 0.5 GB of parquet with 2560-float vectors
 
 
 def expected_features(dim: int | None) -> Features:
-    features = {"text_id": Value("string"), "text": Value("string"), "article": Value("string"),
+    features = {"text_id": Value("string"), "text": Value("string"), "article_id": Value("int32"),
+                "article": Value("string"),
                 "section": Value("string"), "token_count": Value("int32"), "char_count": Value("int32")}
     if dim is not None:
         features["embedding"] = List(Value("float32"), length=dim)
@@ -208,8 +209,9 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
     # The text stage's facts come from its own statistics: a later `--stage embed` run's options
     # say nothing of the source or the length limits the text was made with.
     text, embed = manifest["stats"]["text"], manifest["stats"]["embed"]
-    config = text["source_config"] if _on_hub(text["source"]) else ""
-    corpus = "WikiText-" + config.split("-")[1] if config.startswith("wikitext-") else "WikiText"
+    config = text["source_config"]  # for a local folder too: it chose the .raw or .tokens files
+    on_hub = _on_hub(text["source"]) and config.startswith("wikitext-")
+    corpus = "WikiText-" + config.split("-")[1] if on_hub else "WikiText"
     pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed['model']).name} vectors"
     return DatasetCard.from_template(
         card_metadata(splits, embed["dim"], text["source"], pretty_name), template_path=str(CARD_TEMPLATE),
@@ -218,7 +220,7 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
         model_revision=(embed["model_revision"] or "main") if _on_hub(embed["model"]) else None,
         dim=embed["dim"], dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"],
         recomputed=embed["recomputed_float32"], max_tokens=text["max_tokens"], source=text["source"],
-        source_config=config or None, text=text,
+        source_config=config, raw=text["raw"], text=text,
         histogram=token_histogram(splits, text["min_tokens"], text["max_tokens"]),
         command=manifest["command"], versions=manifest["versions"], created=manifest["created"],
         splits=[{"name": name, "rows": len(split), "tokens": text["tokens"][name]}

@@ -12,14 +12,15 @@ from .options import SPLIT_NAMES
 
 
 def split_by_article(paragraphs: Dataset, ratios, seed: int) -> DatasetDict:
-    """Shuffle the articles, then fill the splits in order up to their share of rows.
+    """Shuffle the articles (by `article_id`: two articles of one title stay two), then fill the
+    splits in order up to their share of rows.
 
     Each boundary lands within one article of its target, which on WikiText-2 (about 600
     articles of about 20 kept paragraphs) is well under one percentage point of rows.
     """
     # Read through the arrow format, not `.data`: a selected or filtered dataset's `.data` is the
     # whole underlying table, not its rows.
-    articles = paragraphs.with_format("arrow")["article"].to_numpy(zero_copy_only=False)
+    articles = paragraphs.with_format("arrow")["article_id"].to_numpy(zero_copy_only=False)
     names, article_of_row, rows_per_article = np.unique(articles, return_inverse=True, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(names))
     ends = np.cumsum(rows_per_article[order])

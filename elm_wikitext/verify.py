@@ -80,7 +80,7 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     values, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         problems.append(f"text_id repeated: {', '.join(values[counts > 1][:5])}")
-    for column in ("text", "article") if split_by == "article" else ("text",):
+    for column in ("text", "article_id") if split_by == "article" else ("text",):
         seen = {name: set(split.data.column(column).to_pylist()) for name, split in splits.items()}
         names = list(seen)
         for i, first in enumerate(names):
@@ -88,7 +88,7 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
                 shared = seen[first] & seen[second]
                 if shared:
                     problems.append(f"{len(shared)} {column} values in both {first} and {second}, "
-                                    f"e.g. {sorted(shared)[0][:60]!r}")
+                                    f"e.g. {str(sorted(shared)[0])[:60]!r}")
     return problems
 
 

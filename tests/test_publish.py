@@ -38,7 +38,9 @@ def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, 
                  "--min-tokens", "20", "--max-tokens", "3000"]) == 0
     assert main(["--stage", "embed", "--model", tiny_model, "--output", output]) == 0  # default options
     card = DatasetCard.load(Path(output) / "README.md")
-    assert f"Built from `{sample_dir}`, its train" in card.text and "Salesforce/wikitext" not in card.text
+    # The config says which archive files a local folder gave: the raw ones, by default.
+    assert f"Built from `{sample_dir}`, config `wikitext-2-raw-v1` (the raw text" in card.text
+    assert "Salesforce/wikitext" not in card.text and "<unk>` stays" not in card.text
     assert f"- Model: `{tiny_model}`." in card.text  # a local directory: no Hub config or revision
     assert "at most 3000 tokens per paragraph" in card.text and "outside 20-3000 tokens" in card.text
     table = card.text.split("| tokens | paragraphs |")[1].split("![")[0]
@@ -56,8 +58,17 @@ def test_the_card_names_the_corpus_and_model_it_was_built_from(embedded_output):
     assert card.data.pretty_name == "ELM WikiText-103: paragraphs and their Qwen3-Embedding-0.6B vectors"
     assert card.data.source_datasets == ["Salesforce/wikitext"]
     assert "WikiText-103 paragraphs paired with their **Qwen/Qwen3-Embedding-0.6B** embeddings" in card.text
-    assert "Built from `Salesforce/wikitext` (`wikitext-103-raw-v1`)" in card.text
+    assert "Built from `Salesforce/wikitext`, config `wikitext-103-raw-v1` (the raw text" in card.text
     assert "revision `main`" in card.text and "WikiText-2" not in card.text
+
+
+def test_the_card_of_a_tokenized_build_counts_its_unknown_words(embedded_output):
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    manifest["stats"]["text"].update(source_config="wikitext-2-v1", raw=False,
+                                     unknown_words={"words": 1234, "paragraphs": 56})
+    card = publish.render_card(load_from_disk(str(embedded_output)), manifest).text
+    assert "config `wikitext-2-v1` (the tokenized text, with `<unk>` for rare words)" in card
+    assert "1,234 of them in 56 kept paragraphs" in card and "rare words read `<unk>`" in card
 
 
 def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):

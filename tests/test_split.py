@@ -11,17 +11,24 @@ RATIOS = (0.8, 0.1, 0.1)
 
 @pytest.fixture(scope="module")
 def paragraphs() -> Dataset:
-    """300 articles of 1 to 40 paragraphs each (about 6,000 rows), articles in corpus order."""
+    """300 articles of 1 to 40 paragraphs each (about 6,000 rows), articles in corpus order; their
+    titles repeat (30 titles), as real titles can, but each has its own article_id."""
     sizes = np.random.default_rng(0).integers(1, 41, size=300)
-    articles = [f"Article {a}" for a, size in enumerate(sizes) for _ in range(size)]
+    ids = [a for a, size in enumerate(sizes, start=1) for _ in range(size)]
     return Dataset.from_dict({
-        "text_id": [f"{i:016x}" for i in range(len(articles))],
-        "text": [f"paragraph {i} of {article}" for i, article in enumerate(articles)],
-        "article": articles, "section": [""] * len(articles)})
+        "text_id": [f"{i:016x}" for i in range(len(ids))],
+        "text": [f"paragraph {i} of article {a}" for i, a in enumerate(ids)],
+        "article_id": ids, "article": [f"Title {a % 30}" for a in ids], "section": [""] * len(ids)})
 
 
 def articles_of(splits) -> dict[str, set]:
-    return {name: set(split["article"]) for name, split in splits.items()}
+    return {name: set(split["article_id"]) for name, split in splits.items()}
+
+
+def test_articles_of_one_title_are_split_as_separate_articles(paragraphs):
+    # Grouped by title, the 300 articles would be 30, and each boundary a whole title off.
+    titles = {name: set(split["article"]) for name, split in split_by_article(paragraphs, RATIOS, 42).items()}
+    assert titles["train"] & titles["test"]
 
 
 def texts_of(splits) -> dict[str, list]:
@@ -54,10 +61,10 @@ def test_split_by_article_is_deterministic_for_a_seed(paragraphs):
 
 def test_split_by_article_reads_the_rows_of_a_filtered_dataset(paragraphs):
     # A selection keeps the whole table underneath; the split must see only the selected rows.
-    odd_articles = paragraphs.filter(lambda row: int(row["article"].split()[1]) % 2 == 1)
+    odd_articles = paragraphs.filter(lambda row: row["article_id"] % 2 == 1)
     splits = split_by_article(odd_articles, RATIOS, seed=42)
     assert sum(len(split) for split in splits.values()) == len(odd_articles)
-    assert set().union(*articles_of(splits).values()) == set(odd_articles["article"])
+    assert set().union(*articles_of(splits).values()) == set(odd_articles["article_id"])
 
 
 def test_split_by_paragraph_gives_the_exact_ratios(paragraphs):
