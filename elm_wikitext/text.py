@@ -9,7 +9,6 @@ column, which stay memory-mapped, instead of Python lists. Every filter says why
 import hashlib
 import inspect
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -32,8 +31,7 @@ DROP_REASONS = ("empty", "low_quality", "unknown_words", "duplicate", "too_short
 # Never text: control characters (NUL included; tabs and line ends are spaces) and the byte-order
 # mark, which would hide a heading at the start of a file from the heading pattern.
 NOT_TEXT = r"[\x{00}-\x{1f}\x{7f}-\x{9f}\x{feff}]"
-WHITESPACE = re.compile(r"\s+")
-LETTER = re.compile(r"[^\W\d_]")
+NOT_LETTER = r"[^\p{L}]"
 UNK = "<unk>"
 # A paragraph with fewer letters than this share of its non-space characters is mostly
 # punctuation or digits (tables, score lines): nothing an embedding should learn from.
@@ -101,8 +99,8 @@ def count_lines(lines: pa.Table) -> dict:
 
 
 def clean_text(text: str) -> str:
-    """WikiText's tokenized line -> prose (see `detokenize`), whitespace collapsed."""
-    return detokenize(WHITESPACE.sub(" ", text).strip())
+    """WikiText's tokenized line -> prose, whitespace collapsed (see `detokenize`)."""
+    return detokenize(text)
 
 
 def article_name(title: str, article_id: int) -> str:
@@ -110,18 +108,22 @@ def article_name(title: str, article_id: int) -> str:
     return clean_text(title) or f"Untitled article {article_id}"
 
 
+def quality_reasons(texts: list[str]) -> list[str]:
+    """Why each clean paragraph is dropped, or '' to keep it; counted in Arrow, a batch at once.
+    `<unk>` counts as a word, but neither its letters nor its brackets as visible text."""
+    column = pa.array(texts, pa.string())
+    length = pc.utf8_length(column).to_numpy()
+    spaces = pc.count_substring(column, " ").to_numpy()
+    unknown = pc.count_substring(column, UNK).to_numpy()
+    letters = pc.utf8_length(pc.replace_substring_regex(column, NOT_LETTER, "")).to_numpy() - 3 * unknown
+    visible = length - spaces - len(UNK) * unknown
+    reasons = np.select([length == 0, letters < MIN_LETTER_SHARE * visible, unknown > MAX_UNK_SHARE * (spaces + 1)],
+                        ["empty", "low_quality", "unknown_words"], "")
+    return reasons.tolist()
+
+
 def quality_reason(text: str) -> str:
-    """Why a clean paragraph is dropped, or '' to keep it."""
-    if not text:
-        return "empty"
-    words = text.split(" ")
-    unknown = sum(word.count(UNK) for word in words)
-    visible = len(text) - len(words) + 1 - len(UNK) * unknown
-    if len(LETTER.findall(text)) - 3 * unknown < MIN_LETTER_SHARE * visible:
-        return "low_quality"
-    if unknown > MAX_UNK_SHARE * len(words):
-        return "unknown_words"
-    return ""
+    return quality_reasons([text])[0]
 
 
 def text_id(text: str) -> str:
@@ -131,12 +133,15 @@ def text_id(text: str) -> str:
 
 def clean_batch(batch: dict) -> dict:
     texts = [clean_text(text) for text in batch["text"]]
+    # A title repeats on every paragraph under it: clean each once.
+    articles = {key: article_name(*key) for key in set(zip(batch["article"], batch["article_id"]))}
+    sections = {title: clean_text(title) for title in set(batch["section"])}
     return {
         "text": texts,
-        "article": [article_name(title, i) for title, i in zip(batch["article"], batch["article_id"])],
-        "section": [clean_text(title) for title in batch["section"]],
+        "article": [articles[key] for key in zip(batch["article"], batch["article_id"])],
+        "section": [sections[title] for title in batch["section"]],
         "text_id": [text_id(text) for text in texts],
-        "drop": [quality_reason(text) for text in texts],
+        "drop": quality_reasons(texts),
     }
 
 
