@@ -1,9 +1,9 @@
 """Text stage: WikiText lines -> clean paragraphs with their article and section, filtered.
 
-Each step is a `Dataset.map` over batches. The two steps that need to see across rows (labelling
-paragraphs with the headings above them, dropping duplicates) work on Arrow arrays of the whole
-column, which stay memory-mapped, instead of Python lists. Every filter says why it drops a row;
-`Drops` counts them.
+Each step is a `Dataset.map` over batches. The two steps that need to see across rows keep only a
+few numbers per row of the whole corpus: labelling paragraphs with the headings above them (a
+heading level per line), and dropping duplicates (a 16-character id per paragraph). So memory
+does not grow with the text. Every filter says why it drops a row; `Drops` counts them.
 """
 
 import hashlib
@@ -41,6 +41,7 @@ MIN_LETTER_SHARE = 0.5
 # words unknown reads as holes and is dropped (`unknown_words`: 398 of the 1,841 paragraphs of
 # WikiText-2's real validation file).
 MAX_UNK_SHARE = 0.1
+BATCH_LINES = 10_000
 
 
 class Drops(Counter):
@@ -53,6 +54,9 @@ class Drops(Counter):
                 self[entry["values"]] += entry["counts"]
         keep = np.flatnonzero(pc.equal(reasons, "").to_numpy(zero_copy_only=False))
         return ds.select(keep).remove_columns("drop").flatten_indices()
+
+
+LINE_KINDS = Features({"level": Value("int16"), "title": Value("string")})
 
 
 def heading_levels(stripped: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
@@ -68,34 +72,63 @@ def visible_text(lines: pa.Table) -> pa.ChunkedArray:
     return pc.utf8_trim_whitespace(pc.replace_substring_regex(lines.column("text"), NOT_TEXT, " "))
 
 
-def label_paragraphs(lines: pa.Table) -> pa.Table:
+def line_kinds(lines: pa.Table) -> pa.Table:
+    """Per line: its heading level (1 for ` = Title = `, 2 for ` = = Section = = `, deeper
+    more), 0 for a paragraph, -1 for a blank line; and a heading's title."""
+    stripped = visible_text(lines)
+    level, is_heading = heading_levels(stripped)
+    is_heading = pc.fill_null(is_heading, False)
+    kind = pc.if_else(is_heading, level, pc.if_else(pc.equal(stripped, ""), -1, 0))
+    return pa.table({"level": pc.cast(kind, pa.int16()),
+                     "title": pc.if_else(is_heading, pc.utf8_trim(stripped, "= "), pa.scalar(None, pa.string()))})
+
+
+def outline(level: np.ndarray) -> dict[str, np.ndarray]:
+    """For each paragraph line: its position, its article's id (1 for the first title line of
+    the pooled files, 0 before any), the line of its article's title and of its section's
+    heading (-1 for none: before any title, or in an article's lead)."""
+    lines = np.arange(len(level))
+    is_title = level == 1
+    title_line = np.maximum.accumulate(np.where(is_title, lines, -1)) if len(level) else lines
+    heading_line = np.maximum.accumulate(np.where(level > 0, lines, -1)) if len(level) else lines
+    rows = np.flatnonzero(level == 0)
+    return {"rows": rows, "article_id": np.cumsum(is_title, dtype=np.int32)[rows],
+            "article_line": title_line[rows],
+            "section_line": np.where(heading_line > title_line, heading_line, -1)[rows]}
+
+
+def label_batch(lines: pa.Table, indices: list[int], article_id, article_line, section_line,
+                titles: dict[int, str]) -> pa.Table:
+    at = np.asarray(indices)
+    return pa.table({"text": visible_text(lines), "article_id": pa.array(article_id[at]),
+                     "article": [titles.get(line, "") for line in article_line[at].tolist()],
+                     "section": [titles.get(line, "") for line in section_line[at].tolist()]})
+
+
+def label_paragraphs(lines: Dataset) -> tuple[Dataset, dict]:
     """Each non-empty line that is not a heading is one Wikipedia paragraph (WikiText puts a
     paragraph on a line, with blank lines only around headings), labelled with its article
     (` = Title = `) and the nearest section heading above it (` = = Section = = `, deeper too).
+    Also return the count of each kind of line.
 
-    An article is known by its place in the source, `article_id` (1 for the first title line of
-    the pooled files, 0 for lines before any title), not by its title: titles can repeat, or
-    clean to nothing."""
-    stripped = visible_text(lines)
-    level, is_heading = heading_levels(stripped)
-    is_title = pc.fill_null(pc.and_(is_heading, pc.equal(level, 1)), False)
-    article_id = pc.cumulative_sum(pc.cast(is_title, pa.int32()))
-    title = pc.utf8_trim(stripped, "= ")
-    article = pc.fill_null_forward(pc.if_else(is_title, title, None))
-    # A new article resets the section; a deeper heading replaces it.
-    section = pc.fill_null_forward(pc.if_else(is_heading, pc.if_else(pc.equal(level, 1), "", title), None))
-    is_text = pc.and_(pc.invert(pc.fill_null(is_heading, False)), pc.not_equal(stripped, ""))
-    return pa.table({"text": stripped.filter(is_text), "article_id": article_id.filter(is_text),
-                     "article": pc.fill_null(article, "").filter(is_text),
-                     "section": pc.fill_null(section, "").filter(is_text)})
-
-
-def count_lines(lines: pa.Table) -> dict:
-    stripped = visible_text(lines)
-    blank = pc.sum(pc.equal(stripped, "")).as_py() or 0
-    heading = pc.sum(pc.fill_null(heading_levels(stripped)[1], False)).as_py() or 0
-    return {"lines": lines.num_rows, "blank_lines": blank, "heading_lines": heading,
-            "paragraph_lines": lines.num_rows - blank - heading}
+    An article is known by its place in the source, `article_id`, not by its title: titles can
+    repeat, or clean to nothing. Both passes read the lines a batch at a time; what is kept of
+    the whole corpus is a few numbers per line and the headings' titles, so memory does not grow
+    with the text."""
+    kinds = lines.with_format("arrow").map(
+        line_kinds, batched=True, batch_size=BATCH_LINES, remove_columns=lines.column_names,
+        features=LINE_KINDS, desc="Finding headings", new_fingerprint=step_fingerprint(lines, line_kinds))
+    level = kinds.data.column("level").to_numpy()
+    headings = np.flatnonzero(level > 0)
+    titles = dict(zip(headings.tolist(), kinds.data.column("title").take(headings).to_pylist()))
+    labels = outline(level)
+    paragraphs = lines.select(labels.pop("rows")).with_format("arrow").map(
+        label_batch, batched=True, batch_size=BATCH_LINES, with_indices=True,
+        remove_columns=lines.column_names, features=PARAGRAPH_FEATURES, desc="Labelling paragraphs",
+        fn_kwargs={**labels, "titles": titles}, new_fingerprint=step_fingerprint(lines, label_batch))
+    counts = {"lines": len(level), "blank_lines": int((level < 0).sum()), "heading_lines": len(headings),
+              "paragraph_lines": int((level == 0).sum())}
+    return paragraphs.with_format(None), counts
 
 
 def clean_text(text: str) -> str:
@@ -170,11 +203,7 @@ def count_tokens(batch: dict, tokenizer, min_tokens: int, max_tokens: int) -> di
 def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]:
     """Lines -> kept paragraphs with text_id, text, article, section, input_ids, token_count,
     char_count; and the statistics of what was dropped and why."""
-    stats = count_lines(lines.data.table)
-    paragraphs = lines.with_format("arrow").map(  # one batch: headings label the lines after them
-        label_paragraphs, batched=True, batch_size=None, remove_columns=lines.column_names,
-        features=PARAGRAPH_FEATURES, desc="Labelling paragraphs",
-        new_fingerprint=step_fingerprint(lines, label_paragraphs)).with_format(None)
+    paragraphs, stats = label_paragraphs(lines)
     stats["paragraphs"] = len(paragraphs)
     drops = Drops()
     cleaned = paragraphs.map(

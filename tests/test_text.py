@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.source import load_lines
@@ -56,13 +56,28 @@ def test_quality_reasons():
     assert quality_reason("the <unk> of Brann rises in the high hills north of the old town") == ""
 
 
+def labelled(lines: pa.Table) -> pa.Table:
+    """`label_paragraphs` on these lines, in batches of two lines: what a heading says reaches
+    the paragraphs of later batches."""
+    from elm_wikitext import text
+
+    text.BATCH_LINES, before = 2, text.BATCH_LINES
+    try:
+        paragraphs, counts = label_paragraphs(Dataset(lines))
+    finally:
+        text.BATCH_LINES = before
+    assert counts["lines"] == counts["blank_lines"] + counts["heading_lines"] + counts["paragraph_lines"]
+    assert counts["paragraph_lines"] == len(paragraphs)
+    return paragraphs.with_format("arrow")[:]
+
+
 def test_each_line_is_a_paragraph_with_its_article_and_nested_section():
     # WikiText's layout: one paragraph per line, consecutive, blank lines only around headings.
     lines = pa.table({"text": [
         " ", " = Alpha = ", " ", " intro paragraph one ", " intro paragraph two ", " ", " = = History = = ",
         " ", " history text ", " ", " = = = Early days = = = ", " ", " early text ", " ",
         " = Beta = ", " ", " beta text ", " "]})
-    out = label_paragraphs(lines).to_pylist()
+    out = labelled(lines).to_pylist()
     assert out == [
         {"text": "intro paragraph one", "article_id": 1, "article": "Alpha", "section": ""},
         {"text": "intro paragraph two", "article_id": 1, "article": "Alpha", "section": ""},
@@ -74,7 +89,7 @@ def test_each_line_is_a_paragraph_with_its_article_and_nested_section():
 
 def test_a_line_that_only_starts_like_a_heading_is_text_of_the_current_article():
     lines = pa.table({"text": [" = Alpha = ", " ", " = not a heading ", " ", " after it ", " "]})
-    assert label_paragraphs(lines).to_pylist() == [
+    assert labelled(lines).to_pylist() == [
         {"text": "= not a heading", "article_id": 1, "article": "Alpha", "section": ""},
         {"text": "after it", "article_id": 1, "article": "Alpha", "section": ""},
     ]
@@ -83,14 +98,14 @@ def test_a_line_that_only_starts_like_a_heading_is_text_of_the_current_article()
 def test_articles_are_told_apart_by_place_and_never_unnamed():
     # Two articles of one title stay two; a title that cleans to nothing gets a readable name.
     lines = pa.table({"text": [" = Twin = ", " one ", " = Twin = ", " two ", " = = ", " three "]})
-    labelled = label_paragraphs(lines).to_pydict()
-    assert labelled["article_id"] == [1, 2, 3]
-    assert clean_batch(labelled)["article"] == ["Twin", "Twin", "Untitled article 3"]
+    rows = labelled(lines).to_pydict()
+    assert rows["article_id"] == [1, 2, 3]
+    assert clean_batch(rows)["article"] == ["Twin", "Twin", "Untitled article 3"]
 
 
 def test_byte_order_marks_and_control_characters_never_reach_the_text():
     lines = pa.table({"text": ["\ufeff = Alpha = ", " a\x00b \x07 bell\ttab\x1b[0m ", " = Beta\x00 = ", " c "]})
-    out = clean_batch(label_paragraphs(lines).to_pydict())
+    out = clean_batch(labelled(lines).to_pydict())
     assert list(zip(out["article"], out["text"])) == [("Alpha", "a b bell tab [0m"), ("Beta", "c")]
 
 
@@ -197,7 +212,7 @@ def source_lines(sample_dir: Path, kind: str) -> list[str]:
     """The sample's paragraph lines, in the order the text stage pools them."""
     lines = [line for name in ("train", "valid", "test")
              for line in (sample_dir / f"wiki.{name}.{kind}").read_text(encoding="utf-8").split("\n")]
-    return label_paragraphs(pa.table({"text": lines})).column("text").to_pylist()
+    return labelled(pa.table({"text": lines})).column("text").to_pylist()
 
 
 def words_and_numbers(text: str) -> Counter:
