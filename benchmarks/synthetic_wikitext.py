@@ -20,9 +20,10 @@ WORDS = ("the of and in to a was is for on as with by he at from his an were are
          "all during into school time may years more most only over city some world would where "
          "later up such used many can state about national out known university united then made "
          "river album song season army game team ship storm church war government series film "
-         "<unk> <unk> 1 @,@ 000 2 @.@ 5 state @-@ of @-@ the @-@ art , , , . . ( ) \" ; : 's n't").split()
-# Lines of WikiText-2 per source file, and paragraph lines' share of them.
-LINES = {"wiki.train.tokens": 36718, "wiki.valid.tokens": 3760, "wiki.test.tokens": 4358}
+         "1 @,@ 000 2 @.@ 5 state @-@ of @-@ the @-@ art , , , . . ( ) \" ; : 's don 't ' 18 : 05 "
+         "Knights ' – $ 5").split()
+# Lines of WikiText-2 per source file (the raw archive's names).
+LINES = {"wiki.train.raw": 36718, "wiki.valid.raw": 3760, "wiki.test.raw": 4358}
 
 
 def paragraph(rng: np.random.Generator) -> str:
@@ -39,8 +40,8 @@ def article_lines(rng: np.random.Generator, number: int) -> list[str]:
     return lines + [" "]
 
 
-def write_corpus(directory: str | Path, scale: float = 1.0, seed: int = 0) -> Path:
-    """Write wiki.{train,valid,test}.tokens with `scale` times WikiText-2's line counts."""
+def write_corpus(directory: str | Path, scale: float = 1.0, seed: int = 0, tokens: bool = False) -> Path:
+    """Write wiki.{train,valid,test}.raw (and .tokens) with `scale` times WikiText-2's line counts."""
     rng = np.random.default_rng(seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,10 @@ def write_corpus(directory: str | Path, scale: float = 1.0, seed: int = 0) -> Pa
         while len(lines) < count * scale:
             number += 1
             lines += article_lines(rng, number)
-        (directory / name).write_text("\n".join(lines[:int(count * scale)]) + "\n", encoding="utf-8")
+        text = "\n".join(lines[:int(count * scale)]) + "\n"
+        (directory / name).write_text(text, encoding="utf-8")
+        if tokens:
+            (directory / name).with_suffix(".tokens").write_text(text, encoding="utf-8")
     return directory
 
 
@@ -58,5 +62,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory")
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--tokens", action="store_true", help="also write the same lines as wiki.*.tokens")
     args = parser.parse_args()
-    write_corpus(args.directory, args.scale)
+    write_corpus(args.directory, args.scale, tokens=args.tokens)
