@@ -132,7 +132,9 @@ def parse_args(argv: Optional[list[str]]) -> ConsistencyArgs:
         raise BuildError(f"{message}: see python -m elm_wikitext.consistency --help")
 
     parser.error = refuse
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        refuse(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 

@@ -68,11 +68,12 @@ class Embedder:
     def embed(self, texts: list[str], show_progress: bool | None = None) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors, in the order of `texts`. The progress bar shows
         for more than one batch when logging is at INFO, unless `show_progress` says otherwise."""
-        ids = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]  # appends end-of-text
+        texts = list(texts)
+        if not texts:  # the tokenizer refuses an empty batch
+            return np.empty((0, self.dim), dtype=np.float32)
+        ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]  # appends end-of-text
         lengths = np.array([len(row) for row in ids], dtype=np.int64)
         vectors = np.empty((len(ids), self.dim), dtype=np.float32)
-        if not len(ids):
-            return vectors
         # A text longer than the budget gets a batch of its own rather than a refusal.
         batches = token_batches(lengths, max(self.max_batch_tokens, int(lengths.max())))
         if show_progress is None:
