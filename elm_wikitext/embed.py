@@ -207,8 +207,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
     stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
     stats.update(model=options.model, model_revision=options.model_revision, model_weights=weights,
-                 dtype=effective_dtype,
-                 dim=encoder.dim, device=str(encoder.device), compiled=compiled,
+                 dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
                  processes=processes.count(), chunks=len(chunks),
                  embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
                  tokens_per_second=round(stats["tokens"] / embedding_seconds),
