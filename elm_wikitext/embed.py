@@ -78,11 +78,10 @@ class ChunkStore:
         os.replace(temporary, self.directory / f"chunk-{index:05d}-{digest}.npz")
 
 
-def work_key(options, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
+def work_key(options, weights: str, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
     """What the vectors depend on: other weights (another model or revision, or new files under
-    the same name), dtype, dim or text never reuse them."""
+    the same name: `weights` is their `model_identity`), dtype, dim or text never reuse them."""
     texts = hashlib.sha256("\n".join(text_ids.to_pylist()).encode()).hexdigest()
-    weights = model_identity(options.model, options.model_revision)
     return Hasher.hash(["embed/1", options.model, weights, effective_dtype, dim,
                         options.max_tokens, options.chunk_tokens, texts, _code_version()])[:16]
 
@@ -194,7 +193,8 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     if compiled:
         compiled = compile_layers(encoder, required=options.compile == "yes")
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
-    key = work_key(options, encoder.dim, effective_dtype, everything.data.column("text_id"))
+    weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
+    key = work_key(options, weights, encoder.dim, effective_dtype, everything.data.column("text_id"))
     store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)
     chunks = plan_chunks(lengths, options.chunk_tokens)
     embedding_started = time.perf_counter()
@@ -206,8 +206,8 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     vectors_path, recomputed = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
     stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
-    stats.update(model=options.model, model_revision=options.model_revision, dtype=effective_dtype,
-                 dim=encoder.dim, device=str(encoder.device), compiled=compiled,
+    stats.update(model=options.model, model_revision=options.model_revision, model_weights=weights,
+                 dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
                  processes=processes.count(), chunks=len(chunks),
                  embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
                  tokens_per_second=round(stats["tokens"] / embedding_seconds),

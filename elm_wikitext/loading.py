@@ -10,16 +10,25 @@ when torch's threaded copies meet busy cores (benchmarks/load_speed.py).
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from .errors import BuildError
+
+
+def load_splits(source: str, revision: str | None = None) -> DatasetDict:
+    """build.py's --output (what `save_to_disk` wrote), a downloaded copy of the Hub repo (its
+    parquet files and card), or a Hub dataset id at `revision`."""
+    if (Path(source) / "dataset_dict.json").is_file():
+        return load_from_disk(source)
+    return load_dataset(source, revision=revision)
 
 
 def shuffled_batches(split: Dataset, batch_size: int, seed: int,

@@ -36,6 +36,7 @@ HISTOGRAM_FILE = "token_lengths.png"
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
 HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
 ROWS_PER_SHARD = 50_000  # about 0.5 GB of parquet with 2560-float vectors
+POOLING = "last_token_l2"  # encode.py's: the appended end-of-text token's state, L2-normalized
 
 
 def expected_features(dim: int | None) -> Features:
@@ -185,9 +186,20 @@ def save_histogram(splits: DatasetDict, path: Path) -> None:
     pyplot.close(figure)
 
 
-def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str) -> DatasetCardData:
+def embedding_recipe(embed: dict) -> dict:
+    """How the vectors were made, as `elm_wikitext.embedder.Embedder.from_dataset` reads it back
+    from the manifest or from the card: model, its weights' identity (a Hub commit, or the SHA-256
+    of a local directory's files), dtype, dim and pooling."""
+    return {"model": embed["model"], "model_revision": embed["model_revision"],
+            "model_weights": embed.get("model_weights"),  # absent from builds before it was recorded
+            "dtype": embed["dtype"], "dim": embed["dim"], "pooling": POOLING}
+
+
+def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str,
+                  recipe: dict | None = None) -> DatasetCardData:
     """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
-    `load_dataset` reads, made by datasets' own helpers so they match the data."""
+    `load_dataset` reads, made by datasets' own helpers so they match the data; and the
+    embedding's recipe, so that a copy of the Hub folder alone can embed new text the same way."""
     rows = sum(len(split) for split in splits.values())
     card_data = DatasetCardData(
         license=["cc-by-sa-3.0", "gfdl"], language=["en"], pretty_name=pretty_name,
@@ -195,7 +207,7 @@ def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str) 
         size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
                          "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
         source_datasets=[source] if _on_hub(source) else None,  # a local copy: unknown
-        tags=["embeddings", "elm", "wikitext"])
+        tags=["embeddings", "elm", "wikitext"], embedding=recipe)
     info = DatasetInfo(features=expected_features(dim), splits=SplitDict(
         {name: SplitInfo(name=name, num_examples=len(split)) for name, split in splits.items()}))
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
@@ -214,7 +226,8 @@ def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>
     corpus = "WikiText-" + config.split("-")[1] if on_hub else "WikiText"
     pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed['model']).name} vectors"
     return DatasetCard.from_template(
-        card_metadata(splits, embed["dim"], text["source"], pretty_name), template_path=str(CARD_TEMPLATE),
+        card_metadata(splits, embed["dim"], text["source"], pretty_name, embedding_recipe(embed)),
+        template_path=str(CARD_TEMPLATE),
         pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
         model=embed["model"],
         model_revision=(embed["model_revision"] or "main") if _on_hub(embed["model"]) else None,

@@ -13,16 +13,14 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from datasets import load_dataset, load_from_disk
 from torch import nn
 from transformers import HfArgumentParser
 
-from elm_wikitext.loading import shuffled_batches
+from elm_wikitext.loading import load_splits, shuffled_batches
 
 log = logging.getLogger("train_elm")
 
@@ -41,14 +39,6 @@ class TrainArgs:
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and of the batch order."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-
-
-def load_splits(source: str, revision: Optional[str]):
-    """build.py's --output (what `save_to_disk` wrote), a downloaded copy of the Hub repo (its
-    parquet files and card), or a Hub dataset id."""
-    if (Path(source) / "dataset_dict.json").is_file():
-        return load_from_disk(source)
-    return load_dataset(source, revision=revision)
 
 
 class SoftPromptDecoder(nn.Module):
