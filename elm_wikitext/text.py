@@ -155,6 +155,9 @@ def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]
         features=PARAGRAPH_FEATURES, desc="Labelling paragraphs",
         new_fingerprint=step_fingerprint(lines, label_paragraphs)).with_format(None)
     stats["paragraphs"] = len(paragraphs)
+    if not paragraphs:  # datasets skips a map over no rows, so the steps below would find no columns
+        raise BuildError(f"--source {options.source} holds no paragraph, only headings and blank lines: "
+                         "point it at WikiText's articles")
     drops = Drops()
     cleaned = paragraphs.map(
         clean_batch, batched=True, num_proc=options.num_proc, desc="Cleaning",
