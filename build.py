@@ -114,7 +114,8 @@ def fail(err: BaseException, log_path: Path) -> int:
         message = (f"the build stopped ({how}); nothing half-written was left: rerun the same command "
                    "to resume, finished work is kept")
     elif isinstance(err, OSError):  # a place the build needs (a cache, a folder) it cannot use
-        message, status = (f"{err}: make that path writable and free some space, then rerun "
+        what = f"cannot use {err.filename} ({err.strerror})" if err.filename else str(err)
+        message, status = (f"{what}: make that path a writable folder with free space, then rerun "
                            f"(details in {log_path})"), 2
     else:
         message, status = str(err), 2

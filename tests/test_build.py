@@ -352,8 +352,8 @@ def unwritable(kind: str, tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("kind, says", [("logs is a file", "cannot write this run's log"),
-                                        ("the datasets cache", "make that path writable"),
-                                        ("the user's cache", "make that path writable")])
+                                        ("the datasets cache", "make that path a writable folder"),
+                                        ("the user's cache", "make that path a writable folder")])
 def test_a_place_the_build_cannot_write_is_one_line(kind, says, sample_dir, tiny_model, tmp_path, monkeypatch, capsys):
     unwritable(kind, tmp_path, monkeypatch)
     status = main([str(arg) for arg in ["--stage", "text", "--source", sample_dir, "--model", tiny_model,
