@@ -184,6 +184,9 @@ def output_lock(output: str):
     try:
         yield
     finally:
+        # Removed while still held, so that lock files do not pile up, one per output ever built;
+        # filelock takes a lock on an unlinked file for no lock, so a build starting now is safe.
+        path.unlink(missing_ok=True)
         lock.release()
 
 

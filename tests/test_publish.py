@@ -202,3 +202,14 @@ def test_recovery_removes_only_what_a_build_left(embedded_copy):
     publish.recover_output(str(embedded_copy))
     assert not staging.exists()
     assert (lookalike / "important.txt").read_text() == "mine\n"
+
+
+def test_the_output_lock_leaves_no_file_behind_and_still_excludes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    locks = tmp_path / "cache" / "elm-wikitext" / "locks"
+    for _ in range(2):  # taken again after it was released
+        with publish.output_lock(str(tmp_path / "out")):
+            with pytest.raises(BuildError, match="another build is writing"):
+                with publish.output_lock(str(tmp_path / "out")):
+                    pass
+        assert list(locks.iterdir()) == []
