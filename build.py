@@ -7,29 +7,52 @@
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from elm_wikitext import processes
 from elm_wikitext.errors import BuildError
-from elm_wikitext.options import parse_options
+from elm_wikitext.options import BuildOptions, parse_options
 from elm_wikitext.pipeline import build
 from elm_wikitext.verify import verify
+
+
+class TerminalOnly(logging.Filter):
+    """Keep records marked `log_file_only` (an error's traceback) out of the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "log_file_only", False)
 
 
 def start_logging() -> Path:
     """Log to the terminal and to a file of this run under logs/ (one per process)."""
     path = Path("logs") / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.parent.mkdir(exist_ok=True)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        to_file = logging.FileHandler(path)
+    except OSError as err:  # logs is a file, or the folder is read-only
+        raise BuildError(f"cannot write this run's log {path} ({err}): make logs/ a writable folder "
+                         "here, or run build.py from a folder where it can be") from None
+    terminal = logging.StreamHandler()
+    terminal.addFilter(TerminalOnly())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(path)], force=True)
+                        handlers=[terminal, to_file], force=True)
     # These libraries print to stderr through handlers of their own (datasets and huggingface_hub
     # then pass the record on to ours as well): let ours show each record once, and log it.
     for name in ("datasets", "huggingface_hub", "transformers"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     return path
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` removes what it was writing."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def summary(stats: dict, output: str, log_path: Path) -> str:
@@ -53,16 +76,19 @@ def summary(stats: dict, output: str, log_path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log_path = start_logging()
+    try:
+        log_path = start_logging()
+    except BuildError as err:
+        print("error:", err, file=sys.stderr)
+        return 2
+    on_sigterm = signal.signal(signal.SIGTERM, _terminate)
     try:
         options = parse_options(argv)
-        stats = verify(options.verify, None) if options.verify else build(options)
-    except BuildError as err:
-        # One line whatever the message wraps: some library errors it quotes span several.
-        # The log file under logs/ keeps the details; the terminal gets the one line.
-        print("error:", " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        stats = run(options)
+    except (BuildError, OSError, KeyboardInterrupt) as err:
+        return fail(err, log_path)
     finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
         processes.finish()  # under a launcher; the work together is over either way
     if stats is None:  # not the main process: it printed nothing to summarise
         return 0
@@ -72,6 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(summary(stats, options.output, log_path))
     return 0
+
+
+def run(options) -> dict | None:
+    if options.verify:  # --model, if given, points at the weights where they are now
+        model = options.model if options.model != BuildOptions().model else None
+        return verify(options.verify, model, option="--verify")
+    return build(options)
+
+
+def fail(err: BaseException, log_path: Path) -> int:
+    """The one line on the terminal, the traceback in the log; the exit status."""
+    if isinstance(err, KeyboardInterrupt):
+        how, status = ("SIGTERM", 143) if isinstance(err, Terminated) else ("Ctrl-C", 130)
+        message = (f"the build stopped ({how}); nothing half-written was left: rerun the same command "
+                   "to resume, finished work is kept")
+    elif isinstance(err, OSError):  # a place the build needs (a cache, a folder) it cannot use
+        what = f"cannot use {err.filename} ({err.strerror})" if err.filename else str(err)
+        message, status = (f"{what}: make that path a writable folder with free space, then rerun "
+                           f"(details in {log_path})"), 2
+    else:
+        message, status = str(err), 2
+    message = " ".join(message.split())  # one line whatever the message wraps
+    logging.getLogger("build").error("error: %s", message, exc_info=err, extra={"log_file_only": True})
+    print("error:", message, file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

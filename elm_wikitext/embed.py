@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from . import processes
 from .encode import (Encoder, check_budget, compile_layers, embed_rows, load_encoder,
                      model_identity, token_batches)
-from .errors import BuildError
+from .errors import BuildError, writing
+from .publish import make_work_folder, work_path
 from .options import SPLIT_NAMES
 from .text import step_fingerprint
 
@@ -70,12 +71,16 @@ class ChunkStore:
 
     def save(self, index: int, vectors: np.ndarray, recomputed: int) -> None:
         temporary = self.directory / f".chunk-{index:05d}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as handle:
-            np.savez(handle, vectors=vectors, recomputed=np.int64(recomputed))
-            handle.flush()
-            os.fsync(handle.fileno())
-        digest = hashlib.sha256(temporary.read_bytes()).hexdigest()[:16]
-        os.replace(temporary, self.directory / f"chunk-{index:05d}-{digest}.npz")
+        try:
+            with writing(f"chunk {index} of the embedding to {self.directory}"):
+                with open(temporary, "wb") as handle:
+                    np.savez(handle, vectors=vectors, recomputed=np.int64(recomputed))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                digest = hashlib.sha256(temporary.read_bytes()).hexdigest()[:16]
+                os.replace(temporary, self.directory / f"chunk-{index:05d}-{digest}.npz")
+        finally:  # a full disk or a stop leaves no partial chunk behind
+            temporary.unlink(missing_ok=True)
 
 
 def work_key(options, weights: str, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
@@ -124,6 +129,16 @@ def with_token_ids(paragraphs: Dataset, tokenizer, options) -> Dataset:
         features=Features({**paragraphs.features, "input_ids": List(Value("int32"))}),
         keep_in_memory=True,  # no cache files inside an earlier output that is being read
         new_fingerprint=step_fingerprint(paragraphs, tokenize, options.model, options.model_revision))
+
+
+def check_same_counts(paragraphs: Dataset, lengths: np.ndarray, model: str) -> None:
+    """The text stage kept paragraphs by its tokenizer's counts: a --stage embed model whose
+    tokenizer counts otherwise would pair its vectors with a filter it did not make."""
+    differ = int((paragraphs.data.column("token_count").to_numpy() != lengths).sum())
+    if differ:
+        raise BuildError(f"--model {model} counts tokens otherwise than the text stage's model "
+                         f"({differ} of {len(lengths)} paragraphs differ): leave --model out to embed with "
+                         "the text stage's model, or rebuild with --stage all")
 
 
 def compute_chunks(encoder: Encoder, paragraphs: Dataset, lengths: np.ndarray,
@@ -186,6 +201,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     started = time.perf_counter()
     everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer, options)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
+    check_same_counts(everything, lengths, options.model)
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
@@ -195,7 +211,9 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
     weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
     key = work_key(options, weights, encoder.dim, effective_dtype, everything.data.column("text_id"))
-    store = ChunkStore(Path(f"{options.output}.embed-work") / key, encoder.dim)
+    with writing(f"the embedding's work folder beside --output {options.output}"):
+        work = make_work_folder(work_path(options.output, ".embed-work"))
+    store = ChunkStore(work / key, encoder.dim)
     chunks = plan_chunks(lengths, options.chunk_tokens)
     embedding_started = time.perf_counter()
     counts = compute_chunks(encoder, everything, lengths, chunks, store, options.max_batch_tokens)
@@ -203,7 +221,8 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     embedding_seconds = time.perf_counter() - embedding_started
     if not processes.is_main():  # gathering above was the last step together
         return None, {}
-    vectors_path, recomputed = assemble(store, chunks, len(everything))
+    with writing(f"the embedding column in {store.directory}"):
+        vectors_path, recomputed = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
     stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
     stats.update(model=options.model, model_revision=options.model_revision, model_weights=weights,
@@ -214,4 +233,5 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
                  seconds=round(time.perf_counter() - started, 2))
     computed = stats["tokens"] + stats["padded_tokens"]
     stats["padding_share"] = round(stats["padded_tokens"] / computed, 4) if computed else 0.0
-    return add_embedding_column(splits, vectors_path, encoder.dim, key), stats
+    with writing(f"the embedding column in {store.directory}"):
+        return add_embedding_column(splits, vectors_path, encoder.dim, key), stats

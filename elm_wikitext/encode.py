@@ -9,6 +9,7 @@ Nothing here knows about datasets or processes: it maps lists of token ids to ve
 
 import hashlib
 import importlib.util
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,9 +87,26 @@ def pick_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def check_model_config(model: str, revision: str | None, dim: int | None) -> int:
-    """Refuse, from the config alone, a model that last-token pooling does not fit or a `dim`
-    it does not have; return the dim to keep."""
+def check_config_file(model: str) -> None:
+    """A local model's config.json that is not a JSON object is named as such (the tokenizer,
+    which reads it first, would otherwise take the blame)."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BuildError(f"--model {model} has a damaged config.json ({err}): download the model "
+                         "again, or pass a complete model directory") from None
+    if not isinstance(config, dict):
+        raise BuildError(f"--model {model} has a config.json that is not a JSON object: download "
+                         "the model again, or pass a complete model directory")
+
+
+def check_model_config(model: str, revision: str | None, dim: int | None, tokenizer=None) -> int:
+    """Refuse, from the config alone, a model that last-token pooling does not fit, a `dim` it
+    does not have, or a vocabulary smaller than `tokenizer`'s ids; return the dim to keep."""
+    check_config_file(model)
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:  # no config.json, or one without a known model_type
@@ -99,6 +117,11 @@ def check_model_config(model: str, revision: str | None, dim: int | None) -> int
             or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
         raise BuildError(f"--model {model} is a {kind} model, not a decoder-only one: last-token "
                          "pooling needs a causal decoder such as Qwen/Qwen3-Embedding-4B")
+    vocabulary = getattr(config, "vocab_size", None)
+    if tokenizer is not None and isinstance(vocabulary, int) and len(tokenizer) > vocabulary:
+        raise BuildError(f"--model {model} has a vocabulary of {vocabulary} tokens, but its tokenizer "
+                         f"makes ids up to {len(tokenizer) - 1}: its config.json and tokenizer belong to "
+                         "different models; download the model again")
     dim = dim or config.hidden_size
     if not 32 <= dim <= config.hidden_size:
         raise BuildError(f"--dim {dim} is outside 32..{config.hidden_size} (the hidden size of "
@@ -144,13 +167,26 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
     except (OSError, SafetensorError) as err:  # no weight files, or damaged ones
         raise BuildError(f"cannot load the weights of --model {model} ({err}): download the model "
                          "again, or pass a complete model directory") from None
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise BuildError(f"--model {model} lacks {len(missing)} weights (e.g. {missing[:3]}): its "
-                         "checkpoint is partial; download it again or pass a complete model")
+    except RuntimeError as err:  # transformers refuses weights of other sizes than the config's
+        reason = str(err).splitlines()[0][:200]
+        raise BuildError(f"the weights of --model {model} have other sizes than its config.json says "
+                         f"({reason}): its config and weights belong to different models; download it again") from None
+    check_weight_names(model, info)
     log.info("model %s on %s in %s, dim %d", model, device, torch_dtype, dim)
     pad_id = 0 if pad_id is None else pad_id  # no attention reaches the padding, so any id does
     return Encoder(loaded.to(device).eval(), pad_id, dim, device)
+
+
+def check_weight_names(model: str, info: dict) -> None:
+    """The checkpoint holds exactly the weights the config's model class has: a missing one
+    would be random, an unexpected one (Qwen3's q_norm under another model_type) ignored."""
+    for kind, what in (("missing_keys", "lacks {n} weights"), ("unexpected_keys", "holds {n} weights its model class does not use"),
+                       ("mismatched_keys", "holds {n} weights of other sizes than its config says")):
+        names = sorted(str(name) for name in info.get(kind) or [])
+        if names:
+            raise BuildError(f"--model {model} {what.format(n=len(names))} (e.g. {names[:3]}): its "
+                             "checkpoint does not fit its config.json (partial, or of another model_type); "
+                             "download it again or pass a complete model")
 
 
 def model_identity(model: str, revision: str | None) -> str:

@@ -22,7 +22,8 @@ def _opt(default, help: str, **metadata):
 class BuildOptions:
     stage: str = _opt(
         "all", "What to run: 'text' (paragraphs only), 'embed' (add the embedding column to an "
-        "existing text-stage --output) or 'all' (text, then embed).",
+        "existing text-stage --output, with the text stage's settings from its manifest) or 'all' "
+        "(text, then embed).",
         choices=["text", "embed", "all"])
     source: str = _opt(
         "Salesforce/wikitext", "A Hub dataset id, or a local directory holding WikiText's archive "
@@ -70,7 +71,8 @@ class BuildOptions:
     private: bool = _opt(False, "Create the Hub repo as private (with --push).")
     verify: Optional[str] = _opt(
         None, "Only run the validation gates on an existing output DIR (schema, counts, unit "
-        "vectors, no leaks, a re-embedded sample) and exit.")
+        "vectors, no leaks, a re-embedded sample drawn afresh) and exit. --model, if given, points "
+        "at the build's weights where they are now.")
     dry_run: bool = _opt(
         False, "Run the text stage and print the plan (source, model, device, paragraphs, tokens, "
         "estimated embedding time) without loading model weights or writing anything.")

@@ -1,8 +1,8 @@
 """The build, composed in one place: source -> text -> split -> embed -> publish."""
 
 import contextlib
+import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -10,15 +10,17 @@ from huggingface_hub import HfApi
 
 from . import processes
 from .embed import embed_splits
-from .encode import check_model_config, estimate_embedding, load_tokenizer
+from .encode import check_config_file, check_model_config, estimate_embedding, load_tokenizer
+from .errors import BuildError
 from .options import BuildOptions
 from .hub import preflight, push
 from .publish import (build_manifest, check_output_location, expected_features, output_lock, read_output,
-                      recover_output, stage_hub_folder, token_counts, write_output)
+                      recover_output, remove_work_folder, stage_hub_folder, token_counts, work_path,
+                      write_output)
 from .source import is_raw, load_lines
 from .split import make_splits
 from .text import build_paragraphs
-from .verify import verify
+from .verify import check_vectors, verify
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +35,53 @@ def text_stage(options: BuildOptions, tokenizer):
                  source_revision=options.source_revision, split_by=options.split_by,
                  split=options.split, seed=options.seed, min_tokens=options.min_tokens,
                  max_tokens=options.max_tokens, tokenizer=options.model,
+                 tokenizer_revision=options.model_revision,
                  splits={name: len(ds) for name, ds in splits.items()},
                  tokens={name: int(ds.data.column("token_count").to_numpy().sum()) for name, ds in splits.items()},
                  seconds=round(time.perf_counter() - started, 2))
     return splits, stats
 
 
+def with_local_paths_resolved(options: BuildOptions) -> BuildOptions:
+    """Local --source and --model as absolute paths: the manifest and the card then name them
+    whatever directory a later --verify or --stage embed runs from."""
+    def resolved(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path.resolve()) if value and path.exists() else value
+
+    return dataclasses.replace(options, source=resolved(options.source), model=resolved(options.model))
+
+
+# The text stage's options, as its statistics in the manifest record them.
+TEXT_SETTINGS = {"source": "source", "source_config": "source_config", "source_revision": "source_revision",
+                 "min_tokens": "min_tokens", "max_tokens": "max_tokens", "split": "split",
+                 "split_by": "split_by", "seed": "seed", "model": "tokenizer",
+                 "model_revision": "tokenizer_revision"}
+
+
+def with_text_settings(options: BuildOptions, text: dict) -> BuildOptions:
+    """`--stage embed` continues the text stage: an option left at its default takes the text
+    stage's value from the manifest; one given otherwise must agree with it. Another --model is
+    allowed: the embed stage checks that its tokenizer counts the text stage's tokens."""
+    defaults, taken = BuildOptions(), {}
+    other_model = options.model not in (defaults.model, text.get("tokenizer"))
+    for option, key in TEXT_SETTINGS.items():
+        if key not in text or (other_model and option in ("model", "model_revision")):
+            continue  # an output from before this setting was recorded, or another model's own
+        given, recorded = getattr(options, option), text[key]
+        if given != getattr(defaults, option) and given != recorded:
+            flag = "--" + option.replace("_", "-")
+            raise BuildError(f"{flag} {given} contradicts the text stage of --output {options.output}, "
+                             f"made with {flag} {recorded}: leave {flag} out, or rebuild with --stage all")
+        taken[option] = recorded
+    return dataclasses.replace(options, **taken)
+
+
 def build(options: BuildOptions, api=None) -> dict | None:
     """Run the stages that `options.stage` asks for, then publish if asked; return the
     statistics (main process). `api` is the Hub client (a stand-in in tests)."""
-    check_output_location(options.output)
+    options = with_local_paths_resolved(options)
+    check_output_location(options.output, **{"--source": options.source, "--model": options.model})
     if options.dry_run:  # one plan, from the main process
         return plan(options) if processes.is_main() else None
     # One build per output at a time; the lock goes with the process, even after kill -9.
@@ -54,15 +93,18 @@ def _build(options: BuildOptions, api) -> dict | None:
     if processes.is_main():
         recover_output(options.output)
     processes.wait_for_everyone()  # the others read the output only once it is whole again
+    if options.stage == "embed":  # the text stage's output, and the settings it was made with
+        splits, manifest = read_output(options.output)
+        options = with_text_settings(options, manifest["stats"]["text"])
+        stats = {"text": manifest["stats"]["text"]}
+    check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model the pooling does not fit is refused before the text stage
-        dim = check_model_config(options.model, options.model_revision, options.dim)
+        dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
     repo_id = preflight(options, api, expected_features(dim)) if options.push and processes.is_main() else None
     if options.stage == "embed":
-        splits, manifest = read_output(options.output)
         if "embedding" in splits["train"].column_names:  # embedding again, with other settings
             splits = splits.remove_columns("embedding")
-        stats = {"text": manifest["stats"]["text"]}
     else:
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, stats = text_stage(options, tokenizer)
@@ -71,12 +113,22 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, stats["embed"] = embed_splits(splits, tokenizer, options)
     if not processes.is_main():
         return None
+    if options.stage != "text":  # the build's own gate: no vector that --verify would refuse is written
+        check_vectors_before_writing(splits, stats["embed"]["dim"], options.output)
     write_output(splits, build_manifest(options, stats), options.output)
     if options.push:
         stats["published"] = publish(options, repo_id, api)
     if options.stage != "text":  # only now: a rerun after a failed upload finds every vector done
-        shutil.rmtree(Path(f"{options.output}.embed-work"), ignore_errors=True)
+        remove_work_folder(work_path(options.output, ".embed-work"))
     return stats
+
+
+def check_vectors_before_writing(splits, dim: int, output: str) -> None:
+    problems = check_vectors(splits, dim)
+    if problems:  # the chunks hold the same vectors: a rerun must compute them again
+        remove_work_folder(work_path(output, ".embed-work"))
+        raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
+                         "nothing was written; check the model's weights (e.g. all zeros) and --model")
 
 
 def plan(options: BuildOptions) -> dict:
@@ -92,7 +144,7 @@ def plan(options: BuildOptions) -> dict:
 def publish(options: BuildOptions, repo_id: str, api) -> str:
     """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
     verify(options.output, options.model)
-    folder = stage_hub_folder(options.output, Path(f"{options.output}.hub"), repo_id, options.version)
+    folder = stage_hub_folder(options.output, work_path(options.output, ".hub"), repo_id, options.version)
     line = push(folder, repo_id, options.version, options.private, api)
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_work_folder(folder)
     return line

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -48,10 +49,124 @@ def expected_features(dim: int | None) -> Features:
     return Features(features)
 
 
-def check_output_location(output: str) -> None:
-    path = Path(output)
-    if path.exists() and not path.is_dir():
+# Only a build writes a manifest with this key: it is what makes a directory ours to replace.
+OUTPUT_MARKER = "elm_wikitext_output"
+OUTPUT_FORMAT = 1
+# What a build writes at the top of an output; anything else there belongs to someone else.
+OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, "README.md", HISTOGRAM_FILE, *SPLIT_NAMES}
+# A file that marks the work folders a build makes (the embedding's chunks, a staging output).
+WORK_MARKER = ".elm-wikitext-work"
+HUB_ENTRIES = {"data", "README.md", HISTOGRAM_FILE}
+
+
+def output_path(output: str) -> Path:
+    """The directory `--output` names, as the build writes it: a symlink followed to its target
+    (which is replaced, the link kept), no trailing slash or `..`, so the work files beside it are
+    beside it, never inside an earlier output."""
+    if not output.strip():
+        raise BuildError("--output is empty: pass a directory path, e.g. --output data/elm-wikitext2")
+    try:
+        return Path(output).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise BuildError(f"--output {output} cannot be resolved ({err}): pass a directory path") from None
+
+
+def work_path(output: str, suffix: str) -> Path:
+    """A work folder beside the output, e.g. `OUTPUT.embed-work`."""
+    target = output_path(output)
+    return target.parent / f"{target.name}{suffix}"
+
+
+def check_output_location(output: str, **inputs: str) -> None:
+    """Refuse, before any work, an --output the build may not replace: a file, a folder of the
+    user's, one that holds or sits inside an input (`inputs`: option name to local path), or
+    work folders beside it that are not the build's."""
+    target = output_path(output)
+    if target.exists() and not target.is_dir():
         raise BuildError(f"--output {output} is a file: pass a directory path")
+    for option, path in inputs.items():
+        if path and Path(path).expanduser().exists():
+            _check_apart(output, target, option, path)
+    check_replaceable(target, output)
+    for suffix, owned in ((".embed-work", _is_work_folder), (".hub", _is_hub_folder)):
+        folder = work_path(output, suffix)
+        if folder.exists() and not owned(folder):
+            raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
+                             "move it away, or pass another --output")
+
+
+def _check_apart(output: str, target: Path, option: str, path: str) -> None:
+    other = Path(path).expanduser().resolve()
+    if target == other or other in target.parents:
+        raise BuildError(f"--output {output} is inside {option} {path}: the build replaces its output "
+                         f"whole, so pass an --output outside {option}")
+    if target in other.parents:
+        raise BuildError(f"{option} {path} is inside --output {output}: the build replaces its output "
+                         f"whole, so pass an --output that does not hold {option}")
+
+
+def check_replaceable(target: Path, output: str) -> None:
+    """A build replaces only an earlier output of its own, or an empty directory."""
+    if not target.exists():
+        return
+    reason = _not_ours(target)
+    if reason:
+        raise BuildError(f"--output {output} is not an earlier output of this build ({reason}), and a "
+                         "build replaces its output whole: pass a new or empty directory as --output")
+
+
+def _not_ours(directory: Path) -> str | None:
+    """Why `directory` is not an output this project wrote (None: it is one, or empty)."""
+    entries = sorted(path.name for path in directory.iterdir())
+    if not entries:
+        return None
+    foreign = [name for name in entries if name not in OUTPUT_ENTRIES]
+    if foreign:
+        return f"it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
+    manifest = _load_manifest(directory)
+    if not isinstance(manifest, dict) or not _is_our_manifest(manifest):
+        return f"it has no {MANIFEST_FILE} written by this build"
+    if not (directory / "dataset_dict.json").is_file():
+        return "it has no dataset_dict.json"
+    return None
+
+
+def _load_manifest(directory: Path):
+    try:
+        return json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):  # missing, unreadable, or not JSON
+        return None
+
+
+def _is_our_manifest(manifest: dict) -> bool:
+    # Outputs from before the marker carry the package's version under "versions".
+    versions = manifest.get("versions")
+    return OUTPUT_MARKER in manifest or (isinstance(versions, dict) and "elm-wikitext" in versions)
+
+
+def _is_work_folder(folder: Path) -> bool:
+    return (folder / WORK_MARKER).is_file()
+
+
+def _is_hub_folder(folder: Path) -> bool:
+    # The Hub layout holds only what stage_hub_folder writes: parquet shards, the card, the plot.
+    return (folder.is_dir() and {path.name for path in folder.iterdir()} <= HUB_ENTRIES
+            and all(path.suffix == ".parquet" for path in (folder / "data").glob("*")))
+
+
+def make_work_folder(folder: Path) -> Path:
+    """Create a work folder and mark it as the build's, so that only such a folder is deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / WORK_MARKER).touch()
+    return folder
+
+
+def remove_work_folder(folder: Path) -> None:
+    """Delete a work folder the build made (marked, or in the Hub layout); leave anything else."""
+    if folder.is_dir() and (_is_work_folder(folder) or _is_hub_folder(folder)):
+        shutil.rmtree(folder, ignore_errors=True)
+    elif folder.exists():
+        log.warning("left %s in place: it is not a work folder of this build", folder)
 
 
 @contextmanager
@@ -59,7 +174,7 @@ def output_lock(output: str):
     """Refuse a second build into the same output while one runs. The OS drops the lock when its
     process ends, so a killed build never leaves a stale one."""
     # The lock file lives in the user's cache, so that a refused run leaves nothing beside --output.
-    key = hashlib.sha256(str(Path(output).resolve()).encode()).hexdigest()[:16]
+    key = hashlib.sha256(str(output_path(output)).encode()).hexdigest()[:16]
     path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "elm-wikitext" / "locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, timeout=0)
@@ -71,6 +186,9 @@ def output_lock(output: str):
     try:
         yield
     finally:
+        # Removed while still held, so that lock files do not pile up, one per output ever built;
+        # filelock takes a lock on an unlinked file for no lock, so a build starting now is safe.
+        path.unlink(missing_ok=True)
         lock.release()
 
 
@@ -86,9 +204,25 @@ def package_versions() -> dict:
 
 def build_manifest(options, stats: dict) -> dict:
     """Everything needed to know how the output was made (never the Hub token)."""
-    return {"config": dataclasses.asdict(options), "versions": package_versions(), "stats": stats,
-            "command": " ".join(["python", "build.py", *sys.argv[1:]]),
+    return {OUTPUT_MARKER: OUTPUT_FORMAT, "config": dataclasses.asdict(options),
+            "versions": package_versions(), "stats": stats, "command": rebuild_command(options),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+# Options that say where or whether to publish, or how fast to work: not what the data is.
+NOT_REBUILDING = {"stage", "push", "repo_id", "version", "private", "verify", "dry_run", "num_proc"}
+
+
+def rebuild_command(options) -> str:
+    """One command that builds this output again from scratch: every option that differs from
+    its default (a `--stage embed` run's options include the text stage's, from its manifest)."""
+    defaults = type(options)()
+    words = ["python", "build.py"]
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if field.name not in NOT_REBUILDING and value != getattr(defaults, field.name):
+            words += [f"--{field.name.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(words)
 
 
 def publishable(splits: DatasetDict) -> DatasetDict:
@@ -97,67 +231,124 @@ def publishable(splits: DatasetDict) -> DatasetDict:
     return splits.select_columns(columns)
 
 
-def split_checksum(directory: Path) -> str:
+def split_checksum(directory: Path, files: list[str] | None = None) -> str:
+    """SHA-256 of a split's Arrow files: `files`, the ones the build wrote (what datasets adds
+    later, such as a user's map's cache-*.arrow, is not the build's), by default all of them."""
     digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.arrow")):
-        digest.update(path.read_bytes())
+    for name in sorted(files) if files is not None else sorted(p.name for p in directory.glob("*.arrow")):
+        digest.update((directory / name).read_bytes())
     return digest.hexdigest()
 
 
 def write_output(splits: DatasetDict, manifest: dict, output: str) -> Path:
     """Save the DatasetDict, manifest, card and histogram to `output`, whole or not at all."""
-    target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = output_path(output)
     staging = target.parent / f".{target.name}.writing-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
+        make_work_folder(staging)  # marked first, so that only this build's staging is ever removed
         splits = publishable(splits)
         splits.save_to_disk(str(staging))
-        manifest["splits"] = {name: {"rows": len(split), "sha256": split_checksum(staging / name)}
-                              for name, split in splits.items()}
+        manifest["splits"] = {name: _split_entry(staging / name, len(split)) for name, split in splits.items()}
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if "embedding" in splits["train"].column_names:
             write_card(splits, manifest, staging)
-        _swap_into_place(staging, target)
+        (staging / WORK_MARKER).unlink()
+        _swap_into_place(staging, target, output)
     except OSError as err:  # a read-only or full location: the earlier output is still whole
         raise BuildError(f"cannot write {output} ({err}): make its folder writable or free some "
                          "space, then rerun; any earlier output there is unchanged") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)  # made above by this process
     log.info("wrote %s", target)
     return target
 
 
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest's content but this checksum itself, so --verify sees an edit."""
+    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _split_entry(directory: Path, rows: int) -> dict:
+    files = sorted(path.name for path in directory.glob("*.arrow"))
+    return {"rows": rows, "files": files, "sha256": split_checksum(directory, files)}
+
+
 def recover_output(output: str) -> None:
     """Clean up after a build killed while writing (call under the output lock): put back an
-    output caught between the two renames, and delete half-written staging directories."""
-    target = Path(output)
+    output caught between the two renames, and delete half-written staging directories. Only
+    folders this build wrote are touched: a staging folder carries the work marker, an earlier
+    output its manifest."""
+    target = output_path(output)
     if not target.parent.is_dir():
         return
-    previous = sorted(target.parent.glob(f".{target.name}.previous-*"))
+    previous = sorted(p for p in target.parent.glob(f".{target.name}.previous-*") if _not_ours(p) is None)
     if previous and not target.exists():
         log.warning("restoring %s from %s, left by a build killed while writing", target, previous[-1])
         os.replace(previous[-1], target)
-    for leftover in [*target.parent.glob(f".{target.name}.writing-*"), *target.parent.glob(f".{target.name}.previous-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in [*target.parent.glob(f".{target.name}.writing-*"), *previous]:
+        if leftover.exists() and (_is_work_folder(leftover) or _not_ours(leftover) is None):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
+def _swap_into_place(staging: Path, target: Path, output: str) -> None:
     # Two renames: at every moment either the old or the new output is complete on disk.
     previous = target.parent / f".{target.name}.previous-{os.getpid()}"
     if target.exists():
+        check_replaceable(target, output)  # proven again now, under the lock, just before
         os.replace(target, previous)
     os.replace(staging, target)
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def read_output(output: str) -> tuple[DatasetDict, dict]:
-    """An output written earlier and its manifest."""
-    manifest_path = Path(output) / MANIFEST_FILE
-    if not manifest_path.is_file():
+REQUIRED_MANIFEST = {"config": dict, "stats": dict, "splits": dict}
+
+
+def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, dict]:
+    """An output written earlier by this build, and its manifest, each part checked before use:
+    `option` names where the path came from in the one line a problem gets."""
+    directory = Path(output)
+    if not (directory / MANIFEST_FILE).is_file():
+        if option == "--verify":
+            raise BuildError(f"--verify {output} holds no build output: pass the --output of an earlier build")
         raise BuildError(f"--output {output} holds no build output: run "
                          "`python build.py --stage text` first, or --stage all")
-    return load_from_disk(output), json.loads(manifest_path.read_text())
+    manifest = _load_manifest(directory)
+    problem = _manifest_problem(manifest) or _not_ours(directory)
+    if problem is None:
+        missing = [name for name in SPLIT_NAMES if not (directory / name / "state.json").is_file()]
+        problem = f"it lacks the split folders {missing}" if missing else None
+    if problem is None:
+        try:
+            splits = load_from_disk(str(directory))
+        except (OSError, ValueError, KeyError, TypeError) as err:  # datasets' errors for damaged files
+            problem = f"datasets cannot load it: {type(err).__name__}: {err}"
+        else:
+            problem = _columns_problem(splits)
+    if problem:
+        raise BuildError(f"{option} {output} is not a whole output of this build ({problem}): rebuild "
+                         "it with python build.py --stage all, or pass another directory")
+    return splits, manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"its {MANIFEST_FILE} is not a JSON object"
+    if not _is_our_manifest(manifest):
+        return f"its {MANIFEST_FILE} was not written by this build"
+    wrong = [key for key, kind in REQUIRED_MANIFEST.items() if not isinstance(manifest.get(key), kind)]
+    if wrong or not isinstance(manifest["stats"].get("text"), dict):
+        return f"its {MANIFEST_FILE} lacks {wrong or ['stats.text']}"
+    return None
+
+
+def _columns_problem(splits: DatasetDict) -> str | None:
+    if list(splits) != list(SPLIT_NAMES):
+        return f"its splits are {list(splits)}, not {list(SPLIT_NAMES)}"
+    missing = [name for name in expected_features(None) if name not in splits["train"].column_names]
+    return f"it lacks the columns {missing}" if missing else None
 
 
 def token_counts(splits: DatasetDict) -> np.ndarray:
@@ -253,6 +444,9 @@ def write_card(splits: DatasetDict, manifest: dict, directory: Path, **hub) -> N
 def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str) -> Path:
     """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram."""
     splits, manifest = read_output(output)
+    if folder.exists() and not _is_hub_folder(folder):
+        raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
+                         "move it away, then rerun")
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
     for name, split in splits.items():

@@ -58,9 +58,30 @@ def _all_blank(lines: Dataset) -> bool:
     return not any(text.strip() for batch in lines.iter(batch_size=10_000) for text in batch["text"])
 
 
+def existing_files(candidates: list[Path]) -> list[Path]:
+    """The candidate archive files that exist; one that is there but cannot be read as a file (a
+    directory, a dangling symlink, a symlink loop) is refused by name rather than skipped, which
+    would build from the other files alone."""
+    found = []
+    for file in candidates:
+        if file.is_file():
+            found.append(file)
+        elif file.is_symlink():
+            raise BuildError(f"{file} is a symlink to nothing readable ({file.readlink()}): fix or "
+                             "remove the link, or point --source at the folder that holds the file")
+        elif file.exists():
+            raise BuildError(f"{file} is a directory, not a WikiText file: remove it, or point --source "
+                             "at the folder that holds the file")
+    return found
+
+
 def _load_local(path: Path, config: str) -> Dataset:
-    token_files = [path / name for name in archive_files(config) if (path / name).is_file()]
+    token_files = existing_files([path / name for name in archive_files(config)])
     _check_archive_kind(path, config, token_files)
+    parquet = sorted(path.rglob("*.parquet"))
+    if token_files and parquet:  # one would be ignored: which one the user meant is not ours to guess
+        raise BuildError(f"--source {path} holds both WikiText archive files ({token_files[0].name}) and "
+                         f"parquet files ({parquet[0].relative_to(path)}): pass a folder holding only one of them")
     if token_files:
         for file in token_files:
             _check_utf8(file)
@@ -99,7 +120,20 @@ def _load_parquet(path: Path, files: list[Path]) -> Dataset:
         if "text" not in part.column_names:
             raise BuildError(f"{file} has no 'text' column (it has {part.column_names}): pass "
                              "WikiText's parquet files, whose one column is 'text'")
+        _check_text_column(file, part)
     return concatenate_datasets(parts).select_columns(["text"])
+
+
+def _check_text_column(file: Path, part: Dataset) -> None:
+    """WikiText's `text` is a column of strings, one line each, none of them null."""
+    kind = part.features["text"]
+    if getattr(kind, "dtype", None) not in ("string", "large_string"):
+        raise BuildError(f"{file} has a 'text' column of {getattr(kind, 'dtype', kind)}, not of strings: "
+                         "pass WikiText's parquet files, whose 'text' column holds its lines")
+    nulls = part.data.column("text").null_count
+    if nulls:
+        raise BuildError(f"{file} has {nulls} null values in its 'text' column: pass WikiText's parquet "
+                         "files, where a blank line is an empty string")
 
 
 def _parquet_order(file: Path) -> tuple[int, str]:

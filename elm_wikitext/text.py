@@ -205,6 +205,9 @@ def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]
     char_count; and the statistics of what was dropped and why."""
     paragraphs, stats = label_paragraphs(lines)
     stats["paragraphs"] = len(paragraphs)
+    if not paragraphs:  # datasets skips a map over no rows, so the steps below would find no columns
+        raise BuildError(f"--source {options.source} holds no paragraph, only headings and blank lines: "
+                         "point it at WikiText's articles")
     drops = Drops()
     cleaned = paragraphs.map(
         clean_batch, batched=True, num_proc=options.num_proc, desc="Cleaning",

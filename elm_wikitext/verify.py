@@ -2,6 +2,7 @@
 `python build.py --verify DIR`. Each gate returns the problems it found, naming the rows."""
 
 import logging
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from datasets import DatasetDict
 
 from .encode import embed_ids, load_encoder, load_tokenizer
 from .errors import BuildError
-from .publish import expected_features, read_output, split_checksum
+from .publish import MANIFEST_FILE, expected_features, manifest_checksum, read_output, split_checksum
 from .text import text_id
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,26 @@ def check_vectors(splits: DatasetDict, dim: int) -> list[str]:
 def check_files(splits: DatasetDict, manifest: dict, output: str) -> list[str]:
     """Each split's Arrow files hash as the manifest recorded, and each text_id is its text's."""
     problems = [f"{name}: its files differ from the SHA-256 in the manifest (changed since the build)"
-                for name in splits if name in manifest["splits"]
-                and split_checksum(Path(output) / name) != manifest["splits"][name]["sha256"]]
+                for name in splits if name in manifest["splits"] and _changed(Path(output) / name, manifest["splits"][name])]
+    if manifest.get("manifest_sha256", manifest_checksum(manifest)) != manifest_checksum(manifest):
+        problems.append(f"{MANIFEST_FILE}: it differs from its SHA-256 (changed since the build)")
     for name, split in splits.items():
         wrong = np.array([text_id(text) != stored for text, stored
                           in zip(split.data.column("text").to_pylist(), split.data.column("text_id").to_pylist())])
         if wrong.any():
             problems.append(f"{name}: text_id is not the SHA-256 of the text in rows {_ids(split, wrong)}")
     return problems
+
+
+def _changed(directory: Path, entry: dict) -> bool:
+    # Only the files the build wrote: datasets adds cache-*.arrow files beside them when a user
+    # maps a split. (Outputs from before the list was recorded: every Arrow file but those.)
+    files = entry.get("files") or [path.name for path in directory.glob("*.arrow")
+                                   if not path.name.startswith("cache-")]
+    try:
+        return split_checksum(directory, files) != entry["sha256"]
+    except OSError:  # a file the build wrote is gone
+        return True
 
 
 def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
@@ -92,7 +105,7 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     return problems
 
 
-def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: int = 0) -> list[str]:
+def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: int) -> list[str]:
     """Re-embed a random sample one paragraph at a time and compare with the stored vectors."""
     embed = manifest["stats"]["embed"]
     model = model or embed["model"]
@@ -110,20 +123,24 @@ def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: i
     return problems
 
 
-def verify(output: str, model: str | None = None) -> dict:
-    """Run every gate; raise BuildError listing what failed, else return what was checked."""
-    splits, manifest = read_output(output)
-    if "embed" not in manifest["stats"]:
-        raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
+def verify(output: str, model: str | None = None, option: str = "--output", seed: int | None = None) -> dict:
+    """Run every gate; raise BuildError listing what failed, else return what was checked.
+    `model` points at the weights where they are now (the manifest's path, by default); the
+    re-embedded sample is drawn afresh each run unless `seed` is given."""
+    splits, manifest = read_output(output, option)
     stats = manifest["stats"]
+    if not isinstance(stats.get("embed"), dict) or not isinstance(manifest["splits"], dict):
+        raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
+    seed = secrets.randbits(32) if seed is None else seed
     problems = check_schema(splits, manifest)
     if not problems:  # the other gates read the columns the schema promises
         problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
                      + check_vectors(splits, stats["embed"]["dim"])
                      + check_uniqueness(splits, stats["text"]["split_by"]))
     if not problems:  # the slow gate only for an output that passed the others
-        problems += check_sample(splits, manifest, model)
+        log.info("re-embedding a sample drawn with seed %d", seed)
+        problems += check_sample(splits, manifest, model, seed)
     if problems:
         raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
     log.info("verified %s", output)
-    return {"verified": output, "rows": {name: len(split) for name, split in splits.items()}}
+    return {"verified": output, "rows": {name: len(split) for name, split in splits.items()}, "sample_seed": seed}

@@ -47,6 +47,13 @@ EMBED_REFUSALS = {
     "a tokenizer without a model": (["--model", "{tokenizer_only}"], "has no model config that transformers can read"),
     "no weight files": (["--model", "{no_weights}"], "cannot load the weights of --model"),
     "a truncated weight file": (["--model", "{truncated}"], "download the model again"),
+    "a corrupt config.json": (["--model", "{corrupt_config}"], "has a damaged config.json"),
+    "config sizes that differ from the weights": (["--model", "{other_sizes}"], "have other sizes than its config.json says"),
+    "a vocabulary smaller than the token ids": (["--model", "{small_vocabulary}"], "has a vocabulary of 1000 tokens"),
+    "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
+    "a text-stage option that contradicts it": (["--min-tokens", "150"],
+                                                "--min-tokens 150 contradicts the text stage of --output"),
+    "a model whose tokenizer counts otherwise": (["--model", "{other_tokenizer}"], "counts tokens otherwise than the text stage's"),
 }
 
 
@@ -113,15 +120,52 @@ def broken_models(tiny_model, tmp_path) -> dict:
     shutil.copytree(tiny_model, truncated)
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
-    return {"bert": bert, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated}
+    corrupt_config = model_with_config(tiny_model, tmp_path / "corrupt-config")
+    (corrupt_config / "config.json").write_text('{"model_type": "qwen3", ')  # cut off
+    return {"bert": bert, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated,
+            "corrupt_config": corrupt_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
+            "other_sizes": model_with_config(tiny_model, tmp_path / "other-sizes", intermediate_size=200),
+            "small_vocabulary": model_with_config(tiny_model, tmp_path / "small-vocabulary", vocab_size=1000),
+            "other_tokenizer": with_another_tokenizer(tiny_model, tmp_path / "other-tokenizer")}
+
+
+def model_with_config(tiny_model: str, directory: Path, **changes) -> Path:
+    """The tiny model (its files linked, not copied) under a config.json with `changes`."""
+    shutil.copytree(tiny_model, directory, copy_function=os.link)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").unlink()  # a file of its own: the link is the session model's
+    (directory / "config.json").write_text(json.dumps({**config, **changes}))
+    return directory
+
+
+def zero_weights(tiny_model: str, directory: Path) -> Path:
+    """The tiny model with every weight 0: each vector it gives has norm 0."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model, directory, ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = load_file(Path(tiny_model) / "model.safetensors")
+    save_file({name: tensor.zero_() for name, tensor in weights.items()}, directory / "model.safetensors",
+              metadata={"format": "pt"})
+    return directory
+
+
+def with_another_tokenizer(tiny_model: str, directory: Path) -> Path:
+    """The tiny model with a tokenizer that appends end-of-text twice: one token more per text."""
+    model_with_config(tiny_model, directory)
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    single = tokenizer["post_processor"]["single"]
+    single.append(single[-1])
+    (directory / "tokenizer.json").unlink()
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return directory
 
 
 @pytest.mark.parametrize("case", list(EMBED_REFUSALS))
 def test_embed_stage_refusals_keep_the_earlier_output(case, text_output_copy, tiny_model, broken_models, capsys):
     args, fix = EMBED_REFUSALS[case]
+    args = [arg.format(**broken_models) for arg in args]
     before = snapshot(text_output_copy)
-    status, error = run(["--stage", "embed", "--model", tiny_model, "--output", text_output_copy,
-                         *(arg.format(**broken_models) for arg in args)], capsys)
+    status, error = run(["--stage", "embed", "--output", text_output_copy, *args], capsys)
     assert status == 2 and fix in error
     assert snapshot(text_output_copy) == before
 
@@ -247,3 +291,126 @@ def test_library_warnings_show_once_and_reach_the_log(tmp_path, monkeypatch, cap
             assert f"a warning from {name}" in log_path.read_text()
     finally:
         logging.basicConfig(force=True)  # let go of the log file
+
+
+def damage(output: Path, how: str) -> None:
+    if how == "a missing split folder":
+        shutil.rmtree(output / "validation")
+    elif how == "no dataset_dict.json":
+        (output / "dataset_dict.json").unlink()
+    elif how == "a corrupt manifest":
+        (output / MANIFEST_FILE).write_text('{"config": ')
+    elif how == "a manifest that is a list":
+        (output / MANIFEST_FILE).write_text("[]")
+    elif how == "a manifest lacking keys":
+        manifest = json.loads((output / MANIFEST_FILE).read_text())
+        (output / MANIFEST_FILE).write_text(json.dumps({key: manifest[key] for key in ("versions", "created")}))
+    elif how == "another tool's dataset":
+        from datasets import Dataset, DatasetDict
+
+        shutil.rmtree(output)
+        DatasetDict({name: Dataset.from_dict({"text": ["a"]}) for name in SPLIT_NAMES}).save_to_disk(str(output))
+
+
+@pytest.mark.parametrize("mode", ["--stage embed", "--verify"])
+@pytest.mark.parametrize("how", ["a missing split folder", "no dataset_dict.json", "a corrupt manifest",
+                                 "a manifest that is a list", "a manifest lacking keys", "another tool's dataset"])
+def test_a_damaged_or_foreign_output_is_one_line_and_kept(how, mode, embedded_copy, tiny_model, capsys):
+    damage(embedded_copy, how)
+    before = snapshot(embedded_copy)
+    where = ["--output", embedded_copy] if mode == "--stage embed" else []
+    status, error = run([*mode.split(), *where, "--model", tiny_model] if where else
+                        [mode, embedded_copy, "--model", tiny_model], capsys)
+    assert status == 2
+    # Refused as an output to replace, or as one to read.
+    assert any(says in error for says in ("is not an earlier output of this build",
+                                          "is not a whole output of this build", "holds no build output")), error
+    assert ("--output" if where else "--verify") in error  # the option the path came from
+    assert snapshot(embedded_copy) == before
+
+
+def test_verify_of_a_missing_directory_names_verify(tmp_path, capsys):
+    status, error = run(["--verify", tmp_path / "nope"], capsys)
+    assert status == 2 and f"--verify {tmp_path / 'nope'} holds no build output" in error
+    assert "--output" not in error.replace("pass the --output of", "") and "--stage text" not in error
+
+
+def unwritable(kind: str, tmp_path: Path, monkeypatch) -> None:
+    """Make a place the build needs unusable (a file where a folder must be: tests run as root,
+    for whom permissions do not stop a write)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if kind == "logs is a file":
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "logs").write_text("")
+    elif kind == "the datasets cache":
+        import datasets
+
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", blocker / "datasets")
+    else:  # the user's cache, where the output's lock lives
+        monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+
+
+@pytest.mark.parametrize("kind, says", [("logs is a file", "cannot write this run's log"),
+                                        ("the datasets cache", "make that path a writable folder"),
+                                        ("the user's cache", "make that path a writable folder")])
+def test_a_place_the_build_cannot_write_is_one_line(kind, says, sample_dir, tiny_model, tmp_path, monkeypatch, capsys):
+    unwritable(kind, tmp_path, monkeypatch)
+    status = main([str(arg) for arg in ["--stage", "text", "--source", sample_dir, "--model", tiny_model,
+                                         "--output", tmp_path / "out"]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and lines[-1].startswith("error: ") and says in lines[-1], lines
+    assert not any("Traceback" in line for line in lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_of_headings_only_is_one_line(tiny_model, tmp_path, capsys):
+    source = tmp_path / "headings"
+    source.mkdir()
+    for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):
+        (source / name).write_text(" \n = Alpha = \n \n = = Early life = = \n \n")
+    status, error = run(["--stage", "text", "--source", source, "--model", tiny_model,
+                         "--output", tmp_path / "out"], capsys)
+    assert status == 2 and "holds no paragraph, only headings and blank lines" in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_embed_stage_takes_the_text_stages_settings_and_the_card_rebuilds_it(text_output_copy, tmp_path):
+    from elm_wikitext.options import parse_options
+
+    text = json.loads((text_output_copy / MANIFEST_FILE).read_text())["config"]
+    assert main(["--stage", "embed", "--output", str(text_output_copy)]) == 0  # no --model: the text stage's
+    manifest = json.loads((text_output_copy / MANIFEST_FILE).read_text())
+    assert manifest["config"]["model"] == text["model"] and manifest["stats"]["embed"]["model"] == text["model"]
+    command = manifest["command"].split()
+    assert command[:2] == ["python", "build.py"] and "--stage" not in command
+    again = dataclasses.asdict(parse_options(command[2:]))
+    same = [key for key in text if key not in ("stage", "output")]
+    assert {key: again[key] for key in same} == {key: text[key] for key in same}
+    assert manifest["command"] in (text_output_copy / "README.md").read_text()
+
+
+@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_build_says_how_to_resume_and_leaves_nothing_half_written(
+        signal_name, status, sample_dir, tiny_model, tmp_path):
+    import signal
+
+    output = tmp_path / "out"
+    build = subprocess.Popen(
+        [sys.executable, str(BUILD), "--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
+         "--chunk-tokens", "200", "--max-batch-tokens", "400"],  # many small chunks: seconds of embedding
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    work = tmp_path / "out.embed-work"
+    deadline = time.monotonic() + 120
+    while not any(work.rglob("chunk-*.npz")) and build.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    build.send_signal(getattr(signal, signal_name))
+    _, err = build.communicate(timeout=120)
+    assert build.returncode == status, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the build stopped") and "rerun the same command to resume" in last
+    assert "Traceback" not in err
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out.embed-work"]  # no staging
+    assert not [p for p in work.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("tmp")]
+    assert "Traceback" in next((tmp_path / "logs").iterdir()).read_text()  # the details, in the log

@@ -254,3 +254,32 @@ def test_kill_9_between_the_output_renames_then_rerun_matches(text_output, text_
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert splits_as_rows(text_output_copy) == splits_as_rows(text_output)
     assert [p.name for p in text_output_copy.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def fill_the_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def half_a_chunk_then_full(handle, **arrays):
+    handle.write(b"PK\x03\x04 half a chunk")  # a partial write, then the disk is full
+    fill_the_disk()
+
+
+@pytest.mark.parametrize("where", ["saving a chunk", "adding the column"])
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(where, text_output_copy, tiny_model,
+                                                             monkeypatch, capsys):
+    from build import main
+    from elm_wikitext import embed
+
+    if where == "saving a chunk":
+        monkeypatch.setattr(embed.np, "savez", half_a_chunk_then_full)
+    else:
+        monkeypatch.setattr(embed, "attach_vectors", fill_the_disk)
+    before = sorted(p.name for p in text_output_copy.rglob("*"))
+    assert main(["--stage", "embed", "--output", str(text_output_copy)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: cannot write") and "No space left on device" in error
+    assert sorted(p.name for p in text_output_copy.rglob("*")) == before
+    work = Path(f"{text_output_copy}.embed-work")
+    left = [p.name for p in work.rglob("*") if p.suffix == ".tmp" or p.name.startswith("tmp")]
+    assert left == []

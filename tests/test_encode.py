@@ -218,3 +218,50 @@ def test_last_layer_at_the_pooled_token_equals_the_full_forward(encoder, tokeniz
     assert len(encoder.model.layers) == 2  # the model is whole again afterwards
     assert torch.allclose(last_token_states(encoder.model, input_ids, lengths - 1), expected, atol=1e-5)
     assert len(encoder.model.layers) == 2
+
+
+def model_with_config(tiny_model: str, directory, **changes) -> str:
+    """The tiny model's files (weights linked, not copied) under a config.json with `changes`."""
+    import json
+    import os
+    import shutil
+
+    shutil.copytree(tiny_model, directory, copy_function=os.link)
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.unlink()  # a new file: the link is shared with the session's tiny model
+    config_file.write_text(json.dumps({**config, **changes}))
+    return str(directory)
+
+
+# A config that does not fit its weights, and what the refusal says.
+MISFITS = {
+    "another model_type (llama: no q_norm/k_norm)": (
+        {"model_type": "llama", "architectures": ["LlamaModel"]}, "holds 4 weights its model class does not use"),
+    "larger sizes than the weights": ({"intermediate_size": 200}, "have other sizes than its config.json says"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISFITS))
+def test_weights_the_model_class_does_not_expect_are_refused(case, tiny_model, tmp_path):
+    changes, says = MISFITS[case]
+    with pytest.raises(BuildError, match=says):
+        load_encoder(model_with_config(tiny_model, tmp_path / "model", **changes), None, "float32", None, 0)
+
+
+def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(tiny_model, tokenizer, tmp_path):
+    from elm_wikitext.encode import check_model_config
+
+    model = model_with_config(tiny_model, tmp_path / "model", vocab_size=1000)
+    with pytest.raises(BuildError, match="has a vocabulary of 1000 tokens, but its tokenizer makes ids up to"):
+        check_model_config(model, None, None, tokenizer)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"], ids=["corrupt", "a list"])
+def test_a_damaged_config_json_is_named_not_blamed_on_the_tokenizer(content, tiny_model, tmp_path):
+    from elm_wikitext.encode import check_model_config
+
+    model = model_with_config(tiny_model, tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text(content)
+    with pytest.raises(BuildError, match=f"--model {model} has a (damaged config.json|config.json that is not a JSON object)"):
+        check_model_config(model, None, None)

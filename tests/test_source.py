@@ -132,3 +132,39 @@ def test_bytes_that_are_not_utf8_are_named_by_file_and_line(tmp_path):
         load_lines(str(tmp_path), "wikitext-2-v1")
     assert f"{bad} line 3 is not UTF-8" in str(refused.value)
     assert "re-encode the file as UTF-8" in str(refused.value)
+
+
+def break_file(file: Path, how: str) -> None:
+    file.unlink()
+    if how == "a dangling symlink":
+        file.symlink_to(file.parent / "gone.tokens")
+    elif how == "a symlink loop":
+        file.symlink_to(file)
+    else:
+        file.mkdir()
+
+
+@pytest.mark.parametrize("how", ["a dangling symlink", "a symlink loop", "a directory"])
+def test_an_archive_file_that_cannot_be_read_is_named_not_skipped(tmp_path, how):
+    bad = write_tokens(tmp_path, LINES) / "wiki.valid.tokens"
+    break_file(bad, how)
+    with pytest.raises(BuildError, match=f"{bad} is a (symlink to nothing readable|directory)"):
+        load_lines(str(tmp_path), "wikitext-2-v1")
+
+
+def test_archive_and_parquet_files_together_are_refused_naming_both(tmp_path):
+    write_parquet(write_tokens(tmp_path, LINES), LINES)
+    with pytest.raises(BuildError, match=r"both WikiText archive files \(wiki.train.tokens\) and parquet files "
+                                         r"\(test-00000-of-00001.parquet\): pass a folder holding only one"):
+        load_lines(str(tmp_path), "wikitext-2-v1")
+
+
+@pytest.mark.parametrize("column, says", [
+    (pa.array([1, 2, 3]), "a 'text' column of int64, not of strings"),
+    (pa.array([b" = Alpha = ", b" text "]), "a 'text' column of binary, not of strings"),
+    (pa.array([None, " = Alpha = ", " text "], pa.string()), "1 null values in its 'text' column"),
+], ids=["int", "binary", "starts with a null"])
+def test_a_parquet_text_column_that_is_not_lines_of_text_is_refused(tmp_path, column, says):
+    pq.write_table(pa.table({"text": column}), tmp_path / "train-00000-of-00001.parquet")
+    with pytest.raises(BuildError, match=f"train-00000-of-00001.parquet has {says}"):
+        load_lines(str(tmp_path), "wikitext-2-v1")

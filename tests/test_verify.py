@@ -7,7 +7,7 @@ import pytest
 from datasets import load_from_disk
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.publish import MANIFEST_FILE, split_checksum
+from elm_wikitext.publish import MANIFEST_FILE, manifest_checksum, split_checksum
 from elm_wikitext.verify import verify
 
 
@@ -20,7 +20,8 @@ def rewrite(output, change, update_checksums=True):
     splits.save_to_disk(str(tmp))
     if update_checksums:
         for name, entry in manifest["splits"].items():
-            entry["sha256"] = split_checksum(tmp / name)
+            entry["sha256"] = split_checksum(tmp / name, entry["files"])
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
     return tmp
 
@@ -118,3 +119,41 @@ def test_a_paragraph_split_passes_though_its_articles_span_splits(sample_dir, ti
     splits = load_from_disk(str(output))
     assert set(splits["train"]["article"]) & set(splits["test"]["article"])  # what --split-by paragraph means
     assert verify(str(output))["rows"]["test"] == len(splits["test"])
+
+
+def test_a_users_map_leaves_cache_files_that_do_not_fail_the_checksum(embedded_copy):
+    train = load_from_disk(str(embedded_copy))["train"]
+    train.map(lambda row: {"length": len(row["text"])})  # datasets caches this beside the split's files
+    assert any(p.name.startswith("cache-") for p in (embedded_copy / "train").iterdir())
+    assert verify(str(embedded_copy))["rows"]["train"] == len(train)
+
+
+def test_an_edited_manifest_fails(embedded_copy):
+    manifest = json.loads((embedded_copy / MANIFEST_FILE).read_text())
+    manifest["stats"]["text"]["min_tokens"] = 50  # a claim the data was not built with
+    (embedded_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match="manifest.json: it differs from its SHA-256"):
+        verify(str(embedded_copy))
+
+
+def test_verify_from_elsewhere_and_with_moved_weights(sample_dir, tiny_model, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from build import main
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model, work / "model")
+    monkeypatch.chdir(work)  # a relative --model, as a user types it
+    assert main(["--source", str(sample_dir), "--model", "model", "--output", "out"]) == 0
+    manifest = json.loads((work / "out" / MANIFEST_FILE).read_text())
+    assert manifest["stats"]["embed"]["model"] == str(work / "model")  # stored resolved
+    monkeypatch.chdir(tmp_path)
+    assert main(["--verify", str(work / "out")]) == 0  # found from another directory
+    (work / "model").rename(tmp_path / "moved")
+    assert main(["--verify", str(work / "out")]) == 2
+    capsys.readouterr()
+    assert main(["--verify", str(work / "out"), "--model", str(tmp_path / "moved")]) == 0
+    seeds = [json.loads(capsys.readouterr().out.split("\nlog:")[0])["sample_seed"]]
+    assert main(["--verify", str(work / "out"), "--model", str(tmp_path / "moved")]) == 0
+    seeds.append(json.loads(capsys.readouterr().out.split("\nlog:")[0])["sample_seed"])
+    assert seeds[0] != seeds[1]  # a sample drawn afresh each run
