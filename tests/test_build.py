@@ -367,7 +367,7 @@ def test_a_place_the_build_cannot_write_is_one_line(kind, says, sample_dir, tiny
 def test_a_source_of_headings_only_is_one_line(tiny_model, tmp_path, capsys):
     source = tmp_path / "headings"
     source.mkdir()
-    for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):
+    for name in ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw"):
         (source / name).write_text(" \n = Alpha = \n \n = = Early life = = \n \n")
     status, error = run(["--stage", "text", "--source", source, "--model", tiny_model,
                          "--output", tmp_path / "out"], capsys)
