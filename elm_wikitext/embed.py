@@ -22,7 +22,7 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from . import processes
-from .encode import (Encoder, check_budget, compile_layers, embed_rows, load_encoder,
+from .encode import (Encoder, check_budget, compile_layers, compiles, embed_rows, load_encoder,
                      model_identity, token_batches)
 from .errors import BuildError
 from .options import SPLIT_NAMES
@@ -190,7 +190,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
-    compiled = options.compile == "yes" or (options.compile == "auto" and encoder.device.type == "cuda")
+    compiled = compiles(options.compile, encoder.device)
     if compiled:
         compiled = compile_layers(encoder, required=options.compile == "yes")
     effective_dtype = str(encoder.dtype).removeprefix("torch.")
