@@ -252,6 +252,20 @@ def test_a_chunk_no_process_could_see_names_the_shared_storage_fix(tmp_path):
         assemble(store, chunks, rows=3)
 
 
+def test_the_text_key_is_one_join_of_every_text_id_hashed_in_slices():
+    import hashlib
+
+    import pyarrow as pa
+
+    from elm_wikitext.embed import joined_digest
+
+    ids = [f"{i:016x}" for i in range(1000)]
+    column = pa.chunked_array([pa.array(ids[:333], pa.string()), pa.array(ids[333:], pa.string())])
+    whole = hashlib.sha256("\n".join(ids).encode()).hexdigest()  # the key of earlier runs' chunks
+    assert joined_digest(column, slice_rows=7) == joined_digest(column) == whole
+    assert joined_digest(column.slice(1), slice_rows=7) != whole
+
+
 def test_float32_recomputations_are_counted_over_every_run_that_made_the_chunks(tmp_path):
     from elm_wikitext.embed import ChunkStore, assemble, plan_chunks
 
