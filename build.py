@@ -60,7 +60,9 @@ def duration(seconds: float | None) -> str:
         return "< 1 s"
     if seconds < 60:
         return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days"
 
 
 def plan_summary(plan: dict) -> str:

@@ -199,7 +199,8 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
 
 
 @pytest.mark.parametrize("seconds, shown", [(0, "< 1 s"), (0.004, "< 1 s"), (1.4, "1 s"), (59.4, "59 s"),
-                                            (90, "1.5 min"), (5400, "1.5 h"), (None, "unknown")])
+                                            (90, "1.5 min"), (5400, "1.5 h"), (6.5e6, "75.2 days"),
+                                            (None, "unknown")])
 def test_planned_durations_are_readable_and_never_zero(seconds, shown):
     from build import duration
 
