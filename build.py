@@ -75,6 +75,38 @@ def summary(stats: dict, output: str, log_path: Path) -> str:
     return "\n".join(lines)
 
 
+def duration(seconds: float | None) -> str:
+    """A time to read at a glance; a short one is never shown as 0."""
+    if seconds is None:
+        return "unknown (a GPU whose peak this build does not know)"
+    if seconds < 1:
+        return "< 1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days"
+
+
+def plan_summary(plan: dict) -> str:
+    """--dry-run's plan: what the text stage keeps and what embedding it would take."""
+    def setting(compiled: bool) -> str:
+        return "compiled" if compiled else "eager"
+
+    chunks = f"{plan['chunks']:,} chunk{'s' if plan['chunks'] != 1 else ''}"
+    lines = [f"source:     {plan['source']}", f"model:      {plan['model']}",
+             "paragraphs: " + ", ".join(f"{name} {rows:,}" for name, rows in plan["paragraphs"].items()),
+             "dropped:    " + ", ".join(f"{reason} {count:,}" for reason, count in plan["dropped"].items()),
+             f"tokens:     {plan['tokens']:,} in {chunks}",
+             f"compute:    {plan['tflop']:.3g} TFLOP",
+             f"{'here:':<12}{duration(plan['device_seconds'])} on {plan['device']}"
+             + ("" if plan["device"] == "cpu" else f" ({setting(plan['device_compiled'])})"),
+             f"{'cluster:':<12}{duration(plan['gpus_seconds'])} on {plan['gpus']} x {plan['gpu']} "
+             f"({setting(plan['gpus_compiled'])}; the busiest GPU embeds {plan['gpus_chunks']} of {chunks})",
+             "(the batches alone: loading the model, and compiling it, come on top)"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         log_path = start_logging()
@@ -92,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         processes.finish()  # under a launcher; the work together is over either way
     if stats is None:  # not the main process: it printed nothing to summarise
         return 0
-    if options.verify or options.dry_run:
+    if options.dry_run:
+        print(plan_summary(stats["plan"]))
+        print(f"log:        {log_path}")
+    elif options.verify:
         print(json.dumps(stats, indent=2))
         print(f"log: {log_path}")
     else:

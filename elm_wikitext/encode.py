@@ -130,28 +130,63 @@ def check_model_config(model: str, revision: str | None, dim: int | None, tokeni
 
 
 # Dense float16/bfloat16 peaks (FLOP/s) by GPU name, and the share of it this build reached on an
-# H100 with Qwen3-Embedding-4B's architecture and compiled layers, the default on a GPU
-# (benchmarks/results; eager: 0.35). CPU: what this build reached on a 2-core CI machine.
+# H100 with Qwen3-Embedding-4B's architecture (benchmarks/results): compiled layers, the default
+# on a GPU, and eager ones. CPU: what this build reached on a 2-core CI machine.
 GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
-MEASURED_MFU = 0.53
+MEASURED_MFU = {"compiled": 0.53, "eager": 0.35}
 CPU_FLOPS = 1e11
 
 
-def estimate_embedding(model: str, revision: str | None, lengths: np.ndarray) -> dict:
-    """The embedding's FLOPs from the model's config (no weights), and its time on this device."""
+def row_flops(model: str, revision: str | None, lengths: np.ndarray) -> np.ndarray:
+    """The FLOPs of embedding each row, from the model's config (no weights)."""
     config = AutoConfig.from_pretrained(model, revision=revision)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
     per_layer = config.hidden_size * (2 * q + 2 * kv) + 3 * config.hidden_size * config.intermediate_size
     lengths = lengths.astype(np.float64)
     # 2 FLOPs per weight per token, plus causal attention: QK^T and AV over half the context.
-    flops = config.num_hidden_layers * (2 * per_layer * lengths.sum() + 2 * q * (lengths ** 2).sum())
+    return config.num_hidden_layers * (2 * per_layer * lengths + 2 * q * lengths ** 2)
+
+
+def gpu_peak(name: str) -> float:
+    """The dense float16 peak of a GPU named like `torch.cuda.get_device_name` or `--plan-gpu`."""
+    peak = next((value for key, value in GPU_PEAKS.items() if key.lower() in name.lower()), None)
+    if peak is None:
+        raise BuildError(f"--plan-gpu {name} is not a GPU whose peak this build knows: pass one of "
+                         f"{', '.join(GPU_PEAKS)}")
+    return peak
+
+
+def compiles(setting: str, device: torch.device) -> bool:
+    """Whether `--compile` SETTING compiles the layers on DEVICE ('auto': on a GPU)."""
+    return setting == "yes" or (setting == "auto" and device.type == "cuda")
+
+
+def seconds_at(flops: float, device: str, compiled: bool) -> float | None:
+    """Time of `flops` on a device named like `torch.cuda.get_device_name` ('cpu': this build's
+    measured CPU rate); None for a GPU of unknown peak."""
+    if device == "cpu":
+        return flops / CPU_FLOPS
+    try:
+        return flops / (gpu_peak(device) * MEASURED_MFU["compiled" if compiled else "eager"])
+    except BuildError:
+        return None
+
+
+def estimate_embedding(flops: np.ndarray, chunks: list[np.ndarray], setting: str, gpus: int, gpu: str) -> dict:
+    """The embedding's time from each row's FLOPs (`row_flops`), with the compile SETTING: on this
+    device, and on GPUS GPUs named GPU, which share the chunks as the build does (every n-th one
+    each), so the busiest sets the time. Batches only: loading (and compiling) comes on top."""
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = next((value for key, value in GPU_PEAKS.items() if key in name), None)
-    rate = CPU_FLOPS if device.type == "cpu" else peak * MEASURED_MFU if peak else None
-    return {"device": name, "embedding_tflop": round(flops / 1e12, 1),
-            "estimated_embedding_seconds": round(flops / rate) if rate else None}
+    chunk_flops = np.array([flops[rows].sum() for rows in chunks])
+    busiest = max(chunk_flops[i::gpus].sum() for i in range(gpus)) if len(chunks) else 0.0
+    on_gpus = compiles(setting, torch.device("cuda"))
+    return {"tflop": float(flops.sum()) / 1e12, "chunks": len(chunks),
+            "device": name, "device_compiled": compiles(setting, device),
+            "device_seconds": seconds_at(float(flops.sum()), name, compiles(setting, device)),
+            "gpus": gpus, "gpu": gpu, "gpus_compiled": on_gpus, "gpus_chunks": -(-len(chunks) // gpus),
+            "gpus_seconds": seconds_at(float(busiest), gpu, on_gpus)}
 
 
 def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int | None,

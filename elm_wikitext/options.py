@@ -74,8 +74,14 @@ class BuildOptions:
         "vectors, no leaks, a re-embedded sample drawn afresh) and exit. --model, if given, points "
         "at the build's weights where they are now.")
     dry_run: bool = _opt(
-        False, "Run the text stage and print the plan (source, model, device, paragraphs, tokens, "
-        "estimated embedding time) without loading model weights or writing anything.")
+        False, "Run the text stage and print the plan (paragraphs, tokens, TFLOPs, the embedding's "
+        "estimated time on this device and on --plan-gpus GPUs) without loading model weights "
+        "or writing anything.")
+    plan_gpus: int = _opt(
+        8, "With --dry-run: also estimate the embedding's time on this many GPUs (machines times "
+        "GPUs per machine), sharing the chunks as a launched build does.")
+    plan_gpu: str = _opt(
+        "H100", "With --dry-run: the kind of those GPUs (H100, H200, A100, L40S, L4, A10).")
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text maps (default: in-process; the tokenizer already "
         "uses every core).")
@@ -110,6 +116,8 @@ class BuildOptions:
         if self.num_proc is not None and self.num_proc < 1:
             raise BuildError(f"--num-proc {self.num_proc} is not a number of processes: pass 1 or "
                              "more, or leave it out to work in-process")
+        if self.plan_gpus < 1:
+            raise BuildError(f"--plan-gpus {self.plan_gpus} is not a number of GPUs: pass 1 or more")
         if self.push and self.stage == "text":
             raise BuildError("--push publishes embeddings, which --stage text does not make: "
                              "use --stage all, or --stage embed on this output")

@@ -9,8 +9,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from . import processes
-from .embed import embed_splits
-from .encode import check_config_file, check_model_config, estimate_embedding, load_tokenizer
+from .embed import embed_splits, plan_chunks
+from .encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, load_tokenizer, row_flops
 from .errors import BuildError
 from .options import BuildOptions
 from .hub import preflight, push
@@ -133,12 +133,16 @@ def check_vectors_before_writing(splits, dim: int, output: str) -> None:
 
 def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
+    gpu_peak(options.plan_gpu)  # a name it does not know is refused before the text stage
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
     lengths = token_counts(splits)
+    estimate = estimate_embedding(row_flops(options.model, options.model_revision, lengths),
+                                  plan_chunks(lengths, options.chunk_tokens), options.compile,
+                                  options.plan_gpus, options.plan_gpu)
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text["splits"], "dropped": text["dropped"], "tokens": int(lengths.sum()),
-                     **estimate_embedding(options.model, options.model_revision, lengths)}}
+                     **estimate}}
 
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:

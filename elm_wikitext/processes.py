@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import torch
 from accelerate import PartialState
 
+from .errors import BuildError
+
 
 def _state() -> PartialState:
     # On a machine without GPUs, processes talk over gloo (accelerate's `cpu=True`).
@@ -35,8 +37,21 @@ def my_share(items: list) -> list:
     return items[state.process_index::state.num_processes]
 
 
+@contextmanager
+def together(step: str):
+    """A step all processes take together. Where another process (another machine) is gone, the
+    transport fails here (gloo: "Connection reset by peer"); say what that means and what to do."""
+    try:
+        yield
+    except RuntimeError as err:
+        raise BuildError(f"{step}: another process of this run is gone ({' '.join(str(err).split())[:200]}); "
+                         "the chunks finished so far are kept: rerun the same command on every "
+                         "machine and only the unfinished chunks are computed") from None
+
+
 def wait_for_everyone() -> None:
-    _state().wait_for_everyone()
+    with together("waiting for the other processes"):
+        _state().wait_for_everyone()
 
 
 @contextmanager
@@ -50,7 +65,10 @@ def gather(obj) -> list:
     """Every process's `obj` (small things only: each process receives all of them)."""
     from accelerate.utils import gather_object
 
-    return gather_object([obj]) if count() > 1 else [obj]
+    if count() == 1:
+        return [obj]
+    with together("gathering the processes' counts"):
+        return gather_object([obj])
 
 
 def finish() -> None:

@@ -14,7 +14,6 @@ import logging
 import os
 import shlex
 import shutil
-import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,7 +35,9 @@ MANIFEST_FILE = "manifest.json"
 HISTOGRAM_FILE = "token_lengths.png"
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
 HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
-ROWS_PER_SHARD = 50_000  # about 0.5 GB of parquet with 2560-float vectors
+# The Hub's advice for parquet files: at most about 500 MB each (the viewer and readers fetch
+# whole files). Parquet of these rows is no larger than their Arrow form, which sizes the shards.
+MAX_SHARD_BYTES = 500_000_000
 POOLING = "last_token_l2"  # encode.py's: the appended end-of-text token's state, L2-normalized
 
 
@@ -441,8 +442,12 @@ def write_card(splits: DatasetDict, manifest: dict, directory: Path, **hub) -> N
     save_histogram(splits, directory / HISTOGRAM_FILE)
 
 
-def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str) -> Path:
-    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram."""
+def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str,
+                     max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram.
+    Each split is cut into contiguous shards of equal rows, as many as its Arrow bytes over
+    `max_shard_bytes` (rows differ little in size: the vector dominates); the card's
+    `data/{split}-*` patterns find them all."""
     splits, manifest = read_output(output)
     if folder.exists() and not _is_hub_folder(folder):
         raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
@@ -450,7 +455,7 @@ def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str) -> P
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
     for name, split in splits.items():
-        shards = max(1, -(-len(split) // ROWS_PER_SHARD))
+        shards = max(1, -(-split.data.nbytes // max_shard_bytes))
         for index in range(shards):
             split.shard(shards, index, contiguous=True).to_parquet(
                 folder / "data" / f"{name}-{index:05d}-of-{shards:05d}.parquet")

@@ -37,6 +37,8 @@ REFUSALS = {
     "negative seed": (["--seed", "-1"], "pass a seed of 0 or more"),
     "no worker processes": (["--num-proc", "0"], "pass 1 or more, or leave it out"),
     "push without embeddings": (["--push"], "use --stage all, or --stage embed on this output"),
+    "no GPUs to plan for": (["--dry-run", "--plan-gpus", "0"], "--plan-gpus 0 is not a number of GPUs: pass 1 or more"),
+    "a GPU of unknown peak": (["--dry-run", "--plan-gpu", "B200"], "pass one of H100, H200, A100"),
 }
 
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.
@@ -226,15 +228,27 @@ def test_readme_documents_every_option():
         assert f"`--{option.name.replace('_', '-')}" in readme, option.name
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(sample_dir, tiny_model, tmp_path, capsys, text_output):
+def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_model, tmp_path, capsys, text_output):
     output = tmp_path / "out"
-    assert main(["--dry-run", "--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
-    printed = capsys.readouterr().out
-    plan = json.loads(printed[:printed.rindex("}") + 1])["plan"]
+    assert main(["--dry-run", "--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
+                 "--chunk-tokens", "2048", "--plan-gpus", "2", "--plan-gpu", "A100"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines() if ":" in line)
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
-    assert plan["paragraphs"] == stats["splits"] and plan["tokens"] == sum(stats["tokens"].values())
-    assert plan["device"] == "cpu" and plan["estimated_embedding_seconds"] is not None
+    assert lines["paragraphs"].strip() == ", ".join(f"{name} {rows:,}" for name, rows in stats["splits"].items())
+    assert lines["tokens"].strip().startswith(f"{sum(stats['tokens'].values()):,} in ")
+    assert float(lines["compute"].split()[0]) > 0  # the tiny model's few GFLOPs are not shown as 0
+    assert lines["here"].strip() == "< 1 s on cpu"
+    assert lines["cluster"].strip().startswith("< 1 s on 2 x A100 (compiled; the busiest GPU embeds")
     assert not output.exists()
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "< 1 s"), (0.004, "< 1 s"), (1.4, "1 s"), (59.4, "59 s"),
+                                            (90, "1.5 min"), (5400, "1.5 h"), (6.5e6, "75.2 days"),
+                                            (None, "unknown")])
+def test_planned_durations_are_readable_and_never_zero(seconds, shown):
+    from build import duration
+
+    assert duration(seconds).startswith(shown)
 
 
 def closed_port() -> int:

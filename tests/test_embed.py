@@ -1,8 +1,9 @@
-"""The embed stage end to end through build.py: column, resume after kill -9, two processes."""
+"""The embed stage end to end through build.py: column, resume after kill -9, two machines."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_CHUNKS = ["--chunk-tokens", "2048"]  # the sample's ~12k tokens make several chunks
 
 
-def run_build(*args: str, kill_at: tuple | None = None, launcher=(sys.executable,),
-              env: dict | None = None) -> subprocess.CompletedProcess:
-    """build.py in a fresh process. `kill_at=("module:attr.path", n, "before" or "after")` makes
-    it SIGKILL itself at the n-th call of that function: a real kill -9 at a chosen point."""
+def build_code(kill_at: tuple | None = None) -> str:
+    """Python code that runs build.py's main. `kill_at=("module:attr.path", n, "before" or "after")`
+    makes it SIGKILL itself at the n-th call of that function: a real kill -9 at a chosen point."""
     code = "import sys; from build import main; sys.exit(main(sys.argv[1:]))"
     if kill_at is not None:
         target, n, when = kill_at
         code = KILL_HOOK.format(target=target, n=n, after=when == "after") + code
-    script = ["-c", code] if launcher == (sys.executable,) else [str(ROOT / "build.py")]
-    return subprocess.run([*launcher, *script, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
+    return code
+
+
+def run_build(*args: str, kill_at: tuple | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """build.py in a fresh process (see `build_code`)."""
+    return subprocess.run([sys.executable, "-c", build_code(kill_at), *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
 
 
 KILL_HOOK = """
@@ -136,17 +140,45 @@ def test_new_weights_under_the_same_path_never_reuse_old_vectors(text_output_cop
     assert embed_stats(text_output_copy)["paragraphs"] == sum(len(s) for s in splits.values())
 
 
-def test_two_processes_give_the_same_rows_and_vectors(embedded, text_output_copy, tiny_model):
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),
-                     *SMALL_CHUNKS, launcher=torchrun)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert embed_stats(text_output_copy)["processes"] == 2
+def two_machines(args: list[str], scripts: tuple[Path, Path], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Machines 0 and 1 of two, one CPU process each, launched on this host with the README's
+    `accelerate launch --num_machines 2` command; `scripts` are what each one runs."""
+    with socket.socket() as probe:  # a free port for the main process
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU
+    machines = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+         "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+         "--num_processes", "2", str(script), *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank, script in enumerate(scripts)]
+    done = [(machine, *machine.communicate(timeout=600)) for machine in machines]
+    return [subprocess.CompletedProcess(m.args, m.returncode, out, err) for m, out, err in done]
+
+
+def test_two_machines_equal_one_process_and_a_lost_one_is_relaunched_for_its_chunks_only(
+        embedded, text_output_copy, tiny_model, tmp_path):
+    args = ["--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS]
+    dying = tmp_path / "dying_build.py"  # machine 1 is lost after writing its first chunk
+    dying.write_text(build_code(kill_at=("elm_wikitext.embed:ChunkStore.save", 1, "after")))
+    survivor, lost = two_machines(args, (ROOT / "build.py", dying), tmp_path)
+    assert lost.returncode != 0 and "SIGKILL" in lost.stderr
+    assert survivor.returncode != 0, survivor.stderr[-3000:]
+    assert "another process of this run is gone" in survivor.stderr  # after finishing its own chunks
+    assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names
+    work = next(Path(f"{text_output_copy}.embed-work").iterdir())
+    finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npz")}
+
+    main, other = two_machines(args, (ROOT / "build.py", ROOT / "build.py"), tmp_path)  # both relaunched
+    assert main.returncode == 0 and other.returncode == 0, main.stderr[-3000:] + other.stderr[-3000:]
+    assert f"; {len(finished)} of " in main.stderr and "were done before" in main.stderr
+    stats = embed_stats(text_output_copy)
+    assert stats["processes"] == 2 and 0 < stats["paragraphs"] < embed_stats(embedded)["paragraphs"]
     one, two = load_from_disk(str(embedded)), load_from_disk(str(text_output_copy))
     for name in one:
         assert one[name]["text_id"][:] == two[name]["text_id"][:]
-        cosine = (vectors(embedded)[name] * vectors(text_output_copy)[name]).sum(axis=1)
-        assert cosine.min() >= 0.99999
+        assert (vectors(embedded)[name] * vectors(text_output_copy)[name]).sum(axis=1).min() >= 0.99999
 
 
 def test_compiled_layers_give_the_same_vectors(embedded, text_output_copy, tiny_model):
@@ -218,6 +250,20 @@ def test_a_chunk_no_process_could_see_names_the_shared_storage_fix(tmp_path):
     store.save(0, np.ones((len(chunks[0]), 4), dtype=np.float32), recomputed=0)  # chunk 1 was written elsewhere
     with pytest.raises(BuildError, match="chunk 1 is missing .* --output must be on storage they all share"):
         assemble(store, chunks, rows=3)
+
+
+def test_the_text_key_is_one_join_of_every_text_id_hashed_in_slices():
+    import hashlib
+
+    import pyarrow as pa
+
+    from elm_wikitext.embed import joined_digest
+
+    ids = [f"{i:016x}" for i in range(1000)]
+    column = pa.chunked_array([pa.array(ids[:333], pa.string()), pa.array(ids[333:], pa.string())])
+    whole = hashlib.sha256("\n".join(ids).encode()).hexdigest()  # the key of earlier runs' chunks
+    assert joined_digest(column, slice_rows=7) == joined_digest(column) == whole
+    assert joined_digest(column.slice(1), slice_rows=7) != whole
 
 
 def test_float32_recomputations_are_counted_over_every_run_that_made_the_chunks(tmp_path):

@@ -265,3 +265,24 @@ def test_a_damaged_config_json_is_named_not_blamed_on_the_tokenizer(content, tin
     (tmp_path / "model" / "config.json").write_text(content)
     with pytest.raises(BuildError, match=f"--model {model} has a (damaged config.json|config.json that is not a JSON object)"):
         check_model_config(model, None, None)
+
+
+def test_planned_flops_and_time_follow_the_4b_architecture_and_the_compile_setting(tmp_path):
+    from transformers import Qwen3Config
+
+    from elm_wikitext.embed import plan_chunks
+    from elm_wikitext.encode import MEASURED_MFU, estimate_embedding, row_flops
+
+    Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                head_dim=128, intermediate_size=9728).save_pretrained(tmp_path)  # Qwen3-Embedding-4B's shape
+    lengths = np.full(2600, 300)
+    flops = row_flops(str(tmp_path), None, lengths)
+    assert flops[0] / 300 == pytest.approx(7.35e9, rel=0.01)  # per token, at a few hundred tokens
+    chunks = plan_chunks(lengths, chunk_tokens=30_000)  # 26 chunks of 100 rows
+    compiled, eager = (estimate_embedding(flops, chunks, setting, 8, "H100") for setting in ("auto", "no"))
+    assert compiled["chunks"] == 26 and compiled["gpus_chunks"] == 4  # 26 chunks over 8 GPUs: 4 on the busiest
+    assert compiled["gpus_seconds"] == pytest.approx(4 * 100 * flops[0] / (989e12 * MEASURED_MFU["compiled"]))
+    assert eager["gpus_seconds"] / compiled["gpus_seconds"] == pytest.approx(0.53 / 0.35)
+    assert (compiled["gpus_compiled"], eager["gpus_compiled"]) == (True, False)
+    assert compiled["device_compiled"] == torch.cuda.is_available()  # auto: compiled on a GPU only
+    assert compiled["tflop"] == pytest.approx(flops.sum() / 1e12)

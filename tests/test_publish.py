@@ -1,6 +1,7 @@
 """The output directory, the card, and the Hub layout loaded back as a user would."""
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,20 @@ def test_the_output_lock_leaves_no_file_behind_and_still_excludes(tmp_path, monk
                 with publish.output_lock(str(tmp_path / "out")):
                     pass
         assert list(locks.iterdir()) == []
+
+
+def test_sharded_hub_layout_loads_back_identically(embedded_output, tmp_path):
+    local = load_from_disk(str(embedded_output))
+    limit = local["train"].data.nbytes // 3 + 1  # the train split in three shards
+    folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.2.3",
+                              max_shard_bytes=limit)
+    shards = sorted(p.name for p in (folder / "data").iterdir())
+    assert [s for s in shards if s.startswith("train-")] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    patterns = {f["split"]: f["path"] for f in DatasetCard.load(folder / "README.md").data.configs[0]["data_files"]}
+    for shard in shards:  # every shard is listed by exactly its own split's pattern
+        assert [name for name, pattern in patterns.items() if fnmatch(f"data/{shard}", pattern)] == [shard.split("-")[0]]
+    hub = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    for name in local:
+        assert len(list((folder / "data").glob(f"{name}-*"))) == -(-local[name].data.nbytes // limit)
+        assert hub[name].features == local[name].features
+        assert hub[name].to_dict() == local[name].to_dict()  # same rows, same order, same vectors
