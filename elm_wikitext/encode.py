@@ -28,6 +28,11 @@ from .hub import check_on_hub
 
 log = logging.getLogger(__name__)
 
+# Part of the embedding's resume key: bump it when the vectors change (pooling, normalization,
+# precision, padding; not for comments or refactors), so that no finished chunk of the old code is
+# reused. tests/test_encode.py holds reference vectors tied to this number, and fails until both agree.
+EMBED_VERSION = 2  # 2: every layer runs the model's own forward (1: the last one at the pooled token)
+
 # Where lengths are sparse (the long tail), smaller batches beat computing padding.
 MAX_PADDING = 0.03
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
