@@ -186,7 +186,7 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
     layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole
     modules = list(layers or [encoder.model])
     for module in modules:
-        module.forward = torch.compile(module.forward, dynamic=True)
+        module.compile(dynamic=True)
     what = f"{len(modules)} decoder layers" if layers else "the model"
     log.info("compiling %s with torch.compile", what)
     try:
@@ -196,7 +196,9 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
             embed_ids(encoder, [[encoder.pad_id] * 37] * rows)
     except Exception as err:  # inductor's and Triton's errors come in many types
         for module in modules:
-            del module.forward  # the class's eager forward again
+            # Eager again: PyTorch has no public way to undo `Module.compile`, which keeps the
+            # compiled call in this attribute (None: the module's own call).
+            module._compiled_call_impl = None
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         if required:
             raise BuildError(f"--compile yes cannot compile on this machine ({reason}): install a C "
@@ -299,6 +301,7 @@ def _embed_in_float32(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
     # float16 overflows to inf/NaN on some inputs. Casting float16/bfloat16 weights up and back
     # down is exact, so the model is unchanged afterwards. FlashAttention runs only half
     # precision, so float32 runs with SDPA.
+    # transformers has a public setter of the attention (set_attn_implementation) but no getter.
     dtype, attention = encoder.dtype, encoder.model.config._attn_implementation
     if dtype == torch.float32:
         raise BuildError("the model gives non-finite vectors even in float32: check its weights")
