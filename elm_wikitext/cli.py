@@ -11,24 +11,30 @@ import sys
 import time
 from pathlib import Path
 
-from . import processes
+# Only what parsing the options needs: torch, datasets and transformers load after it, so that
+# --help and a refused option answer at once.
 from .errors import BuildError
 from .options import parse_options
-from .pipeline import build
-from .verify import verify
 
 
 def start_logging() -> Path:
     """Log to the terminal and to a file of this run under logs/ (one per process)."""
+    import datasets.utils.logging
+    import huggingface_hub.utils.logging
+    import transformers.utils.logging
+
     path = Path("logs") / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     path.parent.mkdir(exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path)], force=True)
-    # These libraries print to stderr through handlers of their own (datasets and huggingface_hub
-    # then pass the record on to ours as well): let ours show each record once, and log it.
-    for name in ("datasets", "huggingface_hub", "transformers"):
+    # These libraries print to stderr through handlers of their own: let ours show each record
+    # once, and log it. transformers can drop its handler; datasets and huggingface_hub have no
+    # helper for that, so their handler is removed here.
+    transformers.utils.logging.disable_default_handler()
+    for library in (transformers, datasets, huggingface_hub):
+        library.utils.logging.enable_propagation()
+    for name in ("datasets", "huggingface_hub"):
         logging.getLogger(name).handlers.clear()
-        logging.getLogger(name).propagate = True
     return path
 
 
@@ -53,15 +59,19 @@ def summary(stats: dict, output: str, log_path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log_path = start_logging()
     try:
         options = parse_options(argv)
+    except BuildError as err:
+        return refuse(err)
+    log_path = start_logging()
+    from . import processes
+    from .pipeline import build
+    from .verify import verify
+
+    try:
         stats = verify(options.verify, None) if options.verify else build(options)
     except BuildError as err:
-        # One line whatever the message wraps: some library errors it quotes span several.
-        # The log file under logs/ keeps the details; the terminal gets the one line.
-        print("error:", " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        return refuse(err)
     finally:
         processes.finish()  # under a launcher; the work together is over either way
     if stats is None:  # not the main process: it printed nothing to summarise
@@ -72,3 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(summary(stats, options.output, log_path))
     return 0
+
+
+def refuse(err: BuildError) -> int:
+    # One line whatever the message wraps: some library errors it quotes span several.
+    # The log file under logs/ keeps the details; the terminal gets the one line.
+    print("error:", " ".join(str(err).split()), file=sys.stderr)
+    return 2
