@@ -217,9 +217,9 @@ def main() -> None:
     texts, ids = paragraphs(tokenizer, args.paragraphs)
     torch.manual_seed(0)
     config = qwen3_4b_config() if args.model == "qwen3-4b" else cpu_config()
-    config._attn_implementation = "sdpa"
     with torch.device(device):
         model = Qwen3Model(config).to(dtype).eval()
+    model.set_attn_implementation("sdpa")
     encoder = Encoder(model, tokenizer.pad_token_id, config.hidden_size, device)
     embed_ids(encoder, ids[:4])  # warm-up: kernels, allocator
     budgets = [int(b) for b in args.budgets.split(",")]

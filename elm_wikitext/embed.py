@@ -22,7 +22,7 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from . import processes
-from .encode import (Encoder, check_budget, compile_layers, compiles, embed_rows, load_encoder,
+from .encode import (EMBED_VERSION, Encoder, check_budget, compile_layers, compiles, embed_rows, load_encoder,
                      model_identity, token_batches)
 from .errors import BuildError, writing
 from .publish import make_work_folder, work_path
@@ -30,6 +30,10 @@ from .options import SPLIT_NAMES
 from .text import step_fingerprint
 
 log = logging.getLogger(__name__)
+
+# Part of the resume key beside encode.EMBED_VERSION: bump it when the chunks' layout changes
+# (plan_chunks, the chunk files' format), so that no chunk of the old layout is read.
+CHUNKS_VERSION = "embed/1"
 
 
 def plan_chunks(lengths: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
@@ -85,10 +89,11 @@ class ChunkStore:
 
 def work_key(options, weights: str, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
     """What the vectors depend on: other weights (another model or revision, or new files under
-    the same name: `weights` is their `model_identity`), dtype, dim or text never reuse them."""
+    the same name: `weights` is their `model_identity`), dtype, dim, text, chunking or embedding
+    code never reuse them."""
     texts = joined_digest(text_ids)
-    return Hasher.hash(["embed/1", options.model, weights, effective_dtype, dim,
-                        options.max_tokens, options.chunk_tokens, texts, _code_version()])[:16]
+    return Hasher.hash([CHUNKS_VERSION, EMBED_VERSION, options.model, weights, effective_dtype, dim,
+                        options.max_tokens, options.chunk_tokens, texts])[:16]
 
 
 def joined_digest(strings: pa.ChunkedArray, slice_rows: int = 65536) -> str:
@@ -99,13 +104,6 @@ def joined_digest(strings: pa.ChunkedArray, slice_rows: int = 65536) -> str:
         joined = "\n".join(strings.slice(start, slice_rows).to_pylist())
         digest.update((joined if start == 0 else "\n" + joined).encode())
     return digest.hexdigest()
-
-
-def _code_version() -> str:
-    # Edits to the pooling or the chunking must not reuse vectors computed by the old code.
-    from . import encode
-
-    return hashlib.sha256(Path(encode.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
 
 
 def embed_chunk(encoder: Encoder, ids: list[list[int]], budget: int, counts: dict, bar) -> np.ndarray:
@@ -138,7 +136,8 @@ def with_token_ids(paragraphs: Dataset, tokenizer, options) -> Dataset:
         tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer}, desc="Tokenizing",
         features=Features({**paragraphs.features, "input_ids": List(Value("int32"))}),
         keep_in_memory=True,  # no cache files inside an earlier output that is being read
-        new_fingerprint=step_fingerprint(paragraphs, tokenize, options.model, options.model_revision))
+        new_fingerprint=step_fingerprint(paragraphs, tokenize, EMBED_VERSION, options.model,
+                                         options.model_revision))
 
 
 def check_same_counts(paragraphs: Dataset, lengths: np.ndarray, model: str) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from huggingface_hub import constants, try_to_load_from_cache
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.models.qwen3 import modeling_qwen3
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
@@ -30,6 +28,11 @@ from .errors import BuildError
 from .hub import check_on_hub
 
 log = logging.getLogger(__name__)
+
+# Part of the embedding's resume key: bump it when the vectors change (pooling, normalization,
+# precision, padding; not for comments or refactors), so that no finished chunk of the old code is
+# reused. tests/test_encode.py holds reference vectors tied to this number, and fails until both agree.
+EMBED_VERSION = 2  # 2: every layer runs the model's own forward (1: the last one at the pooled token)
 
 # Where lengths are sparse (the long tail), smaller batches beat computing padding.
 MAX_PADDING = 0.03
@@ -254,7 +257,7 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
     layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole
     modules = list(layers or [encoder.model])
     for module in modules:
-        module.forward = torch.compile(module.forward, dynamic=True)
+        module.compile(dynamic=True)
     what = f"{len(modules)} decoder layers" if layers else "the model"
     log.info("compiling %s with torch.compile", what)
     try:
@@ -264,7 +267,9 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
             embed_ids(encoder, [[encoder.pad_id] * 37] * rows)
     except Exception as err:  # inductor's and Triton's errors come in many types
         for module in modules:
-            del module.forward  # the class's eager forward again
+            # Eager again: PyTorch has no public way to undo `Module.compile`, which keeps the
+            # compiled call in this attribute (None: the module's own call).
+            module._compiled_call_impl = None
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         if required:
             raise BuildError(f"--compile yes cannot compile on this machine ({reason}): install a C "
@@ -329,56 +334,14 @@ def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
     """
     input_ids, lengths = right_pad(ids, encoder.pad_id)
     input_ids, ends = input_ids.to(encoder.device, non_blocking=True), lengths.to(encoder.device) - 1
+    # use_cache=False: a key/value cache only serves generation, and filling it costs copies.
     with sdpa_kernel(SDPA_BACKENDS):
-        if encoder.model.config.model_type == "qwen3":
-            last = last_token_states(encoder.model, input_ids, ends)
-        else:
-            # use_cache=False: a key/value cache only serves generation, and filling it costs copies.
-            hidden = encoder.model(input_ids=input_ids, use_cache=False).last_hidden_state
-            last = hidden[torch.arange(len(ids), device=hidden.device), ends]
+        hidden = encoder.model(input_ids=input_ids, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(ids), device=hidden.device), ends]
     vectors = F.normalize(last.float(), dim=-1)
     if encoder.dim < vectors.shape[-1]:
         vectors = F.normalize(vectors[:, :encoder.dim], dim=-1)
     return vectors.cpu()
-
-
-@contextmanager
-def _without_last_layer(model):
-    """The model minus its last decoder layer and final norm, for the duration of the block."""
-    layers, norm = model.layers, model.norm
-    model.layers, model.norm = layers[:-1], torch.nn.Identity()
-    try:
-        yield layers[-1], norm
-    finally:
-        model.layers, model.norm = layers, norm
-
-
-def last_token_states(model, input_ids: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """A Qwen3 model's final hidden state at position `ends[i]` of each row i.
-
-    Only that position of the last layer's output is read, so the last layer needs its keys and
-    values at every position, but its query, attention output, MLP and the final norm at one
-    token per row. That skips most of one layer: about 2.5% of Qwen3-Embedding-4B's 36 layers.
-    The steps are the ones of transformers' Qwen3DecoderLayer, restricted to those tokens.
-    """
-    with _without_last_layer(model) as (layer, norm):
-        hidden = model(input_ids=input_ids, use_cache=False).last_hidden_state
-    rows, length = torch.arange(len(ends), device=hidden.device), hidden.shape[1]
-    attn, head_dim = layer.self_attn, layer.self_attn.head_dim
-    x = layer.input_layernorm(hidden)
-    keys = attn.k_norm(attn.k_proj(x).unflatten(-1, (-1, head_dim))).transpose(1, 2)
-    values = attn.v_proj(x).unflatten(-1, (-1, head_dim)).transpose(1, 2)
-    query = attn.q_norm(attn.q_proj(x[rows, ends]).unflatten(-1, (-1, head_dim))).unsqueeze(2)
-    positions = torch.arange(length, device=x.device)
-    cos, sin = model.rotary_emb(x, positions[None])
-    keys = keys * cos[:, None] + modeling_qwen3.rotate_half(keys) * sin[:, None]
-    query = query * cos[0, ends][:, None, None] + modeling_qwen3.rotate_half(query) * sin[0, ends][:, None, None]
-    seen = (positions[None] <= ends[:, None])[:, None, None]  # (rows, 1, 1, length)
-    attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=seen, scale=attn.scaling,
-                                              enable_gqa=True)  # no copy of keys and values per head
-    state = hidden[rows, ends] + attn.o_proj(attended.flatten(1))
-    state = state + layer.mlp(layer.post_attention_layernorm(state))
-    return norm(state)
 
 
 @torch.inference_mode()
@@ -409,6 +372,7 @@ def _embed_in_float32(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
     # float16 overflows to inf/NaN on some inputs. Casting float16/bfloat16 weights up and back
     # down is exact, so the model is unchanged afterwards. FlashAttention runs only half
     # precision, so float32 runs with SDPA.
+    # transformers has a public setter of the attention (set_attn_implementation) but no getter.
     dtype, attention = encoder.dtype, encoder.model.config._attn_implementation
     if dtype == torch.float32:
         raise BuildError("the model gives non-finite vectors even in float32: check its weights")

@@ -17,7 +17,9 @@ from pathlib import Path
 from datasets import Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from huggingface_hub.utils import validate_repo_id
 
 from .errors import BuildError
 
@@ -25,7 +27,6 @@ log = logging.getLogger(__name__)
 
 REPO_NAME = "elm-wikitext2"
 RETRIES = 3
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
 
 
@@ -50,7 +51,10 @@ def _status(err: HfHubHTTPError) -> int | None:
 
 
 def retried(call, *args, **kwargs):
-    """Call an idempotent Hub request, retrying 429 and 5xx answers a few times."""
+    """Call an idempotent Hub request, retrying 429 and 5xx answers a few times.
+
+    huggingface_hub's own `http_backoff` retries one raw HTTP request; HfApi's methods (whoami,
+    create_repo, create_tag...) make theirs inside, without it, so the retry wraps the method."""
     for attempt in range(RETRIES):
         try:
             return call(*args, **kwargs)
@@ -87,7 +91,7 @@ def preflight(options, api: HfApi, features: Features) -> str:
         raise BuildError(f"cannot reach the Hub ({type(err).__name__}: {err}): check the network, "
                          "or build without --push") from None
     repo_id = options.repo_id or f"{user}/{REPO_NAME}"
-    if not REPO_ID.match(repo_id) or ".." in repo_id:
+    if "/" not in repo_id or not _valid_repo_id(repo_id):
         raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
     try:
         exists = retried(api.repo_exists, repo_id, repo_type="dataset")
@@ -100,6 +104,14 @@ def preflight(options, api: HfApi, features: Features) -> str:
         raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
     check_features(card_data, features, repo_id)
     return repo_id
+
+
+def _valid_repo_id(repo_id: str) -> bool:
+    try:
+        validate_repo_id(repo_id)  # the Hub's rules of characters and length
+    except HFValidationError:
+        return False
+    return True
 
 
 def _tagged(api: HfApi, repo_id: str, tag: str, commit: str) -> bool:

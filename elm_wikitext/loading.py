@@ -113,9 +113,12 @@ def _fractions(t: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(t, dtype=like.dtype, device=like.device).unsqueeze(-1)
 
 
-def split_statistics(splits: DatasetDict) -> dict[str, dict]:
+def split_statistics(splits: DatasetDict | Dataset) -> dict[str, dict]:
     """Per split: rows, articles, tokens and the token_count / char_count distributions, and the
-    embeddings' dim and norms: what a user checks before training, as JSON-ready numbers."""
+    embeddings' dim and norms: what a user checks before training, as JSON-ready numbers. One
+    split (`load_dataset(..., split="train")`) gives the same, under its name ("split" if none)."""
+    if isinstance(splits, Dataset):
+        return {str(splits.split or "split"): statistics(splits)}
     return {name: statistics(split) for name, split in splits.items()}
 
 

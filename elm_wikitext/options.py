@@ -1,13 +1,13 @@
 """Every knob of the build in one dataclass; `build.py`'s CLI is generated from it.
 
-The defaults reproduce the published build.
+The defaults reproduce the published build. This module imports no heavy library, so that
+`--help` and a refused option answer at once.
 """
 
+import argparse
 import math
-from dataclasses import dataclass, field
-from typing import Optional
-
-from transformers import HfArgumentParser
+from dataclasses import dataclass, field, fields
+from typing import Optional, get_args, get_type_hints
 
 from .errors import BuildError
 
@@ -72,7 +72,7 @@ class BuildOptions:
     verify: Optional[str] = _opt(
         None, "Only run the validation gates on an existing output DIR (schema, counts, unit "
         "vectors, no leaks, a re-embedded sample drawn afresh) and exit. --model, if given, points "
-        "at the build's weights where they are now.")
+        "at the build's weights where they are now.", metavar="DIR")
     dry_run: bool = _opt(
         False, "Run the text stage and print the plan (paragraphs, tokens, TFLOPs, the embedding's "
         "estimated time on this device and on --plan-gpus GPUs) without loading model weights "
@@ -123,15 +123,36 @@ class BuildOptions:
                              "use --stage all, or --stage embed on this output")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """One dashed option per field of BuildOptions, with its help and default (transformers'
+    HfArgumentParser listed each name twice, `--min_tokens` and `--min-tokens`)."""
+    parser = argparse.ArgumentParser(description="Build the elm-wikitext dataset.")
+    hints = get_type_hints(BuildOptions)
+    for option in fields(BuildOptions):
+        kind = next((t for t in get_args(hints[option.name]) if t is not type(None)), hints[option.name])
+        help_text, default = option.metadata["help"], option.default
+        if kind is bool:
+            kwargs = {"action": "store_true"}
+        else:
+            kwargs = {"type": kind, "choices": option.metadata.get("choices"),
+                      "metavar": option.metadata.get("metavar")}
+            if default is not None and "default" not in help_text.lower():
+                help_text += f" (default: {default})"
+        parser.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, default=default,
+                            help=help_text, **kwargs)
+        if "_" in option.name:  # the spelling HfArgumentParser also took: accepted, not shown
+            parser.add_argument(f"--{option.name}", dest=option.name, default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS, **kwargs)
+    return parser
+
+
 def parse_options(argv: Optional[list[str]] = None) -> BuildOptions:
-    parser = HfArgumentParser(BuildOptions, description="Build the elm-wikitext dataset.")
+    parser = build_parser()
 
     def refuse(message: str):  # argparse would print its whole usage; one line says enough
         raise BuildError(f"{message}: see python build.py --help")
 
     parser.error = refuse
-    options, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        refuse(f"unrecognized arguments: {' '.join(unknown)}")
+    options = BuildOptions(**vars(parser.parse_args(argv)))
     options.validate()
     return options

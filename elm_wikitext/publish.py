@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 HISTOGRAM_FILE = "token_lengths.png"
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "dataset_card.md"
+CARD_TEMPLATE = Path(__file__).with_name("dataset_card.md")  # package data: ships in the wheel
 HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
 # The Hub's advice for parquet files: at most about 500 MB each (the viewer and readers fetch
 # whole files). Parquet of these rows is no larger than their Arrow form, which sizes the shards.
@@ -400,8 +400,11 @@ def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str,
                          "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
         source_datasets=[source] if _on_hub(source) else None,  # a local copy: unknown
         tags=["embeddings", "elm", "wikitext"], embedding=recipe)
-    info = DatasetInfo(features=expected_features(dim), splits=SplitDict(
-        {name: SplitInfo(name=name, num_examples=len(split)) for name, split in splits.items()}))
+    # num_bytes: each split's size in Arrow, as datasets records it when it writes a split.
+    sizes = {name: split.data.nbytes for name, split in splits.items()}
+    info = DatasetInfo(features=expected_features(dim), dataset_size=sum(sizes.values()), splits=SplitDict(
+        {name: SplitInfo(name=name, num_examples=len(split), num_bytes=sizes[name])
+         for name, split in splits.items()}))
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     MetadataConfigs({"default": {"data_files": [
         {"split": name, "path": f"data/{name}-*"} for name in SPLIT_NAMES]}}).to_dataset_card_data(card_data)

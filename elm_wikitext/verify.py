@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 NORM_TOLERANCE = 1e-3
 MIN_COSINE = 0.999
 SAMPLE_ROWS = 8
+# What `verify` checks, in order; an output passes only when every gate ran and found nothing.
+GATES = ("schema", "counts", "files", "vectors", "uniqueness",
+         f"re-embedded sample ({SAMPLE_ROWS} rows a split, cosine >= {MIN_COSINE})")
 
 
 def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
@@ -105,8 +108,10 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     return problems
 
 
-def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: int) -> list[str]:
-    """Re-embed a random sample one paragraph at a time and compare with the stored vectors."""
+def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: int,
+                 cosines: list | None = None) -> list[str]:
+    """Re-embed a random sample one paragraph at a time and compare with the stored vectors;
+    each row's cosine is added to `cosines`, where given."""
     embed = manifest["stats"]["embed"]
     model = model or embed["model"]
     tokenizer = load_tokenizer(model, embed["model_revision"])
@@ -118,6 +123,8 @@ def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: i
             row = split[int(index)]
             fresh = embed_ids(encoder, [tokenizer(row["text"])["input_ids"]]).numpy()[0]
             cosine = float(fresh @ np.asarray(row["embedding"], dtype=np.float32))
+            if cosines is not None:
+                cosines.append(cosine)
             if cosine < MIN_COSINE:
                 problems.append(f"{name}: row {row['text_id']} re-embeds with cosine {cosine:.5f}")
     return problems
@@ -132,15 +139,17 @@ def verify(output: str, model: str | None = None, option: str = "--output", seed
     if not isinstance(stats.get("embed"), dict) or not isinstance(manifest["splits"], dict):
         raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
     seed = secrets.randbits(32) if seed is None else seed
-    problems = check_schema(splits, manifest)
+    problems, cosines = check_schema(splits, manifest), []
     if not problems:  # the other gates read the columns the schema promises
         problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
                      + check_vectors(splits, stats["embed"]["dim"])
                      + check_uniqueness(splits, stats["text"]["split_by"]))
     if not problems:  # the slow gate only for an output that passed the others
         log.info("re-embedding a sample drawn with seed %d", seed)
-        problems += check_sample(splits, manifest, model, seed)
+        problems += check_sample(splits, manifest, model, seed, cosines=cosines)
     if problems:
         raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
     log.info("verified %s", output)
-    return {"verified": output, "rows": {name: len(split) for name, split in splits.items()}, "sample_seed": seed}
+    return {"verified": output, "rows": {name: len(split) for name, split in splits.items()},
+            "gates": list(GATES), "sample_rows": len(cosines), "sample_seed": seed,
+            "lowest_sample_cosine": round(min(cosines), 6), "min_cosine_allowed": MIN_COSINE}

@@ -11,8 +11,10 @@ Run it from the repository root after `pip install -e .` (or with PYTHONPATH=.):
 
 import itertools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -23,11 +25,12 @@ from transformers import HfArgumentParser
 from elm_wikitext.loading import load_splits, shuffled_batches
 
 log = logging.getLogger("train_elm")
+BUILD_OUTPUT = "data/elm-wikitext2"  # build.py's default --output
 
 
 @dataclass
 class TrainArgs:
-    dataset: str = field(default="data/elm-wikitext2", metadata={
+    dataset: str = field(default=BUILD_OUTPUT, metadata={
         "help": "build.py's --output, a downloaded copy of the Hub repo, or a Hub dataset id."})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --dataset."})
     split: str = field(default="train", metadata={"help": "The split to train on."})
@@ -39,6 +42,25 @@ class TrainArgs:
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and of the batch order."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+
+def open_dataset(source: str, revision: Optional[str]):
+    """`load_splits` of build.py's --output, a downloaded Hub repo or a Hub dataset id; a source
+    that is none of these ends the run with one line that says so (exit status 2)."""
+    if not Path(source).exists() and (source == BUILD_OUTPUT or source.startswith((".", "/", "~"))
+                                      or source.count("/") > 1):  # a path, not `org/name`
+        refuse(f"--dataset {source} does not exist: run build.py first (it writes {BUILD_OUTPUT}) "
+               "and pass its --output, or pass a Hub dataset id")
+    try:
+        return load_splits(source, revision)
+    except OSError as err:  # not on the Hub, or the Hub out of reach (offline)
+        refuse(f"--dataset {source} is not a saved dataset here nor a Hub dataset within reach "
+               f"({type(err).__name__}): pass build.py's --output, or a Hub dataset id")
+
+
+def refuse(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class SoftPromptDecoder(nn.Module):
@@ -59,6 +81,20 @@ class SoftPromptDecoder(nn.Module):
         logits = self.to_bytes(hidden[:, self.prompt_tokens - 1:])  # the positions before each byte
         return F.cross_entropy(logits.reshape(-1, 256), text_bytes.reshape(-1), ignore_index=0)
 
+    @torch.no_grad()
+    def decode(self, embedding: torch.Tensor, length: int) -> str:
+        """The text the model writes from one embedding alone: greedy, byte by byte."""
+        prompt = self.to_prompt(embedding[None]).view(1, self.prompt_tokens, self.width)
+        hidden, state = self.decoder(prompt)
+        written = []
+        for _ in range(length):
+            byte = int(self.to_bytes(hidden[0, -1]).argmax())
+            if byte == 0:  # the padding byte: the text ends here
+                break
+            written.append(byte)
+            hidden, state = self.decoder(self.byte_embedding(torch.tensor([[byte]], device=embedding.device)), state)
+        return bytes(written).decode(errors="replace")
+
 
 def first_bytes(texts: list[str], length: int) -> torch.Tensor:
     """Each text's UTF-8 bytes, cut or zero-padded to `length` (text has no 0 byte: it marks padding)."""
@@ -71,11 +107,11 @@ def epochs(batches):
         yield from batches  # each pass over the DataLoader is a new shuffled epoch
 
 
-def train(args: TrainArgs) -> list[float]:
-    """Train for `args.max_steps` steps; return the loss of each."""
+def train(args: TrainArgs, splits=None) -> tuple[list[float], SoftPromptDecoder]:
+    """Train for `args.max_steps` steps; return the loss of each, and the model."""
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    split = load_splits(args.dataset, args.revision)[args.split]
+    split = (splits or open_dataset(args.dataset, args.revision))[args.split]
     dim = split.features["embedding"].length
     model = SoftPromptDecoder(dim, args.prompt_tokens, args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -91,19 +127,39 @@ def train(args: TrainArgs) -> list[float]:
         losses.append(loss.item())
         if step % 50 == 0:
             log.info("step %d: loss %.3f", step, losses[-1])
-    return losses
+    return losses, model
+
+
+@torch.no_grad()
+def evaluate(model: SoftPromptDecoder, split, args: TrainArgs) -> float:
+    """Mean loss over a split the model did not train on, batch by batch."""
+    device = next(model.parameters()).device
+    model.eval()
+    batches = shuffled_batches(split, args.batch_size, args.seed)
+    losses = [model(batch["embedding"].to(device), first_bytes(batch["text"], args.text_bytes).to(device)).item()
+              for batch in batches]
+    model.train()
+    return sum(losses) / len(losses)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = HfArgumentParser(TrainArgs, description=__doc__.splitlines()[0])
     (args,) = parser.parse_args_into_dataclasses(argv)
+    splits = open_dataset(args.dataset, args.revision)
     started = time.perf_counter()
-    losses = train(args)
+    losses, model = train(args, splits)
     window = max(1, min(10, len(losses) // 2))
     print(f"{len(losses)} steps in {time.perf_counter() - started:.1f}s: loss "
           f"{sum(losses[:window]) / window:.3f} -> {sum(losses[-window:]) / window:.3f} "
           f"(mean of the first and last {window})")
+    held_out = next((name for name in ("validation", "test") if name in splits and name != args.split), None)
+    if held_out:
+        print(f"{held_out} loss: {evaluate(model, splits[held_out], args):.3f}")
+        row = splits[held_out][0]
+        embedding = torch.as_tensor(row["embedding"], device=next(model.parameters()).device)
+        print(f"text:    {row['text'][:args.text_bytes]!r}")
+        print(f"decoded: {model.decode(embedding, args.text_bytes)!r}  (from its embedding alone)")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,27 @@ def test_readme_documents_every_option():
         assert f"`--{option.name.replace('_', '-')}" in readme, option.name
 
 
+def test_help_lists_each_option_once_with_one_default_and_loads_no_heavy_library(tmp_path):
+    # What `python build.py --help` imports: it must answer before torch, datasets or transformers load.
+    code = (f"import runpy, sys; sys.argv = [{str(BUILD)!r}, '--help']\n"
+            "try: runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('loaded:', [m for m in ('torch', 'datasets', 'transformers') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": str(BUILD.parent)}  # this checkout's package
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "loaded: []"
+    entries = run.stdout.split("options:")[1].split("\n  --")[1:]  # one entry per option
+    for option in dataclasses.fields(BuildOptions):
+        dashed = option.name.replace("_", "-")
+        mine = [entry for entry in entries if entry.split()[0] == dashed]
+        assert len(mine) == 1, option.name
+        assert "_" not in option.name or f"--{option.name} " not in run.stdout, option.name  # no underscore twin
+        assert " ".join(mine[0].split()).lower().count("default") <= 1, mine[0]
+    assert not list(tmp_path.iterdir())  # no log file for a --help
+
+
 def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_model, tmp_path, capsys, text_output):
     output = tmp_path / "out"
     assert main(["--dry-run", "--source", str(sample_dir), "--model", tiny_model, "--output", str(output),

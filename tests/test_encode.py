@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, Qwen3Config, Qwen3Model
 
 from elm_wikitext.encode import (embed_ids, embed_rows, load_encoder, load_tokenizer, model_identity,
                                  token_batches)
@@ -208,17 +208,13 @@ def test_out_of_memory_halves_the_batch_and_retries(encoder, tokenizer, monkeypa
     assert torch.allclose(vectors, expected, atol=1e-5)
 
 
-@torch.inference_mode()
-def test_last_layer_at_the_pooled_token_equals_the_full_forward(encoder, tokenizer):
-    from elm_wikitext.encode import last_token_states, right_pad
-
-    input_ids, lengths = right_pad(tokenizer(TEXTS)["input_ids"], encoder.pad_id)
-    full = encoder.model(input_ids=input_ids, use_cache=False).last_hidden_state
-    expected = full[torch.arange(len(TEXTS)), lengths - 1]
-    assert len(encoder.model.layers) == 2  # the model is whole again afterwards
-    assert torch.allclose(last_token_states(encoder.model, input_ids, lengths - 1), expected, atol=1e-5)
-    assert len(encoder.model.layers) == 2
-
+# Vectors of a fixed model (weights drawn from a seeded generator, not from transformers' init) for
+# fixed token ids, computed by the code of EMBED_VERSION. Changing the math fails this test until
+# EMBED_VERSION is bumped (so that no build resumes from old chunks) and these values go with it.
+EMBED_REFERENCE_VERSION = 2
+EMBED_REFERENCE = [[-0.0462, 0.1184, -0.2047, -0.3162, 0.1134, -0.2353],
+                   [-0.0332, 0.0637, -0.1929, -0.1708, 0.19, -0.2506],
+                   [-0.0964, -0.0072, -0.3732, -0.0108, 0.1507, -0.1968]]
 
 def model_with_config(tiny_model: str, directory, **changes) -> str:
     """The tiny model's files (weights linked, not copied) under a config.json with `changes`."""
@@ -286,3 +282,28 @@ def test_planned_flops_and_time_follow_the_4b_architecture_and_the_compile_setti
     assert (compiled["gpus_compiled"], eager["gpus_compiled"]) == (True, False)
     assert compiled["device_compiled"] == torch.cuda.is_available()  # auto: compiled on a GPU only
     assert compiled["tflop"] == pytest.approx(flops.sum() / 1e12)
+
+
+def reference_model(directory) -> str:
+    config = Qwen3Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model = Qwen3Model(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, parameter in sorted(model.named_parameters()):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    model.save_pretrained(directory)
+    return str(directory)
+
+
+def test_vectors_changed_only_with_embed_version(tmp_path):
+    from elm_wikitext.encode import EMBED_VERSION
+
+    encoder = load_encoder(reference_model(tmp_path), None, "float16", 32, 0)
+    ids = [[17, 200, 3, 99, 255], [5, 6, 7, 8, 9, 10, 11, 12, 255], [42, 255]]
+    values = embed_ids(encoder, ids)[:, :6].double().numpy().round(4).tolist()
+    assert EMBED_VERSION == EMBED_REFERENCE_VERSION, (
+        "EMBED_VERSION was bumped: set EMBED_REFERENCE_VERSION and EMBED_REFERENCE to the new values")
+    assert np.shape(values) == np.shape(EMBED_REFERENCE) and np.allclose(values, EMBED_REFERENCE, atol=2e-4), (
+        f"the vectors changed: bump EMBED_VERSION in elm_wikitext/encode.py, then set "
+        f"EMBED_REFERENCE_VERSION = {EMBED_VERSION + 1} and EMBED_REFERENCE = {values}")

@@ -192,6 +192,13 @@ def test_statistics_match_numpy(splits, source):
              "mean_vector_norm": np.linalg.norm(columns["embedding"].mean(axis=0))}, rel=1e-5)
 
 
+def test_statistics_of_one_split_are_those_of_its_dataset_dict_entry(splits):
+    # load_dataset(..., split="test") names its split; load_from_disk(...)["test"] does not.
+    named = Dataset.from_dict(splits["test"][:], features=splits["test"].features, split="test")
+    assert split_statistics(named) == {"test": split_statistics(splits)["test"]}
+    assert split_statistics(splits["test"]) == {"split": split_statistics(splits)["test"]}
+
+
 def test_statistics_follow_a_selection_and_missing_columns(splits, source):
     rows = np.random.default_rng(1).permutation(ROWS["train"])[:50]
     selected = statistics(splits["train"].select(rows))
@@ -206,10 +213,28 @@ def test_the_example_trains_on_a_saved_dataset(saved, capsys):
     spec = importlib.util.spec_from_file_location("train_elm", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    losses = example.train(example.TrainArgs(dataset=str(saved), max_steps=7, width=16))
+    losses, _ = example.train(example.TrainArgs(dataset=str(saved), max_steps=7, width=16))
     assert len(losses) == 7 and all(math.isfinite(loss) for loss in losses)  # past one epoch of 5
-    example.main(["--dataset", str(saved), "--max-steps", "2", "--width", "16"])
-    assert capsys.readouterr().out.startswith("2 steps in ")
+    example.main(["--dataset", str(saved), "--max-steps", "2", "--width", "16", "--text-bytes", "24"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 steps in ")
+    assert lines[1].startswith("validation loss: ") and math.isfinite(float(lines[1].split()[-1]))
+    assert lines[2].startswith("text:    'paragraph 300: ")  # the first validation row
+    assert lines[3].startswith("decoded: '") and lines[3].endswith("(from its embedding alone)")
+
+
+def test_the_example_refuses_a_missing_dataset_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where no build wrote data/elm-wikitext2
+    spec = importlib.util.spec_from_file_location("train_elm", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for missing in (str(tmp_path / "never-built"), "data/elm-wikitext2"):
+        with pytest.raises(SystemExit) as refused:
+            example.load_splits(missing, None)
+        err = capsys.readouterr().err
+        assert refused.value.code == 2
+        assert err.startswith(f"error: --dataset {missing} does not exist: run build.py first")
+        assert len(err.splitlines()) == 1
 
 
 def test_the_example_reads_a_downloaded_copy_of_the_hub_repo(saved, tmp_path):

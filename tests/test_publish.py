@@ -86,6 +86,12 @@ def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):
     card = DatasetCard.load(folder / "README.md")
     assert card.data.configs[0]["config_name"] == "default"
     assert [s["num_examples"] for s in card.data.dataset_info["splits"]] == [len(local[n]) for n in local]
+    # The sizes the Hub shows: each split's Arrow bytes, close to what load_dataset counted writing them.
+    sizes = {s["name"]: s["num_bytes"] for s in card.data.dataset_info["splits"]}
+    for name in local:
+        assert sizes[name] == local[name].data.nbytes > 0
+        assert abs(sizes[name] - hub[name].info.splits[name].num_bytes) <= 0.02 * sizes[name]
+    assert card.data.dataset_info["dataset_size"] == sum(sizes.values())
     assert 'revision="v1.2.3"' in card.text and "someone/elm-wikitext2" in card.text
 
 

@@ -243,3 +243,31 @@ def test_no_number_of_a_tokenized_paragraph_is_missing_from_its_raw_line(sample_
             assert re.search(rf"(?<![\d.,]){pattern}(?!\d|[.,]\d)", raw), (found, raw_line)
             checked += 1
     assert checked > 100
+
+
+# A digest of the sample's paragraphs as the text steps of TEXT_VERSION make them. Changing what a
+# step outputs fails this test until TEXT_VERSION is bumped (so that no cached result of the old
+# code is reused) and the digest goes with it; the failure message gives both new values.
+TEXT_REFERENCE_VERSION = 2
+TEXT_REFERENCE = "8e9b5f2d72fa6a6a"
+
+
+def test_paragraphs_changed_only_with_text_version(options, tokenizer):
+    import hashlib
+
+    from datasets import Dataset
+
+    from elm_wikitext.source import load_lines
+    from elm_wikitext.text import TEXT_VERSION, build_paragraphs
+
+    # Lines held in memory: datasets caches no map of them, so the steps run afresh here.
+    lines = Dataset.from_dict({"text": load_lines(options.source, options.source_config)["text"]})
+    paragraphs, stats = build_paragraphs(lines, tokenizer, options)
+    rows = sorted(zip(paragraphs["text_id"], paragraphs["text"], paragraphs["article"],
+                      paragraphs["section"], paragraphs["token_count"]))
+    digest = hashlib.sha256(json.dumps([rows, stats], sort_keys=True).encode()).hexdigest()[:16]
+    assert TEXT_VERSION == TEXT_REFERENCE_VERSION, (
+        "TEXT_VERSION was bumped: set TEXT_REFERENCE_VERSION and TEXT_REFERENCE to the new values")
+    assert digest == TEXT_REFERENCE, (
+        f"the paragraphs changed: bump TEXT_VERSION in elm_wikitext/text.py, then set "
+        f"TEXT_REFERENCE_VERSION = {TEXT_VERSION + 1} and TEXT_REFERENCE = {digest!r}")

@@ -26,8 +26,26 @@ def rewrite(output, change, update_checksums=True):
     return tmp
 
 
-def test_a_good_output_passes(embedded_output):
-    assert verify(str(embedded_output))["rows"]["train"] > 0
+def test_a_good_output_passes_every_gate(embedded_output):
+    splits = load_from_disk(str(embedded_output))
+    report = verify(str(embedded_output))
+    assert report["rows"] == {name: len(split) for name, split in splits.items()}
+    assert [gate.split()[0] for gate in report["gates"]] == [
+        "schema", "counts", "files", "vectors", "uniqueness", "re-embedded"]
+    assert report["sample_rows"] == sum(min(8, len(split)) for split in splits.values())
+    assert 0.999 <= report["lowest_sample_cosine"] <= 1.0001
+
+
+def test_verify_on_the_command_line_names_its_gates_and_the_lowest_cosine(embedded_output, tmp_path,
+                                                                         monkeypatch, capsys):
+    from build import main
+
+    monkeypatch.chdir(tmp_path)  # its log file goes under logs/ here
+    assert main(["--verify", str(embedded_output)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[:printed.rindex("}") + 1])
+    assert report["gates"][0] == "schema" and report["gates"][-1].startswith("re-embedded sample")
+    assert report["lowest_sample_cosine"] >= report["min_cosine_allowed"] == 0.999
 
 
 def test_rows_that_do_not_match_the_manifest_fail(embedded_copy):
