@@ -267,7 +267,7 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
                                             (90, "1.5 min"), (5400, "1.5 h"), (6.5e6, "75.2 days"),
                                             (None, "unknown")])
 def test_planned_durations_are_readable_and_never_zero(seconds, shown):
-    from build import duration
+    from elm_wikitext.cli import duration
 
     assert duration(seconds).startswith(shown)
 

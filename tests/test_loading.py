@@ -230,7 +230,7 @@ def test_the_example_refuses_a_missing_dataset_in_one_line(tmp_path, monkeypatch
     spec.loader.exec_module(example)
     for missing in (str(tmp_path / "never-built"), "data/elm-wikitext2"):
         with pytest.raises(SystemExit) as refused:
-            example.load_splits(missing, None)
+            example.open_dataset(missing, None)
         err = capsys.readouterr().err
         assert refused.value.code == 2
         assert err.startswith(f"error: --dataset {missing} does not exist: run build.py first")
