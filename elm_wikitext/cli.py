@@ -69,7 +69,9 @@ def summary(stats: dict, output: str, log_path: Path) -> str:
               for name, rows in text.get("splits", {}).items()]
     lines.append("dropped:    " + ", ".join(f"{reason} {count:,}" for reason, count in text.get("dropped", {}).items()))
     timing = f"time:       text {text.get('seconds', 0):.1f} s"
-    if embed:
+    if embed and embed.get("reused"):
+        timing += f", embed {embed['seconds']:.1f} s (the output was up to date: its vectors were reused)"
+    elif embed:
         compiled = ", compiled" if embed["compiled"] else ""
         timing += (f", embed {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
                    f"here in {embed['embedding_seconds']:.1f} s of batches, padding {embed['padding_share']:.1%}, "

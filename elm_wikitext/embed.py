@@ -22,8 +22,8 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from . import processes
-from .encode import (EMBED_VERSION, Encoder, check_budget, compile_layers, compiles, embed_rows, load_encoder,
-                     model_identity, token_batches)
+from .encode import (EMBED_VERSION, Encoder, check_budget, check_model_config, compile_layers, compiles,
+                     embed_rows, load_encoder, model_identity, token_batches)
 from .errors import BuildError, writing
 from .publish import make_work_folder, work_path
 from .options import SPLIT_NAMES
@@ -210,22 +210,50 @@ def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key:
     return DatasetDict(out)
 
 
-def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict | None, dict]:
+def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, dict] | None, key: str,
+                  started: float) -> tuple[DatasetDict, dict] | None:
+    """`splits` with the earlier output's vectors, where that output was embedded under `key`
+    (same weights, dtype, dim, texts in the same order) and holds the same rows per split."""
+    if earlier is None:
+        return None
+    vectors, manifest = earlier
+    stats = manifest["stats"].get("embed")
+    if (not isinstance(stats, dict) or stats.get("key") != key
+            or any("embedding" not in vectors[name].column_names
+                   or vectors[name]["text_id"][:] != splits[name]["text_id"][:] for name in SPLIT_NAMES)):
+        return None
+    log.info("the output already holds the vectors of this model and text (key %s): reusing them", key)
+    out = DatasetDict({name: concatenate_datasets(
+        [splits[name].flatten_indices(), vectors[name].select_columns(["embedding"])], axis=1)
+        for name in SPLIT_NAMES})
+    return out, {**stats, "reused": True, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def embed_splits(splits: DatasetDict, tokenizer, options,
+                 earlier: tuple[DatasetDict, dict] | None = None) -> tuple[DatasetDict | None, dict]:
     """Every process computes its share; the main process returns the splits with an
-    `embedding` column (the others None) and the stage's statistics."""
+    `embedding` column (the others None) and the stage's statistics. `earlier` is the output
+    already at --output, with its manifest: where its vectors were made under this run's key,
+    they are taken as they are and no model is loaded."""
     started = time.perf_counter()
     everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer, options)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
     check_same_counts(everything, lengths, options.model)
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
+    # What the vectors depend on, known before any weight is loaded: dim from the config, dtype
+    # from the device (load_encoder: --dtype on a GPU, float32 on a CPU).
+    dim = check_model_config(options.model, options.model_revision, options.dim)
+    effective_dtype = options.dtype if processes.device().type == "cuda" else "float32"
+    weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
+    key = work_key(options, weights, dim, effective_dtype, everything.data.column("text_id"))
+    reused = reuse_vectors(splits, earlier, key, started)
+    if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
+        return reused if processes.is_main() else (None, {})
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
     compiled = compiles(options.compile, encoder.device)
     if compiled:
         compiled = compile_layers(encoder, required=options.compile == "yes")
-    effective_dtype = str(encoder.dtype).removeprefix("torch.")
-    weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
-    key = work_key(options, weights, encoder.dim, effective_dtype, everything.data.column("text_id"))
     with writing(f"the embedding's work folder beside --output {options.output}"):
         work = make_work_folder(work_path(options.output, ".embed-work"))
     store = ChunkStore(work / key, encoder.dim)
@@ -240,7 +268,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options) -> tuple[DatasetDict |
         vectors_path, recomputed = assemble(store, chunks, len(everything))
     stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
     stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
-    stats.update(model=options.model, model_revision=options.model_revision, model_weights=weights,
+    stats.update(key=key, model=options.model, model_revision=options.model_revision, model_weights=weights,
                  dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
                  processes=processes.count(), chunks=len(chunks),
                  embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading

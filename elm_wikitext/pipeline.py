@@ -103,14 +103,16 @@ def _build(options: BuildOptions, api) -> dict | None:
         dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
     repo_id = preflight(options, api, expected_features(dim)) if options.push and processes.is_main() else None
     if options.stage == "embed":
-        if "embedding" in splits["train"].column_names:  # embedding again, with other settings
+        earlier = (splits, manifest)
+        if "embedding" in splits["train"].column_names:  # embedding again, perhaps with other settings
             splits = splits.remove_columns("embedding")
     else:
+        earlier = earlier_output(options.output)
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, stats = text_stage(options, tokenizer)
         stats = {"text": stats}
-    if options.stage in ("embed", "all"):
-        splits, stats["embed"] = embed_splits(splits, tokenizer, options)
+    if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
+        splits, stats["embed"] = embed_splits(splits, tokenizer, options, earlier)
     if not processes.is_main():
         return None
     if options.stage != "text":  # the build's own gate: no vector that --verify would refuse is written
@@ -121,6 +123,14 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.stage != "text":  # only now: a rerun after a failed upload finds every vector done
         remove_work_folder(work_path(options.output, ".embed-work"))
     return stats
+
+
+def earlier_output(output: str) -> tuple | None:
+    """The output a rerun finds at --output, if it is a whole one of this build."""
+    try:
+        return read_output(output)
+    except BuildError:  # none yet, or an unfinished one: nothing to reuse
+        return None
 
 
 def check_vectors_before_writing(splits, dim: int, output: str) -> None:

@@ -11,6 +11,13 @@ from elm_wikitext.tiny import make_tiny_model
 SAMPLE = Path(__file__).parent / "fixtures" / "wikitext_sample"
 
 
+@pytest.fixture(autouse=True)
+def work_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """Each test runs in a fresh folder of its own: what a build writes beside it (logs/, data/,
+    models/) never lands in the checkout, nor in the test's own tmp_path."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """A WikiText-format sample written for this project (14 invented articles)."""

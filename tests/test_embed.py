@@ -28,7 +28,7 @@ def build_code(kill_at: tuple | None = None) -> str:
 
 def run_build(*args: str, kill_at: tuple | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """build.py in a fresh process (see `build_code`)."""
-    return subprocess.run([sys.executable, "-c", build_code(kill_at), *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-c", build_code(kill_at), *args], cwd=Path.cwd(), capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
 
 
@@ -114,6 +114,25 @@ def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_
     for name, array in vectors(text_output_copy).items():
         np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)
     assert not Path(f"{text_output_copy}.embed-work").exists()  # cleaned up once written
+
+
+def test_rerunning_on_an_up_to_date_output_reuses_its_vectors_without_the_model(
+        embedded_copy, sample_dir, tiny_model, monkeypatch):
+    from build import main
+    from elm_wikitext import embed
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    before = vectors(embedded_copy)
+    monkeypatch.setattr(embed, "load_encoder", no_model)
+    args = ["--source", str(sample_dir), "--model", tiny_model, "--output", str(embedded_copy)]
+    assert main(args) == 0  # the same command that built it
+    assert embed_stats(embedded_copy)["reused"] is True
+    for name, array in vectors(embedded_copy).items():
+        np.testing.assert_array_equal(array, before[name])
+    with pytest.raises(AssertionError, match="the model was loaded"):  # another dim: other vectors
+        main([*args, "--dim", "32"])
 
 
 def test_changed_dim_never_reuses_old_vectors(text_output_copy, tiny_model):
@@ -220,7 +239,7 @@ assert compile_layers(encoder, required=False) is False
 assert torch.allclose(embed_ids(encoder, ids), eager, atol=1e-6)
 print("same vectors")
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path.cwd(), capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **NO_COMPILER})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "same vectors"

@@ -129,8 +129,8 @@ def test_missing_token_is_refused(push_options, monkeypatch, tmp_path):
 def test_offline_push_is_refused_in_one_line(tiny_model, sample_dir, tmp_path):
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "build.py", "--push", "--source", str(sample_dir), "--model", tiny_model,
-         "--output", str(tmp_path / "out")], cwd=root, capture_output=True, text=True, timeout=120,
+        [sys.executable, str(root / "build.py"), "--push", "--source", str(sample_dir), "--model", tiny_model,
+         "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_TOKEN": TOKEN, "PYTHONPATH": str(root)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: --push needs the Hub but HF_HUB_OFFLINE=1")
