@@ -1,5 +1,6 @@
 """Shared, session-scoped fixtures: the sample corpus, a tiny Qwen3 model, one text-stage run."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -44,11 +45,16 @@ def options(tiny_model, sample_dir, tmp_path) -> BuildOptions:
 
 
 def build_sample(directory: Path, sample_dir: Path, tiny_model: str, *stage: str) -> Path:
-    """`build.py` on the sample with the tiny model, in-process; returns the output directory."""
+    """`build.py` on the sample with the tiny model, in-process, run from `directory` (where its
+    logs/ go: a session fixture starts before any test's own folder); returns the output directory."""
     from build import main
 
-    output = directory / "out"
-    assert main([*stage, "--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
+    output, before = directory / "out", os.getcwd()
+    os.chdir(directory)
+    try:
+        assert main([*stage, "--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
+    finally:
+        os.chdir(before)
     return output
 
 
