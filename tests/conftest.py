@@ -45,12 +45,15 @@ def options(tiny_model, sample_dir, tmp_path) -> BuildOptions:
 
 
 def build_sample(directory: Path, sample_dir: Path, tiny_model: str, *stage: str) -> Path:
-    """`build.py` on the sample with the tiny model, in-process, run from `directory` (where its
-    logs/ go: a session fixture starts before any test's own folder); returns the output directory."""
+    """`build.py` on the sample with the tiny model, in-process, writing `directory`/out; it runs
+    from a folder beside `directory`, where its logs/ go (a session fixture starts before any
+    test's own folder). Returns the output directory."""
     from build import main
 
     output, before = directory / "out", os.getcwd()
-    os.chdir(directory)
+    cwd = directory.with_name(f"{directory.name}-cwd")
+    cwd.mkdir()
+    os.chdir(cwd)
     try:
         assert main([*stage, "--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 0
     finally:

@@ -26,9 +26,10 @@ def build_code(kill_at: tuple | None = None) -> str:
     return code
 
 
-def run_build(*args: str, kill_at: tuple | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """build.py in a fresh process (see `build_code`)."""
-    return subprocess.run([sys.executable, "-c", build_code(kill_at), *args], cwd=Path.cwd(), capture_output=True,
+def run_build(*args: str, kill_at: tuple | None = None, env: dict | None = None,
+              cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """build.py in a fresh process (see `build_code`), run from `cwd` (default: the test's folder)."""
+    return subprocess.run([sys.executable, "-c", build_code(kill_at), *args], cwd=cwd or Path.cwd(), capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
 
 
@@ -53,6 +54,13 @@ setattr(owner, name, dying)
 KILL_AFTER_TWO_CHUNKS = ("elm_wikitext.embed:ChunkStore.save", 2, "after")
 
 
+def work_folder(output: Path) -> Path:
+    """The one KEY folder of an output's embedding work files (beside the folder's marker file)."""
+    folders = [path for path in Path(f"{output}.embed-work").iterdir() if path.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
 def vectors(output: Path) -> dict[str, np.ndarray]:
     splits = load_from_disk(str(output)).with_format("numpy")
     return {name: split["embedding"][:] for name, split in splits.items()}
@@ -69,7 +77,8 @@ def embedded(text_output, tiny_model, tmp_path_factory) -> Path:
     import shutil
 
     shutil.copytree(text_output, output)
-    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(output), *SMALL_CHUNKS)
+    done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(output), *SMALL_CHUNKS,
+                     cwd=output.parent)  # a module fixture starts before the test's own folder
     assert done.returncode == 0, done.stderr[-3000:]
     return output
 
@@ -102,7 +111,7 @@ def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_
     killed = run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS)
     assert killed.returncode == -signal.SIGKILL
     assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names  # untouched
-    work = next(Path(f"{text_output_copy}.embed-work").iterdir())
+    work = work_folder(text_output_copy)
     finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npz")}
     assert len(finished) == 2
 
@@ -186,7 +195,7 @@ def test_two_machines_equal_one_process_and_a_lost_one_is_relaunched_for_its_chu
     assert survivor.returncode != 0, survivor.stderr[-3000:]
     assert "another process of this run is gone" in survivor.stderr  # after finishing its own chunks
     assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names
-    work = next(Path(f"{text_output_copy}.embed-work").iterdir())
+    work = work_folder(text_output_copy)
     finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npz")}
 
     main, other = two_machines(args, (ROOT / "build.py", ROOT / "build.py"), tmp_path)  # both relaunched
@@ -250,7 +259,7 @@ print("same vectors")
 def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
     args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
     assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
-    chunk = sorted(next(Path(f"{text_output_copy}.embed-work").iterdir()).glob("chunk-*.npz"))[0]
+    chunk = sorted(work_folder(text_output_copy).glob("chunk-*.npz"))[0]
     data = bytearray(chunk.read_bytes())
     chunk.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
     rerun = run_build(*args)
