@@ -213,14 +213,15 @@ def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key:
 def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, dict] | None, key: str,
                   started: float) -> tuple[DatasetDict, dict] | None:
     """`splits` with the earlier output's vectors, where that output was embedded under `key`
-    (same weights, dtype, dim, texts in the same order) and holds the same rows per split."""
+    (same weights, dtype, dim, and every text_id in the same order) and its splits have as many
+    rows as these: the key's texts then fix which rows each split holds."""
     if earlier is None:
         return None
     vectors, manifest = earlier
     stats = manifest["stats"].get("embed")
     if (not isinstance(stats, dict) or stats.get("key") != key
-            or any("embedding" not in vectors[name].column_names
-                   or vectors[name]["text_id"][:] != splits[name]["text_id"][:] for name in SPLIT_NAMES)):
+            or any("embedding" not in vectors[name].column_names or len(vectors[name]) != len(splits[name])
+                   for name in SPLIT_NAMES)):
         return None
     log.info("the output already holds the vectors of this model and text (key %s): reusing them", key)
     out = DatasetDict({name: concatenate_datasets(
