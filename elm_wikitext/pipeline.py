@@ -107,7 +107,7 @@ def _build(options: BuildOptions, api) -> dict | None:
         if "embedding" in splits["train"].column_names:  # embedding again, perhaps with other settings
             splits = splits.remove_columns("embedding")
     else:
-        earlier = earlier_output(options.output)
+        earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, stats = text_stage(options, tokenizer)
         stats = {"text": stats}
