@@ -83,8 +83,9 @@ class BuildOptions:
     plan_gpu: str = _opt(
         "H100", "With --dry-run: the kind of those GPUs (H100, H200, A100, L40S, L4, A10).")
     num_proc: Optional[int] = _opt(
-        None, "Worker processes for the text maps (default: in-process; the tokenizer already "
-        "uses every core).")
+        None, "Worker processes for the text stage's cleaning and counting (default: one per CPU "
+        "core, up to 8, for a source of over 100,000 lines; in-process for a smaller one, where "
+        "starting workers costs more than they save).")
 
     def split_ratios(self) -> tuple[float, float, float]:
         try:

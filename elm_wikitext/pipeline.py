@@ -25,11 +25,13 @@ from .verify import check_vectors, verify
 log = logging.getLogger(__name__)
 
 
-def text_stage(options: BuildOptions, tokenizer):
+def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False):
+    """The splits of clean paragraphs and the stage's statistics; with `keep_ids`, the token ids
+    too, for an embed stage in this process."""
     started = time.perf_counter()
     lines = load_lines(options.source, options.source_config, options.source_revision)
-    paragraphs, stats = build_paragraphs(lines, tokenizer, options)
-    splits = make_splits(paragraphs, options).flatten_indices()
+    paragraphs, stats = build_paragraphs(lines, tokenizer, options, keep_ids)
+    splits = make_splits(paragraphs, options)
     stats.update(source=options.source, source_config=options.source_config,
                  raw=is_raw(options.source_config),
                  source_revision=options.source_revision, split_by=options.split_by,
@@ -109,7 +111,7 @@ def _build(options: BuildOptions, api) -> dict | None:
     else:
         earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
         with processes.main_first():  # the others reuse the main process's cached maps
-            splits, stats = text_stage(options, tokenizer)
+            splits, stats = text_stage(options, tokenizer, keep_ids=options.stage == "all")
         stats = {"text": stats}
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
         splits, stats["embed"] = embed_splits(splits, tokenizer, options, earlier)

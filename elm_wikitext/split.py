@@ -9,6 +9,7 @@ from datasets import Dataset, DatasetDict
 
 from .errors import BuildError
 from .options import SPLIT_NAMES
+from .rows import take_rows
 
 
 def split_by_article(paragraphs: Dataset, ratios, seed: int) -> DatasetDict:
@@ -43,16 +44,14 @@ def split_by_paragraph(paragraphs: Dataset, ratios, seed: int) -> DatasetDict:
 
 
 def _select(paragraphs: Dataset, split_of_row: np.ndarray) -> DatasetDict:
-    splits = {}
-    for index, name in enumerate(SPLIT_NAMES):
-        rows = np.flatnonzero(split_of_row == index)
-        splits[name] = paragraphs.select(rows)
-    empty = [name for name, ds in splits.items() if len(ds) == 0]
+    """Each split's rows, in the paragraphs' order, written out whole."""
+    empty = [name for index, name in enumerate(SPLIT_NAMES) if not (split_of_row == index).any()]
     if empty:
         raise BuildError(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
                          f"({len(paragraphs)} paragraphs): "
                          "use a larger source or give each split a larger --split ratio")
-    return DatasetDict(splits)
+    return DatasetDict({name: take_rows(paragraphs, split_of_row == index, f"Writing the {name} split")
+                        for index, name in enumerate(SPLIT_NAMES)})
 
 
 def make_splits(paragraphs: Dataset, options) -> DatasetDict:

@@ -1,14 +1,16 @@
 """Text stage: WikiText lines -> clean paragraphs with their article and section, filtered.
 
-Each step is a `Dataset.map` over batches. The two steps that need to see across rows keep only a
-few numbers per row of the whole corpus: labelling paragraphs with the headings above them (a
-heading level per line), and dropping duplicates (a 16-character id per paragraph). So memory
-does not grow with the text. Every filter says why it drops a row; `Drops` counts them.
+Two passes over the text, each a `Dataset.map` over batches: one finds the headings (a level
+per line), the other labels, cleans and counts each paragraph and says why it would drop it.
+Duplicates are then found from a 16-character id per paragraph. What is kept of the whole
+corpus in memory is a few numbers per line, so memory does not grow with the text. Every drop
+has a reason, and the reasons are counted.
 """
 
 import hashlib
+import itertools
 import logging
-from collections import Counter
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +20,7 @@ from datasets.fingerprint import Hasher
 
 from .detokenize import detokenize
 from .errors import BuildError
+from .rows import take_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +47,10 @@ MIN_LETTER_SHARE = 0.5
 # WikiText-2's real validation file).
 MAX_UNK_SHARE = 0.1
 BATCH_LINES = 10_000
-
-
-class Drops(Counter):
-    """Rows dropped per reason; `apply` counts a `drop` column and keeps the rows where it is ''."""
-
-    def apply(self, ds: Dataset) -> Dataset:
-        reasons = ds.data.column("drop")
-        for entry in pc.value_counts(reasons).to_pylist():
-            if entry["values"]:
-                self[entry["values"]] += entry["counts"]
-        keep = np.flatnonzero(pc.equal(reasons, "").to_numpy(zero_copy_only=False))
-        return ds.select(keep).remove_columns("drop").flatten_indices()
+# Cleaning is Python, a line at a time: on a large source, worker processes share it among the
+# cores (WikiText-103 at 1.8M lines); on WikiText-2 (45k lines) starting them costs what they save.
+WORKERS_FROM_LINES = 100_000
+MAX_WORKERS = 8
 
 
 LINE_KINDS = Features({"level": Value("int16"), "title": Value("string")})
@@ -86,51 +81,37 @@ def line_kinds(lines: pa.Table) -> pa.Table:
 
 
 def outline(level: np.ndarray) -> dict[str, np.ndarray]:
-    """For each paragraph line: its position, its article's id (1 for the first title line of
-    the pooled files, 0 before any), the line of its article's title and of its section's
+    """For each line: its kind (see `line_kinds`), its article's id (1 for the first title line
+    of the pooled files, 0 before any), the line of its article's title and of its section's
     heading (-1 for none: before any title, or in an article's lead)."""
     lines = np.arange(len(level))
     is_title = level == 1
     title_line = np.maximum.accumulate(np.where(is_title, lines, -1)) if len(level) else lines
     heading_line = np.maximum.accumulate(np.where(level > 0, lines, -1)) if len(level) else lines
-    rows = np.flatnonzero(level == 0)
-    return {"rows": rows, "article_id": np.cumsum(is_title, dtype=np.int32)[rows],
-            "article_line": title_line[rows],
-            "section_line": np.where(heading_line > title_line, heading_line, -1)[rows]}
+    return {"level": level, "article_id": np.cumsum(is_title, dtype=np.int32), "article_line": title_line,
+            "section_line": np.where(heading_line > title_line, heading_line, -1)}
 
 
-def label_batch(lines: pa.Table, indices: list[int], article_id, article_line, section_line,
-                titles: dict[int, str]) -> pa.Table:
-    at = np.asarray(indices)
-    return pa.table({"text": visible_text(lines), "article_id": pa.array(article_id[at]),
-                     "article": [titles.get(line, "") for line in article_line[at].tolist()],
-                     "section": [titles.get(line, "") for line in section_line[at].tolist()]})
+def outline_corpus(lines: Dataset) -> tuple[dict, dict]:
+    """Where each paragraph stands: its line, article and section (see `outline`), the headings'
+    titles by line; and the count of each kind of line.
 
-
-def label_paragraphs(lines: Dataset) -> tuple[Dataset, dict]:
-    """Each non-empty line that is not a heading is one Wikipedia paragraph (WikiText puts a
+    Each non-empty line that is not a heading is one Wikipedia paragraph (WikiText puts a
     paragraph on a line, with blank lines only around headings), labelled with its article
     (` = Title = `) and the nearest section heading above it (` = = Section = = `, deeper too).
-    Also return the count of each kind of line.
-
     An article is known by its place in the source, `article_id`, not by its title: titles can
-    repeat, or clean to nothing. Both passes read the lines a batch at a time; what is kept of
-    the whole corpus is a few numbers per line and the headings' titles, so memory does not grow
-    with the text."""
+    repeat, or clean to nothing. The lines are read a batch at a time; what is kept of the whole
+    corpus is a few numbers per line and the headings' titles."""
     kinds = lines.with_format("arrow").map(
         line_kinds, batched=True, batch_size=BATCH_LINES, remove_columns=lines.column_names,
         features=LINE_KINDS, desc="Finding headings", new_fingerprint=step_fingerprint(lines, line_kinds))
     level = kinds.data.column("level").to_numpy()
     headings = np.flatnonzero(level > 0)
-    titles = dict(zip(headings.tolist(), kinds.data.column("title").take(headings).to_pylist()))
     labels = outline(level)
-    paragraphs = lines.select(labels.pop("rows")).with_format("arrow").map(
-        label_batch, batched=True, batch_size=BATCH_LINES, with_indices=True,
-        remove_columns=lines.column_names, features=PARAGRAPH_FEATURES, desc="Labelling paragraphs",
-        fn_kwargs={**labels, "titles": titles}, new_fingerprint=step_fingerprint(lines, label_batch))
+    labels["titles"] = dict(zip(headings.tolist(), kinds.data.column("title").take(headings).to_pylist()))
     counts = {"lines": len(level), "blank_lines": int((level < 0).sum()), "heading_lines": len(headings),
               "paragraph_lines": int((level == 0).sum())}
-    return paragraphs.with_format(None), counts
+    return labels, counts
 
 
 def clean_text(text: str) -> str:
@@ -143,10 +124,9 @@ def article_name(title: str, article_id: int) -> str:
     return clean_text(title) or f"Untitled article {article_id}"
 
 
-def quality_reasons(texts: list[str]) -> list[str]:
+def quality_reasons(column: pa.Array) -> pa.Array:
     """Why each clean paragraph is dropped, or '' to keep it; counted in Arrow, a batch at once.
     `<unk>` counts as a word, but neither its letters nor its brackets as visible text."""
-    column = pa.array(texts, pa.string())
     length = pc.utf8_length(column).to_numpy()
     spaces = pc.count_substring(column, " ").to_numpy()
     unknown = pc.count_substring(column, UNK).to_numpy()
@@ -154,11 +134,11 @@ def quality_reasons(texts: list[str]) -> list[str]:
     visible = length - spaces - len(UNK) * unknown
     reasons = np.select([length == 0, letters < MIN_LETTER_SHARE * visible, unknown > MAX_UNK_SHARE * (spaces + 1)],
                         ["empty", "low_quality", "unknown_words"], "")
-    return reasons.tolist()
+    return pa.array(reasons, pa.string())
 
 
 def quality_reason(text: str) -> str:
-    return quality_reasons([text])[0]
+    return quality_reasons(pa.array([text], pa.string()))[0].as_py()
 
 
 def text_id(text: str) -> str:
@@ -166,79 +146,118 @@ def text_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def clean_batch(batch: dict) -> dict:
-    texts = [clean_text(text) for text in batch["text"]]
-    # A title repeats on every paragraph under it: clean each once.
-    articles = {key: article_name(*key) for key in set(zip(batch["article"], batch["article_id"]))}
-    sections = {title: clean_text(title) for title in set(batch["section"])}
-    return {
-        "text": texts,
-        "article": [articles[key] for key in zip(batch["article"], batch["article_id"])],
-        "section": [sections[title] for title in batch["section"]],
-        "text_id": [text_id(text) for text in texts],
-        "drop": quality_reasons(texts),
-    }
+def clean_labels(article_id: np.ndarray, article_line: np.ndarray, section_line: np.ndarray,
+                 titles: dict[int, str]) -> tuple[list[str], list[str]]:
+    """Each row's clean article name and section title. A title repeats on every paragraph under
+    it: each is cleaned once."""
+    articles = {line: article_name(titles.get(line, ""), number)
+                for line, number in set(zip(article_line.tolist(), article_id.tolist()))}
+    section_titles = [titles.get(line, "") for line in section_line.tolist()]
+    sections = {title: clean_text(title) for title in set(section_titles)}
+    return [articles[line] for line in article_line.tolist()], [sections[title] for title in section_titles]
 
 
-def mark_duplicates(table: pa.Table) -> pa.Table:
-    """Mark every kept row whose text (by `text_id`) already appeared earlier as a duplicate."""
-    ids = table.column("text_id").to_numpy(zero_copy_only=False)
-    kept = pc.equal(table.column("drop"), "").to_numpy(zero_copy_only=False)
-    _, first = np.unique(ids[kept], return_index=True)
-    is_first = np.zeros(kept.sum(), dtype=bool)
-    is_first[first] = True
-    duplicate = np.zeros(len(ids), dtype=bool)
-    duplicate[np.flatnonzero(kept)[~is_first]] = True
-    drop = pc.if_else(pa.array(duplicate), "duplicate", table.column("drop"))
-    return table.set_column(table.schema.get_field_index("drop"), "drop", drop)
+def token_ids(texts: list[str], tokenizer) -> pa.ListArray:
+    """Token ids as the model will consume them (end-of-text appended), as one Arrow column."""
+    if not texts:  # a batch of headings and blank lines only (transformers fails on no text)
+        return pa.array([], pa.list_(pa.int32()))
+    ids = tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum([len(row) for row in ids], out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def count_tokens(batch: dict, tokenizer, min_tokens: int, max_tokens: int) -> dict:
-    """Token ids as the model will consume them (end-of-text appended), kept for the embed stage."""
-    ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
-    counts = [len(row) for row in ids]
-    drop = ["too_short" if n < min_tokens else "too_long" if n > max_tokens else "" for n in counts]
-    return {"input_ids": ids, "token_count": counts, "drop": drop,
-            "char_count": [len(text) for text in batch["text"]]}
+def paragraph_batch(lines: pa.Table, indices: list[int], level: np.ndarray, article_id: np.ndarray,
+                    article_line: np.ndarray, section_line: np.ndarray, titles: dict[int, str], tokenizer,
+                    min_tokens: int, max_tokens: int, keep_ids: bool) -> pa.Table:
+    """A batch of lines -> its paragraphs' clean text, labels, id, token count and the reason to
+    drop each for its own sake ('' to keep it): a quality reason first, then a length reason.
+    Duplicates are found across batches afterwards (`final_reasons`)."""
+    at = np.asarray(indices)
+    is_paragraph = level[at] == 0
+    at = at[is_paragraph]
+    texts = [clean_text(text) for text in visible_text(lines.filter(pa.array(is_paragraph))).to_pylist()]
+    articles, sections = clean_labels(article_id[at], article_line[at], section_line[at], titles)
+    ids = token_ids(texts, tokenizer)
+    counts = pc.list_value_length(ids)
+    length = pc.if_else(pc.less(counts, min_tokens), "too_short",
+                        pc.if_else(pc.greater(counts, max_tokens), "too_long", ""))
+    column = pa.array(texts, pa.string())
+    quality = quality_reasons(column)
+    table = pa.table({
+        "text": column, "article_id": pa.array(article_id[at]), "article": articles, "section": sections,
+        "text_id": [text_id(text) for text in texts], "token_count": counts,
+        "char_count": pc.cast(pc.utf8_length(column), pa.int32()),
+        "drop": pc.if_else(pc.equal(quality, ""), length, quality),
+        "unknown_words": pc.cast(pc.count_substring(column, UNK), pa.int32())})
+    return table.append_column("input_ids", ids) if keep_ids else table
 
 
-def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]:
-    """Lines -> kept paragraphs with text_id, text, article, section, input_ids, token_count,
-    char_count; and the statistics of what was dropped and why."""
-    paragraphs, stats = label_paragraphs(lines)
-    stats["paragraphs"] = len(paragraphs)
-    if not paragraphs:  # datasets skips a map over no rows, so the steps below would find no columns
+def prepare_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False) -> tuple[Dataset, dict]:
+    """Every paragraph of the lines, labelled, cleaned, counted and with its own drop reason
+    (see `paragraph_batch`), in one pass over the text; and the count of each kind of line."""
+    labels, counts = outline_corpus(lines)
+    if not counts["paragraph_lines"]:  # datasets skips a map over no rows: no columns would follow
         raise BuildError(f"--source {options.source} holds no paragraph, only headings and blank lines: "
                          "point it at WikiText's articles")
-    drops = Drops()
-    cleaned = paragraphs.map(
-        clean_batch, batched=True, num_proc=options.num_proc, desc="Cleaning",
-        features=Features({**PARAGRAPH_FEATURES, "text_id": Value("string"), "drop": Value("string")}),
-        new_fingerprint=step_fingerprint(paragraphs, clean_batch))
-    cleaned = cleaned.with_format("arrow").map(
-        mark_duplicates, batched=True, batch_size=None, desc="Finding duplicates",
-        new_fingerprint=step_fingerprint(cleaned, mark_duplicates)).with_format(None)
-    kept = drops.apply(cleaned)
-    counted = kept.map(
-        count_tokens, batched=True, num_proc=options.num_proc, desc="Counting tokens",
-        fn_kwargs={"tokenizer": tokenizer, "min_tokens": options.min_tokens,
-                   "max_tokens": options.max_tokens},
-        features=Features({**kept.features, "input_ids": List(Value("int32")),
-                           "token_count": Value("int32"), "drop": Value("string"),
-                           "char_count": Value("int32")}),
-        new_fingerprint=step_fingerprint(kept, count_tokens, tokenizer.name_or_path, len(tokenizer),
-                                         options.model_revision, options.min_tokens, options.max_tokens))
-    kept = drops.apply(counted)
-    if len(kept) == 0:
-        raise BuildError(f"no paragraph is left after filtering ({dict(drops)} dropped): widen "
+    features = {**PARAGRAPH_FEATURES, "text_id": Value("string"), "token_count": Value("int32"),
+                "char_count": Value("int32"), "drop": Value("string"), "unknown_words": Value("int32"),
+                **({"input_ids": List(Value("int32"))} if keep_ids else {})}
+    settings = {"tokenizer": tokenizer, "min_tokens": options.min_tokens, "max_tokens": options.max_tokens,
+                "keep_ids": keep_ids}
+    paragraphs = lines.with_format("arrow").map(
+        paragraph_batch, batched=True, batch_size=BATCH_LINES, with_indices=True,
+        num_proc=options.num_proc or default_workers(len(lines)),
+        remove_columns=lines.column_names, features=Features(features), desc="Cleaning and counting",
+        fn_kwargs={**labels, **settings},
+        new_fingerprint=step_fingerprint(lines, paragraph_batch, tokenizer.name_or_path, len(tokenizer),
+                                         options.model_revision, options.min_tokens, options.max_tokens, keep_ids))
+    return paragraphs.with_format(None), counts
+
+
+def default_workers(lines: int) -> int | None:
+    """Worker processes for a source of this many lines when --num-proc is not given."""
+    if lines <= WORKERS_FROM_LINES:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, MAX_WORKERS) if cores > 1 else None
+
+
+QUALITY_REASONS = ("empty", "low_quality", "unknown_words")
+
+
+def final_reasons(paragraphs: Dataset) -> np.ndarray:
+    """Each paragraph's drop reason, '' to keep it: its own reason, except that a paragraph
+    whose text (by `text_id`) already passed the quality filter earlier is a duplicate. Reads
+    two short columns, never the text."""
+    reasons = paragraphs.data.column("drop").to_numpy(zero_copy_only=False).astype(object)
+    passed = np.flatnonzero(~np.isin(reasons, QUALITY_REASONS))
+    ids = paragraphs.data.column("text_id").take(pa.array(passed)).to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    repeated = np.ones(len(passed), dtype=bool)
+    repeated[first] = False
+    reasons[passed[repeated]] = "duplicate"
+    return reasons
+
+
+def build_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False) -> tuple[Dataset, dict]:
+    """Lines -> kept paragraphs with text_id, text, article_id, article, section, token_count,
+    char_count (and input_ids with `keep_ids`, for an embed stage in this process); and the
+    statistics of what was dropped and why."""
+    paragraphs, stats = prepare_paragraphs(lines, tokenizer, options, keep_ids)
+    reasons = final_reasons(paragraphs)
+    keep = np.flatnonzero(reasons == "")
+    stats["paragraphs"] = len(paragraphs)
+    stats["dropped"] = {reason: int((reasons == reason).sum()) for reason in DROP_REASONS}
+    stats["kept"] = len(keep)
+    if len(keep) == 0:
+        raise BuildError(f"no paragraph is left after filtering ({stats['dropped']} dropped): widen "
                          f"--min-tokens {options.min_tokens} / --max-tokens {options.max_tokens}")
-    stats["dropped"] = {reason: drops.get(reason, 0) for reason in DROP_REASONS}
-    stats["kept"] = len(kept)
-    unknown = pc.count_substring(kept.data.column("text"), UNK)  # .data: drops.apply flattened it
-    stats["unknown_words"] = {"words": pc.sum(unknown).as_py() or 0,
-                              "paragraphs": pc.sum(pc.greater(unknown, 0)).as_py() or 0}
+    unknown = paragraphs.data.column("unknown_words").to_numpy()[keep]
+    stats["unknown_words"] = {"words": int(unknown.sum()), "paragraphs": int((unknown > 0).sum())}
     assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values())
-    return kept, stats
+    return take_rows(paragraphs.remove_columns(["drop", "unknown_words"]), reasons == "", "Keeping"), stats
 
 
 def step_fingerprint(ds: Dataset, step, *params) -> str:

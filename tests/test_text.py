@@ -9,7 +9,7 @@ from datasets import Dataset, load_from_disk
 
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.source import load_lines
-from elm_wikitext.text import build_paragraphs, clean_batch, clean_text, label_paragraphs, quality_reason
+from elm_wikitext.text import build_paragraphs, clean_text, line_kinds, prepare_paragraphs, quality_reason, visible_text
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -56,28 +56,28 @@ def test_quality_reasons():
     assert quality_reason("the <unk> of Brann rises in the high hills north of the old town") == ""
 
 
-def labelled(lines: pa.Table) -> pa.Table:
-    """`label_paragraphs` on these lines, in batches of two lines: what a heading says reaches
+def labelled(lines: pa.Table, tokenizer) -> pa.Table:
+    """The paragraphs of these lines, read in batches of two lines: what a heading says reaches
     the paragraphs of later batches."""
     from elm_wikitext import text
 
     text.BATCH_LINES, before = 2, text.BATCH_LINES
     try:
-        paragraphs, counts = label_paragraphs(Dataset(lines))
+        paragraphs, counts = prepare_paragraphs(Dataset(lines), tokenizer, BuildOptions())
     finally:
         text.BATCH_LINES = before
     assert counts["lines"] == counts["blank_lines"] + counts["heading_lines"] + counts["paragraph_lines"]
     assert counts["paragraph_lines"] == len(paragraphs)
-    return paragraphs.with_format("arrow")[:]
+    return paragraphs.select_columns(["text", "article_id", "article", "section"]).with_format("arrow")[:]
 
 
-def test_each_line_is_a_paragraph_with_its_article_and_nested_section():
+def test_each_line_is_a_paragraph_with_its_article_and_nested_section(tokenizer):
     # WikiText's layout: one paragraph per line, consecutive, blank lines only around headings.
     lines = pa.table({"text": [
         " ", " = Alpha = ", " ", " intro paragraph one ", " intro paragraph two ", " ", " = = History = = ",
         " ", " history text ", " ", " = = = Early days = = = ", " ", " early text ", " ",
         " = Beta = ", " ", " beta text ", " "]})
-    out = labelled(lines).to_pylist()
+    out = labelled(lines, tokenizer).to_pylist()
     assert out == [
         {"text": "intro paragraph one", "article_id": 1, "article": "Alpha", "section": ""},
         {"text": "intro paragraph two", "article_id": 1, "article": "Alpha", "section": ""},
@@ -87,25 +87,25 @@ def test_each_line_is_a_paragraph_with_its_article_and_nested_section():
     ]
 
 
-def test_a_line_that_only_starts_like_a_heading_is_text_of_the_current_article():
+def test_a_line_that_only_starts_like_a_heading_is_text_of_the_current_article(tokenizer):
     lines = pa.table({"text": [" = Alpha = ", " ", " = not a heading ", " ", " after it ", " "]})
-    assert labelled(lines).to_pylist() == [
+    assert labelled(lines, tokenizer).to_pylist() == [
         {"text": "= not a heading", "article_id": 1, "article": "Alpha", "section": ""},
         {"text": "after it", "article_id": 1, "article": "Alpha", "section": ""},
     ]
 
 
-def test_articles_are_told_apart_by_place_and_never_unnamed():
+def test_articles_are_told_apart_by_place_and_never_unnamed(tokenizer):
     # Two articles of one title stay two; a title that cleans to nothing gets a readable name.
     lines = pa.table({"text": [" = Twin = ", " one ", " = Twin = ", " two ", " = = ", " three "]})
-    rows = labelled(lines).to_pydict()
+    rows = labelled(lines, tokenizer).to_pydict()
     assert rows["article_id"] == [1, 2, 3]
-    assert clean_batch(rows)["article"] == ["Twin", "Twin", "Untitled article 3"]
+    assert rows["article"] == ["Twin", "Twin", "Untitled article 3"]
 
 
-def test_byte_order_marks_and_control_characters_never_reach_the_text():
+def test_byte_order_marks_and_control_characters_never_reach_the_text(tokenizer):
     lines = pa.table({"text": ["\ufeff = Alpha = ", " a\x00b \x07 bell\ttab\x1b[0m ", " = Beta\x00 = ", " c "]})
-    out = clean_batch(labelled(lines).to_pydict())
+    out = labelled(lines, tokenizer).to_pydict()
     assert list(zip(out["article"], out["text"])) == [("Alpha", "a b bell tab [0m"), ("Beta", "c")]
 
 
@@ -201,6 +201,25 @@ def test_the_sample_reads_exactly_as_its_prose_in_both_configs(sample_paragraphs
         assert stats["unknown_words"]["words"] == sum(row["text"].count("<unk>") for row in paragraphs) > 0
 
 
+def test_worker_processes_make_the_same_paragraphs_as_one_process(sample_paragraphs, sample_dir, tokenizer,
+                                                                  tiny_model):
+    # A large source is cleaned by worker processes (--num-proc, or one per core by default):
+    # each gets a share of the lines, and the headings of every other share.
+    from elm_wikitext import text
+
+    options = BuildOptions(source=str(sample_dir), model=tiny_model, num_proc=2)
+    # Lines held in memory: datasets caches no map of them, so the workers run here.
+    lines = Dataset.from_dict({"text": load_lines(str(sample_dir), options.source_config)["text"]})
+    text.BATCH_LINES, before = 50, text.BATCH_LINES  # several batches per worker
+    try:
+        paragraphs, stats = build_paragraphs(lines, tokenizer, options)
+    finally:
+        text.BATCH_LINES = before
+    one_process, one_stats = sample_paragraphs["raw"]
+    assert stats == one_stats
+    assert paragraphs.to_list() == one_process.to_list()
+
+
 def test_articles_of_one_title_stay_two_articles(sample_paragraphs):
     paragraphs, _ = sample_paragraphs["raw"]
     ids = {row["article_id"] for row in paragraphs if row["article"] == "Harrowmere"}
@@ -212,7 +231,9 @@ def source_lines(sample_dir: Path, kind: str) -> list[str]:
     """The sample's paragraph lines, in the order the text stage pools them."""
     lines = [line for name in ("train", "valid", "test")
              for line in (sample_dir / f"wiki.{name}.{kind}").read_text(encoding="utf-8").split("\n")]
-    return labelled(pa.table({"text": lines})).column("text").to_pylist()
+    table = pa.table({"text": lines})
+    level = line_kinds(table).column("level").to_numpy()
+    return [text for text, kind in zip(visible_text(table).to_pylist(), level) if kind == 0]
 
 
 def words_and_numbers(text: str) -> Counter:
