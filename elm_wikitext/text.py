@@ -6,7 +6,6 @@ heading level per line), and dropping duplicates (a 16-character id per paragrap
 does not grow with the text. Every filter says why it drops a row; `Drops` counts them.
 """
 
-import hashlib
 import logging
 from collections import Counter
 
@@ -14,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value
-from datasets.fingerprint import Hasher
 
 from .detokenize import detokenize
 from .errors import BuildError
+from .keys import step_fingerprint, text_id
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +24,10 @@ PARAGRAPH_FEATURES = Features({
     "text": Value("string"), "article_id": Value("int32"), "article": Value("string"),
     "section": Value("string")})
 DROP_REASONS = ("empty", "low_quality", "unknown_words", "duplicate", "too_short", "too_long")
-# Part of every text step's cache key: bump it when a step's output changes (not for comments or
-# refactors), so that no cached result of the old code is reused. tests/test_text.py holds a
-# digest of the sample's cleaned paragraphs tied to this number, and fails until both agree.
+# Part of every text step's cache key (keys.step_fingerprint): bump it when a step's output
+# changes (not for comments or refactors), so that no cached result of the old code is reused.
+# tests/test_text.py holds a digest of the sample's cleaned paragraphs tied to this number, and
+# fails until both agree.
 TEXT_VERSION = 2
 
 # Never text: control characters (NUL included; tabs and line ends are spaces) and the byte-order
@@ -119,7 +119,8 @@ def label_paragraphs(lines: Dataset) -> tuple[Dataset, dict]:
     with the text."""
     kinds = lines.with_format("arrow").map(
         line_kinds, batched=True, batch_size=BATCH_LINES, remove_columns=lines.column_names,
-        features=LINE_KINDS, desc="Finding headings", new_fingerprint=step_fingerprint(lines, line_kinds))
+        features=LINE_KINDS, desc="Finding headings",
+        new_fingerprint=step_fingerprint(lines, line_kinds, TEXT_VERSION))
     level = kinds.data.column("level").to_numpy()
     headings = np.flatnonzero(level > 0)
     titles = dict(zip(headings.tolist(), kinds.data.column("title").take(headings).to_pylist()))
@@ -127,7 +128,7 @@ def label_paragraphs(lines: Dataset) -> tuple[Dataset, dict]:
     paragraphs = lines.select(labels.pop("rows")).with_format("arrow").map(
         label_batch, batched=True, batch_size=BATCH_LINES, with_indices=True,
         remove_columns=lines.column_names, features=PARAGRAPH_FEATURES, desc="Labelling paragraphs",
-        fn_kwargs={**labels, "titles": titles}, new_fingerprint=step_fingerprint(lines, label_batch))
+        fn_kwargs={**labels, "titles": titles}, new_fingerprint=step_fingerprint(lines, label_batch, TEXT_VERSION))
     counts = {"lines": len(level), "blank_lines": int((level < 0).sum()), "heading_lines": len(headings),
               "paragraph_lines": int((level == 0).sum())}
     return paragraphs.with_format(None), counts
@@ -159,11 +160,6 @@ def quality_reasons(texts: list[str]) -> list[str]:
 
 def quality_reason(text: str) -> str:
     return quality_reasons([text])[0]
-
-
-def text_id(text: str) -> str:
-    """The same paragraph gets the same id on any machine and in any run."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def clean_batch(batch: dict) -> dict:
@@ -214,10 +210,10 @@ def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]
     cleaned = paragraphs.map(
         clean_batch, batched=True, num_proc=options.num_proc, desc="Cleaning",
         features=Features({**PARAGRAPH_FEATURES, "text_id": Value("string"), "drop": Value("string")}),
-        new_fingerprint=step_fingerprint(paragraphs, clean_batch))
+        new_fingerprint=step_fingerprint(paragraphs, clean_batch, TEXT_VERSION))
     cleaned = cleaned.with_format("arrow").map(
         mark_duplicates, batched=True, batch_size=None, desc="Finding duplicates",
-        new_fingerprint=step_fingerprint(cleaned, mark_duplicates)).with_format(None)
+        new_fingerprint=step_fingerprint(cleaned, mark_duplicates, TEXT_VERSION)).with_format(None)
     kept = drops.apply(cleaned)
     counted = kept.map(
         count_tokens, batched=True, num_proc=options.num_proc, desc="Counting tokens",
@@ -226,7 +222,7 @@ def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]
         features=Features({**kept.features, "input_ids": List(Value("int32")),
                            "token_count": Value("int32"), "drop": Value("string"),
                            "char_count": Value("int32")}),
-        new_fingerprint=step_fingerprint(kept, count_tokens, tokenizer.name_or_path, len(tokenizer),
+        new_fingerprint=step_fingerprint(kept, count_tokens, TEXT_VERSION, tokenizer.name_or_path, len(tokenizer),
                                          options.model_revision, options.min_tokens, options.max_tokens))
     kept = drops.apply(counted)
     if len(kept) == 0:
@@ -240,14 +236,3 @@ def build_paragraphs(lines: Dataset, tokenizer, options) -> tuple[Dataset, dict]
     assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values())
     return kept, stats
 
-
-def step_fingerprint(ds: Dataset, step, *params) -> str:
-    """datasets' cache key for `step` applied to `ds` with `params`.
-
-    datasets hashes a function imported from a package by its name alone, so an edited step would
-    reuse stale cached results; this key adds TEXT_VERSION, bumped when a step's output changes
-    (a step of another stage passes its own version in `params`). It also spares datasets
-    pickling what the step is given (a 151k-entry tokenizer hashes slowly).
-    """
-    # datasets keeps a dataset's fingerprint in `_fingerprint` only: it has no public name.
-    return Hasher.hash([ds._fingerprint, step.__module__, step.__qualname__, TEXT_VERSION, *params])
