@@ -25,9 +25,10 @@ from . import processes
 from .encode import (EMBED_VERSION, Encoder, check_budget, check_model_config, compile_layers, compiles,
                      embed_rows, load_encoder, model_identity, token_batches)
 from .errors import BuildError, writing
-from .publish import make_work_folder, work_path
+from .keys import step_fingerprint
+from .manifest import EmbedStats, Manifest
 from .options import SPLIT_NAMES
-from .text import step_fingerprint
+from .output import embed_work_folder, make_work_folder
 
 log = logging.getLogger(__name__)
 
@@ -205,21 +206,21 @@ def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key:
             fn_kwargs={"vectors_path": str(vectors_path), "offset": offset},
             features=Features({**split.features, "embedding": List(Value("float32"), length=dim)}),
             cache_file_name=str(vectors_path.parent / f"{name}.arrow"),  # in the work dir, not the output
-            new_fingerprint=step_fingerprint(split, attach_vectors, key)).with_format(None)
+            new_fingerprint=step_fingerprint(split, attach_vectors, EMBED_VERSION, key)).with_format(None)
         offset += len(split)
     return DatasetDict(out)
 
 
-def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, dict] | None, key: str,
-                  started: float) -> tuple[DatasetDict, dict] | None:
+def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, Manifest] | None, key: str,
+                  started: float) -> tuple[DatasetDict, EmbedStats] | None:
     """`splits` with the earlier output's vectors, where that output was embedded under `key`
     (same weights, dtype, dim, and every text_id in the same order) and its splits have as many
     rows as these: the key's texts then fix which rows each split holds."""
     if earlier is None:
         return None
     vectors, manifest = earlier
-    stats = manifest["stats"].get("embed")
-    if (not isinstance(stats, dict) or stats.get("key") != key
+    stats = manifest.stats.embed
+    if (stats is None or stats.key != key
             or any("embedding" not in vectors[name].column_names or len(vectors[name]) != len(splits[name])
                    for name in SPLIT_NAMES)):
         return None
@@ -227,13 +228,13 @@ def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, dict] | None,
     out = DatasetDict({name: concatenate_datasets(
         [splits[name].flatten_indices(), vectors[name].select_columns(["embedding"])], axis=1)
         for name in SPLIT_NAMES})
-    return out, {**stats, "reused": True, "seconds": round(time.perf_counter() - started, 2)}
+    return out, stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2))
 
 
-def embed_splits(splits: DatasetDict, tokenizer, options,
-                 earlier: tuple[DatasetDict, dict] | None = None) -> tuple[DatasetDict | None, dict]:
+def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[DatasetDict, Manifest] | None = None
+                 ) -> tuple[DatasetDict | None, EmbedStats | None]:
     """Every process computes its share; the main process returns the splits with an
-    `embedding` column (the others None) and the stage's statistics. `earlier` is the output
+    `embedding` column and the stage's statistics (the others None, None). `earlier` is the output
     already at --output, with its manifest: where its vectors were made under this run's key,
     they are taken as they are and no model is loaded."""
     started = time.perf_counter()
@@ -249,14 +250,14 @@ def embed_splits(splits: DatasetDict, tokenizer, options,
     key = work_key(options, weights, dim, effective_dtype, everything.data.column("text_id"))
     reused = reuse_vectors(splits, earlier, key, started)
     if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
-        return reused if processes.is_main() else (None, {})
+        return reused if processes.is_main() else (None, None)
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
                            tokenizer.pad_token_id, processes.device())
     compiled = compiles(options.compile, encoder.device)
     if compiled:
         compiled = compile_layers(encoder, required=options.compile == "yes")
     with writing(f"the embedding's work folder beside --output {options.output}"):
-        work = make_work_folder(work_path(options.output, ".embed-work"))
+        work = make_work_folder(embed_work_folder(options.output))
     store = ChunkStore(work / key, encoder.dim)
     chunks = plan_chunks(lengths, options.chunk_tokens)
     embedding_started = time.perf_counter()
@@ -264,18 +265,20 @@ def embed_splits(splits: DatasetDict, tokenizer, options,
     all_counts = processes.gather(counts)  # waits for the slowest process
     embedding_seconds = time.perf_counter() - embedding_started
     if not processes.is_main():  # gathering above was the last step together
-        return None, {}
+        return None, None
     with writing(f"the embedding column in {store.directory}"):
         vectors_path, recomputed = assemble(store, chunks, len(everything))
-    stats = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
-    stats["recomputed_float32"] = recomputed  # of every row, whichever run computed it
-    stats.update(key=key, model=options.model, model_revision=options.model_revision, model_weights=weights,
-                 dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
-                 processes=processes.count(), chunks=len(chunks),
-                 embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
-                 tokens_per_second=round(stats["tokens"] / embedding_seconds),
-                 seconds=round(time.perf_counter() - started, 2))
-    computed = stats["tokens"] + stats["padded_tokens"]
-    stats["padding_share"] = round(stats["padded_tokens"] / computed, 4) if computed else 0.0
+    totals = {name: sum(c[name] for c in all_counts) for name in counts}  # what this run computed
+    computed = totals["tokens"] + totals["padded_tokens"]
+    stats = EmbedStats(
+        paragraphs=totals["paragraphs"], tokens=totals["tokens"], padded_tokens=totals["padded_tokens"],
+        recomputed_float32=recomputed,  # of every row, whichever run computed it
+        key=key, model=options.model, model_revision=options.model_revision, model_weights=weights,
+        dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
+        processes=processes.count(), chunks=len(chunks),
+        embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
+        tokens_per_second=round(totals["tokens"] / embedding_seconds),
+        seconds=round(time.perf_counter() - started, 2),
+        padding_share=round(totals["padded_tokens"] / computed, 4) if computed else 0.0)
     with writing(f"the embedding column in {store.directory}"):
         return add_embedding_column(splits, vectors_path, encoder.dim, key), stats

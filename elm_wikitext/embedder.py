@@ -12,7 +12,6 @@ The recipe comes from the output's manifest.json, or from the `embedding:` block
 card (README.md) of a Hub repo or of a downloaded copy of one.
 """
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -24,7 +23,9 @@ from tqdm.auto import tqdm
 
 from .encode import DTYPES, embed_rows, load_encoder, load_tokenizer, model_identity, token_batches
 from .errors import BuildError
-from .publish import MANIFEST_FILE, POOLING, embedding_recipe
+from .locations import is_local, looks_like_path
+from .manifest import POOLING
+from .output import CARD_FILE, MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,23 @@ def read_recipe(dataset: str, revision: str | None = None) -> dict:
             raise BuildError(f"revision={revision!r} names a version of a Hub dataset, but {dataset} "
                              "is a local directory: leave revision out")
         if (path / MANIFEST_FILE).is_file():
-            return _recipe_from_manifest(path / MANIFEST_FILE)
-        if (path / "README.md").is_file():
-            return _recipe_from_card(path / "README.md", dataset)
+            return _recipe_from_manifest(path)
+        if (path / CARD_FILE).is_file():
+            return _recipe_from_card(path / CARD_FILE, dataset)
         raise BuildError(f"{dataset} holds neither {MANIFEST_FILE} nor a dataset card (README.md): "
                          "pass build.py's --output, a downloaded copy of the Hub repo, or a Hub dataset id")
-    if path.exists() or dataset.startswith((".", "/", "~")) or dataset.count("/") != 1:
+    if is_local(dataset) or looks_like_path(dataset) or "/" not in dataset:  # a dataset id has an owner
         raise BuildError(f"{dataset} is neither a dataset directory nor a Hub dataset id (owner/name): "
                          "pass build.py's --output or a Hub dataset id")
     return _recipe_from_card(_download_card(dataset, revision), dataset)
 
 
-def _recipe_from_manifest(path: Path) -> dict:
-    stats = json.loads(path.read_text())["stats"]
-    if "embed" not in stats:
-        raise BuildError(f"{path.parent} holds no embeddings (a --stage text output): run "
-                         f"`python build.py --stage embed --output {path.parent}` first")
-    return _checked(embedding_recipe(stats["embed"]), str(path.parent))
+def _recipe_from_manifest(directory: Path) -> dict:
+    embed = read_manifest(directory).stats.embed
+    if embed is None:
+        raise BuildError(f"{directory} holds no embeddings (a --stage text output): run "
+                         f"`python build.py --stage embed --output {directory}` first")
+    return _checked(embed.recipe(), str(directory))
 
 
 def _recipe_from_card(card_path: Path | str, dataset: str) -> dict:
@@ -125,7 +126,7 @@ def _recipe_from_card(card_path: Path | str, dataset: str) -> dict:
 
 def _download_card(repo_id: str, revision: str | None) -> str:
     try:
-        return hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision)
+        return hf_hub_download(repo_id, CARD_FILE, repo_type="dataset", revision=revision)
     except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not cached
         raise BuildError(f"cannot fetch the card of {repo_id} (revision {revision or 'main'}): the Hub "
                          "is unreachable and no copy is cached; pass a downloaded copy of the repo") from None

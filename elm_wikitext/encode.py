@@ -25,7 +25,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 from .errors import BuildError
-from .hub import check_on_hub
+from .locations import check_on_hub, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def load_tokenizer(model: str, revision: str | None = None):
         if not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
             raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
                              "save the model's tokenizer there, or pass a Hub model id")
-    elif model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not `org/name`
+    elif looks_like_path(model):
         raise BuildError(f"--model {model} does not exist: pass a local model directory or a Hub model id")
     elif not constants.HF_HUB_OFFLINE:
         check_on_hub("--model", model, revision, "model", "pass a local model directory, or run once "

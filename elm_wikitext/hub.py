@@ -5,8 +5,6 @@ and README.md). `DatasetDict.push_to_hub` would split a large upload over severa
 write its own README; one commit keeps a version whole, and the staged folder is the same one
 the offline tests load with `load_dataset(folder)`. Only that commit is not retried (a retry could
 make a second commit); reads, the repo creation and the tag are idempotent and retried, bounded.
-
-Before any download, `check_on_hub` asks once whether the source or the model is there.
 """
 
 import logging
@@ -17,8 +15,7 @@ from pathlib import Path
 from datasets import Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import BuildError
@@ -28,22 +25,6 @@ log = logging.getLogger(__name__)
 REPO_NAME = "elm-wikitext2"
 RETRIES = 3
 VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
-
-
-def check_on_hub(option: str, repo_id: str, revision: str | None, repo_type: str, remedy: str) -> None:
-    """One quick request for the source or the model, so that an unreachable Hub or a wrong id
-    stops the build at once instead of after the download client's retries."""
-    try:
-        HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=10)
-    except GatedRepoError:
-        return  # it exists; the download says what access it needs
-    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise BuildError(f"{option} {repo_id} (revision {revision or 'main'}) is not a {repo_type} on the Hub "
-                         f"that you can see ({type(err).__name__}): check the id and {option}-revision, log "
-                         "in for a private one, or pass a local directory") from None
-    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
-        raise BuildError(f"cannot reach {option} {repo_id} on the Hub ({type(err).__name__}: {err}): "
-                         f"{remedy}") from None
 
 
 def _status(err: HfHubHTTPError) -> int | None:

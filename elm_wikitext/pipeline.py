@@ -1,22 +1,23 @@
-"""The build, composed in one place: source -> text -> split -> embed -> publish."""
+"""The build, composed in one place: source -> text -> split -> embed -> output (card, Hub)."""
 
 import contextlib
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from . import processes
+from .card import stage_hub_folder, token_counts, write_card
 from .embed import embed_splits, plan_chunks
 from .encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, load_tokenizer, row_flops
 from .errors import BuildError
-from .options import BuildOptions
 from .hub import preflight, push
-from .publish import (build_manifest, check_output_location, expected_features, output_lock, read_output,
-                      recover_output, remove_work_folder, stage_hub_folder, token_counts, work_path,
-                      write_output)
+from .locations import resolved
+from .manifest import TextStats, new_manifest
+from .options import BuildOptions
+from .output import (check_output_location, embed_work_folder, expected_features, hub_folder, output_lock,
+                     read_output, recover_output, remove_work_folder, write_output)
 from .source import is_raw, load_lines
 from .split import make_splits
 from .text import build_paragraphs
@@ -25,32 +26,27 @@ from .verify import check_vectors, verify
 log = logging.getLogger(__name__)
 
 
-def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False):
-    """The splits of clean paragraphs and the stage's statistics; with `keep_ids`, the token ids
-    too, for an embed stage in this process."""
+def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tuple:
+    """The splits of paragraphs, and the text stage's statistics (what the steps counted, and the
+    settings they ran with); with `keep_ids`, the token ids too, for an embed stage in this process."""
     started = time.perf_counter()
     lines = load_lines(options.source, options.source_config, options.source_revision)
-    paragraphs, stats = build_paragraphs(lines, tokenizer, options, keep_ids)
+    paragraphs, counts = build_paragraphs(lines, tokenizer, options, keep_ids)
     splits = make_splits(paragraphs, options)
-    stats.update(source=options.source, source_config=options.source_config,
-                 raw=is_raw(options.source_config),
-                 source_revision=options.source_revision, split_by=options.split_by,
-                 split=options.split, seed=options.seed, min_tokens=options.min_tokens,
-                 max_tokens=options.max_tokens, tokenizer=options.model,
-                 tokenizer_revision=options.model_revision,
-                 splits={name: len(ds) for name, ds in splits.items()},
-                 tokens={name: int(ds.data.column("token_count").to_numpy().sum()) for name, ds in splits.items()},
-                 seconds=round(time.perf_counter() - started, 2))
+    stats = TextStats(
+        **counts, source=options.source, source_config=options.source_config,
+        raw=is_raw(options.source_config), source_revision=options.source_revision,
+        split_by=options.split_by, split=options.split, seed=options.seed, min_tokens=options.min_tokens,
+        max_tokens=options.max_tokens, tokenizer=options.model, tokenizer_revision=options.model_revision,
+        splits={name: len(ds) for name, ds in splits.items()},
+        tokens={name: int(ds.data.column("token_count").to_numpy().sum()) for name, ds in splits.items()},
+        seconds=round(time.perf_counter() - started, 2))
     return splits, stats
 
 
 def with_local_paths_resolved(options: BuildOptions) -> BuildOptions:
     """Local --source and --model as absolute paths: the manifest and the card then name them
     whatever directory a later --verify or --stage embed runs from."""
-    def resolved(value: str) -> str:
-        path = Path(value).expanduser()
-        return str(path.resolve()) if value and path.exists() else value
-
     return dataclasses.replace(options, source=resolved(options.source), model=resolved(options.model))
 
 
@@ -61,16 +57,16 @@ TEXT_SETTINGS = {"source": "source", "source_config": "source_config", "source_r
                  "model_revision": "tokenizer_revision"}
 
 
-def with_text_settings(options: BuildOptions, text: dict) -> BuildOptions:
+def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
     """`--stage embed` continues the text stage: an option left at its default takes the text
     stage's value from the manifest; one given otherwise must agree with it. Another --model is
     allowed: the embed stage checks that its tokenizer counts the text stage's tokens."""
     defaults, taken = BuildOptions(), {}
-    other_model = options.model not in (defaults.model, text.get("tokenizer"))
+    other_model = options.model not in (defaults.model, text.tokenizer)
     for option, key in TEXT_SETTINGS.items():
-        if key not in text or (other_model and option in ("model", "model_revision")):
+        if not text.recorded(key) or (other_model and option in ("model", "model_revision")):
             continue  # an output from before this setting was recorded, or another model's own
-        given, recorded = getattr(options, option), text[key]
+        given, recorded = getattr(options, option), getattr(text, key)
         if given != getattr(defaults, option) and given != recorded:
             flag = "--" + option.replace("_", "-")
             raise BuildError(f"{flag} {given} contradicts the text stage of --output {options.output}, "
@@ -81,7 +77,8 @@ def with_text_settings(options: BuildOptions, text: dict) -> BuildOptions:
 
 def build(options: BuildOptions, api=None) -> dict | None:
     """Run the stages that `options.stage` asks for, then publish if asked; return the
-    statistics (main process). `api` is the Hub client (a stand-in in tests)."""
+    statistics as JSON, as the manifest holds them, and the published version's line (main
+    process). `api` is the Hub client (a stand-in in tests)."""
     options = with_local_paths_resolved(options)
     check_output_location(options.output, **{"--source": options.source, "--model": options.model})
     if options.dry_run:  # one plan, from the main process
@@ -97,8 +94,8 @@ def _build(options: BuildOptions, api) -> dict | None:
     processes.wait_for_everyone()  # the others read the output only once it is whole again
     if options.stage == "embed":  # the text stage's output, and the settings it was made with
         splits, manifest = read_output(options.output)
-        options = with_text_settings(options, manifest["stats"]["text"])
-        stats = {"text": manifest["stats"]["text"]}
+        options = with_text_settings(options, manifest.stats.text)
+        text = manifest.stats.text
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model the pooling does not fit is refused before the text stage
@@ -111,19 +108,21 @@ def _build(options: BuildOptions, api) -> dict | None:
     else:
         earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
         with processes.main_first():  # the others reuse the main process's cached maps
-            splits, stats = text_stage(options, tokenizer, keep_ids=options.stage == "all")
-        stats = {"text": stats}
+            splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
+    embed = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
-        splits, stats["embed"] = embed_splits(splits, tokenizer, options, earlier)
+        splits, embed = embed_splits(splits, tokenizer, options, earlier)
     if not processes.is_main():
         return None
-    if options.stage != "text":  # the build's own gate: no vector that --verify would refuse is written
-        check_vectors_before_writing(splits, stats["embed"]["dim"], options.output)
-    write_output(splits, build_manifest(options, stats), options.output)
+    if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
+        check_vectors_before_writing(splits, embed.dim, options.output)
+    manifest = new_manifest(options, text, embed)
+    write_output(splits, manifest, options.output, card=write_card if embed is not None else None)
+    stats = manifest.stats.to_json()
     if options.push:
         stats["published"] = publish(options, repo_id, api)
-    if options.stage != "text":  # only now: a rerun after a failed upload finds every vector done
-        remove_work_folder(work_path(options.output, ".embed-work"))
+    if embed is not None:  # only now: a rerun after a failed upload finds every vector done
+        remove_work_folder(embed_work_folder(options.output))
     return stats
 
 
@@ -138,7 +137,7 @@ def earlier_output(output: str) -> tuple | None:
 def check_vectors_before_writing(splits, dim: int, output: str) -> None:
     problems = check_vectors(splits, dim)
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
-        remove_work_folder(work_path(output, ".embed-work"))
+        remove_work_folder(embed_work_folder(output))
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
 
@@ -153,14 +152,14 @@ def plan(options: BuildOptions) -> dict:
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
                                   options.plan_gpus, options.plan_gpu)
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
-                     "paragraphs": text["splits"], "dropped": text["dropped"], "tokens": int(lengths.sum()),
+                     "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
 
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:
     """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
     verify(options.output, options.model)
-    folder = stage_hub_folder(options.output, work_path(options.output, ".hub"), repo_id, options.version)
+    folder = stage_hub_folder(options.output, hub_folder(options.output), repo_id, options.version)
     line = push(folder, repo_id, options.version, options.private, api)
     remove_work_folder(folder)
     return line

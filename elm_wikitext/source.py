@@ -11,7 +11,7 @@ import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 from .errors import BuildError
-from .hub import check_on_hub
+from .locations import check_on_hub, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def load_lines(source: str, config: str, revision: str | None = None) -> Dataset
         lines = _load_local(path, config)
     elif path.exists():
         raise BuildError(f"--source {source} is a file: pass the directory that holds it")
-    elif _looks_like_path(source):
+    elif looks_like_path(source, file_like=True):
         raise BuildError(f"--source {source} does not exist: pass a directory holding "
                          f"{', '.join(archive_files(config))} or parquet files, or a Hub dataset id")
     else:
@@ -47,11 +47,6 @@ def load_lines(source: str, config: str, revision: str | None = None) -> Dataset
         raise BuildError(f"--source {source} holds no text: point it at a non-empty WikiText copy")
     log.info("source %s: %d lines", source, len(lines))
     return lines
-
-
-def _looks_like_path(source: str) -> bool:
-    # A Hub id is `name` or `org/name`; anything else that is not a directory is a missing path.
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix != ""
 
 
 def _all_blank(lines: Dataset) -> bool:

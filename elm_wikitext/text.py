@@ -7,7 +7,6 @@ corpus in memory is a few numbers per line, so memory does not grow with the tex
 has a reason, and the reasons are counted.
 """
 
-import hashlib
 import itertools
 import logging
 import os
@@ -16,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value
-from datasets.fingerprint import Hasher
 
 from .detokenize import detokenize
 from .errors import BuildError
+from .keys import step_fingerprint, text_id
 from .rows import take_rows
 
 log = logging.getLogger(__name__)
@@ -28,9 +27,10 @@ PARAGRAPH_FEATURES = Features({
     "text": Value("string"), "article_id": Value("int32"), "article": Value("string"),
     "section": Value("string")})
 DROP_REASONS = ("empty", "low_quality", "unknown_words", "duplicate", "too_short", "too_long")
-# Part of every text step's cache key: bump it when a step's output changes (not for comments or
-# refactors), so that no cached result of the old code is reused. tests/test_text.py holds a
-# digest of the sample's cleaned paragraphs tied to this number, and fails until both agree.
+# Part of every text step's cache key (keys.step_fingerprint): bump it when a step's output
+# changes (not for comments or refactors), so that no cached result of the old code is reused.
+# tests/test_text.py holds a digest of the sample's cleaned paragraphs tied to this number, and
+# fails until both agree.
 TEXT_VERSION = 2
 
 # Never text: control characters (NUL included; tabs and line ends are spaces) and the byte-order
@@ -104,7 +104,8 @@ def outline_corpus(lines: Dataset) -> tuple[dict, dict]:
     corpus is a few numbers per line and the headings' titles."""
     kinds = lines.with_format("arrow").map(
         line_kinds, batched=True, batch_size=BATCH_LINES, remove_columns=lines.column_names,
-        features=LINE_KINDS, desc="Finding headings", new_fingerprint=step_fingerprint(lines, line_kinds))
+        features=LINE_KINDS, desc="Finding headings",
+        new_fingerprint=step_fingerprint(lines, line_kinds, TEXT_VERSION))
     level = kinds.data.column("level").to_numpy()
     headings = np.flatnonzero(level > 0)
     labels = outline(level)
@@ -139,11 +140,6 @@ def quality_reasons(column: pa.Array) -> pa.Array:
 
 def quality_reason(text: str) -> str:
     return quality_reasons(pa.array([text], pa.string()))[0].as_py()
-
-
-def text_id(text: str) -> str:
-    """The same paragraph gets the same id on any machine and in any run."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def clean_labels(article_id: np.ndarray, article_line: np.ndarray, section_line: np.ndarray,
@@ -211,8 +207,9 @@ def prepare_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = Fals
         num_proc=options.num_proc or default_workers(len(lines)),
         remove_columns=lines.column_names, features=Features(features), desc="Cleaning and counting",
         fn_kwargs={**labels, **settings},
-        new_fingerprint=step_fingerprint(lines, paragraph_batch, tokenizer.name_or_path, len(tokenizer),
-                                         options.model_revision, options.min_tokens, options.max_tokens, keep_ids))
+        new_fingerprint=step_fingerprint(lines, paragraph_batch, TEXT_VERSION, tokenizer.name_or_path,
+                                         len(tokenizer), options.model_revision, options.min_tokens,
+                                         options.max_tokens, keep_ids))
     return paragraphs.with_format(None), counts
 
 
@@ -258,15 +255,3 @@ def build_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False)
     stats["unknown_words"] = {"words": int(unknown.sum()), "paragraphs": int((unknown > 0).sum())}
     assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values())
     return take_rows(paragraphs.remove_columns(["drop", "unknown_words"]), reasons == "", "Keeping"), stats
-
-
-def step_fingerprint(ds: Dataset, step, *params) -> str:
-    """datasets' cache key for `step` applied to `ds` with `params`.
-
-    datasets hashes a function imported from a package by its name alone, so an edited step would
-    reuse stale cached results; this key adds TEXT_VERSION, bumped when a step's output changes
-    (a step of another stage passes its own version in `params`). It also spares datasets
-    pickling what the step is given (a 151k-entry tokenizer hashes slowly).
-    """
-    # datasets keeps a dataset's fingerprint in `_fingerprint` only: it has no public name.
-    return Hasher.hash([ds._fingerprint, step.__module__, step.__qualname__, TEXT_VERSION, *params])

@@ -11,8 +11,9 @@ from datasets import DatasetDict
 
 from .encode import embed_ids, load_encoder, load_tokenizer
 from .errors import BuildError
-from .publish import MANIFEST_FILE, expected_features, manifest_checksum, read_output, split_checksum
-from .text import text_id
+from .keys import text_id
+from .manifest import Manifest, SplitEntry
+from .output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,18 @@ def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
     return ", ".join(split[int(i)]["text_id"] for i in rows[:limit]) + (" ..." if len(rows) > limit else "")
 
 
-def check_schema(splits: DatasetDict, manifest: dict) -> list[str]:
-    dim = manifest["stats"]["embed"]["dim"]
+def check_schema(splits: DatasetDict, manifest: Manifest) -> list[str]:
+    dim = manifest.stats.embed.dim
     return [f"{name}: features {dict(split.features)} differ from the published schema"
             for name, split in splits.items() if split.features != expected_features(dim)]
 
 
-def check_counts(splits: DatasetDict, manifest: dict) -> list[str]:
+def check_counts(splits: DatasetDict, manifest: Manifest) -> list[str]:
     problems = []
-    for name, expected in manifest["splits"].items():
-        if name not in splits or len(splits[name]) != expected["rows"]:
+    for name, expected in manifest.splits.items():
+        if name not in splits or len(splits[name]) != expected.rows:
             problems.append(f"{name}: {len(splits[name]) if name in splits else 'no'} rows, "
-                            f"the manifest says {expected['rows']}")
+                            f"the manifest says {expected.rows}")
     return problems
 
 
@@ -64,11 +65,11 @@ def check_vectors(splits: DatasetDict, dim: int) -> list[str]:
     return problems
 
 
-def check_files(splits: DatasetDict, manifest: dict, output: str) -> list[str]:
+def check_files(splits: DatasetDict, manifest: Manifest, output: str) -> list[str]:
     """Each split's Arrow files hash as the manifest recorded, and each text_id is its text's."""
     problems = [f"{name}: its files differ from the SHA-256 in the manifest (changed since the build)"
-                for name in splits if name in manifest["splits"] and _changed(Path(output) / name, manifest["splits"][name])]
-    if manifest.get("manifest_sha256", manifest_checksum(manifest)) != manifest_checksum(manifest):
+                for name in splits if name in manifest.splits and _changed(Path(output) / name, manifest.splits[name])]
+    if not manifest_intact(manifest):
         problems.append(f"{MANIFEST_FILE}: it differs from its SHA-256 (changed since the build)")
     for name, split in splits.items():
         wrong = np.array([text_id(text) != stored for text, stored
@@ -78,13 +79,12 @@ def check_files(splits: DatasetDict, manifest: dict, output: str) -> list[str]:
     return problems
 
 
-def _changed(directory: Path, entry: dict) -> bool:
+def _changed(directory: Path, entry: SplitEntry) -> bool:
     # Only the files the build wrote: datasets adds cache-*.arrow files beside them when a user
     # maps a split. (Outputs from before the list was recorded: every Arrow file but those.)
-    files = entry.get("files") or [path.name for path in directory.glob("*.arrow")
-                                   if not path.name.startswith("cache-")]
+    files = entry.files or [path.name for path in directory.glob("*.arrow") if not path.name.startswith("cache-")]
     try:
-        return split_checksum(directory, files) != entry["sha256"]
+        return split_checksum(directory, files) != entry.sha256
     except OSError:  # a file the build wrote is gone
         return True
 
@@ -108,14 +108,14 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     return problems
 
 
-def check_sample(splits: DatasetDict, manifest: dict, model: str | None, seed: int,
+def check_sample(splits: DatasetDict, manifest: Manifest, model: str | None, seed: int,
                  cosines: list | None = None) -> list[str]:
     """Re-embed a random sample one paragraph at a time and compare with the stored vectors;
     each row's cosine is added to `cosines`, where given."""
-    embed = manifest["stats"]["embed"]
-    model = model or embed["model"]
-    tokenizer = load_tokenizer(model, embed["model_revision"])
-    encoder = load_encoder(model, embed["model_revision"], embed["dtype"], embed["dim"], tokenizer.pad_token_id)
+    embed = manifest.stats.embed
+    model = model or embed.model
+    tokenizer = load_tokenizer(model, embed.model_revision)
+    encoder = load_encoder(model, embed.model_revision, embed.dtype, embed.dim, tokenizer.pad_token_id)
     rng = np.random.default_rng(seed)
     problems = []
     for name, split in splits.items():
@@ -135,15 +135,15 @@ def verify(output: str, model: str | None = None, option: str = "--output", seed
     `model` points at the weights where they are now (the manifest's path, by default); the
     re-embedded sample is drawn afresh each run unless `seed` is given."""
     splits, manifest = read_output(output, option)
-    stats = manifest["stats"]
-    if not isinstance(stats.get("embed"), dict) or not isinstance(manifest["splits"], dict):
+    stats = manifest.stats
+    if stats.embed is None:
         raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
     seed = secrets.randbits(32) if seed is None else seed
     problems, cosines = check_schema(splits, manifest), []
     if not problems:  # the other gates read the columns the schema promises
         problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
-                     + check_vectors(splits, stats["embed"]["dim"])
-                     + check_uniqueness(splits, stats["text"]["split_by"]))
+                     + check_vectors(splits, stats.embed.dim)
+                     + check_uniqueness(splits, stats.text.split_by))
     if not problems:  # the slow gate only for an output that passed the others
         log.info("re-embedding a sample drawn with seed %d", seed)
         problems += check_sample(splits, manifest, model, seed, cosines=cosines)

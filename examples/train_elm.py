@@ -14,7 +14,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from transformers import HfArgumentParser
 
 from elm_wikitext.loading import load_splits, shuffled_batches
+from elm_wikitext.locations import is_local, looks_like_path
 
 log = logging.getLogger("train_elm")
 BUILD_OUTPUT = "data/elm-wikitext2"  # build.py's default --output
@@ -47,8 +47,7 @@ class TrainArgs:
 def open_dataset(source: str, revision: Optional[str]):
     """`load_splits` of build.py's --output, a downloaded Hub repo or a Hub dataset id; a source
     that is none of these ends the run with one line that says so (exit status 2)."""
-    if not Path(source).exists() and (source == BUILD_OUTPUT or source.startswith((".", "/", "~"))
-                                      or source.count("/") > 1):  # a path, not `org/name`
+    if not is_local(source) and (source == BUILD_OUTPUT or looks_like_path(source)):
         refuse(f"--dataset {source} does not exist: run build.py first (it writes {BUILD_OUTPUT}) "
                "and pass its --output, or pass a Hub dataset id")
     try:

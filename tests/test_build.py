@@ -14,7 +14,7 @@ from datasets import load_from_disk
 
 from build import main
 from elm_wikitext.options import SPLIT_NAMES, BuildOptions
-from elm_wikitext.publish import MANIFEST_FILE
+from elm_wikitext.output import MANIFEST_FILE
 
 BUILD = Path(__file__).parents[1] / "build.py"
 

@@ -10,7 +10,7 @@ from datasets import load_from_disk
 
 from elm_wikitext.consistency import main, other_rows, semantic_consistency
 from elm_wikitext.embedder import Embedder
-from elm_wikitext.publish import stage_hub_folder
+from elm_wikitext.card import stage_hub_folder
 
 
 @pytest.fixture(scope="module")

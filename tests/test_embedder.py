@@ -10,7 +10,7 @@ from huggingface_hub import DatasetCard
 
 from elm_wikitext.embedder import Embedder
 from elm_wikitext.errors import BuildError
-from elm_wikitext.publish import stage_hub_folder
+from elm_wikitext.card import stage_hub_folder
 from elm_wikitext.tiny import make_tiny_model
 
 

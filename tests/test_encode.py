@@ -158,7 +158,7 @@ def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeyp
             response = SimpleNamespace(status_code=404, headers={}, request=None)
             raise RepositoryNotFoundError(f"404: {repo_id}", response=response)
 
-    monkeypatch.setattr("elm_wikitext.hub.HfApi", HubWithoutIt)
+    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubWithoutIt)
     monkeypatch.setattr("elm_wikitext.encode.constants.HF_HUB_OFFLINE", False)
     with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
                                          r"on the Hub.*check the id and --model-revision"):

@@ -184,7 +184,7 @@ def published_card(dim: int):
     from datasets.info import DatasetInfo
     from huggingface_hub import DatasetCardData
 
-    from elm_wikitext.publish import expected_features
+    from elm_wikitext.output import expected_features
 
     card = DatasetCardData()
     DatasetInfosDict({"default": DatasetInfo(features=expected_features(dim))}).to_dataset_card_data(card)

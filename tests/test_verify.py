@@ -7,7 +7,7 @@ import pytest
 from datasets import load_from_disk
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.publish import MANIFEST_FILE, manifest_checksum, split_checksum
+from elm_wikitext.output import MANIFEST_FILE, manifest_checksum, split_checksum
 from elm_wikitext.verify import verify
 
 

@@ -1,44 +1,40 @@
-"""Publish stage: the output directory, its card and manifest, and the versioned Hub upload.
+"""The output directory: every path and file of an output, and the folders beside it.
+
+Only this module names them: the data, manifest.json (the typed `manifest.Manifest`, read and
+written here), the card's files, and the work folders beside the output (the embedding's chunks
+in `OUTPUT.embed-work`, the Hub layout in `OUTPUT.hub`). It decides which folders the build may
+replace or delete: only ones it wrote.
 
 The output directory is written whole or not at all: everything goes to a temporary directory
 beside it, which is then swapped in, so a failed or interrupted run never leaves a half-written
-output and never damages an earlier one. The Hub upload is one commit of a folder staged in the
-Hub's layout (parquet shards under data/ and the card as README.md), then a tag on that commit.
+output and never damages an earlier one.
 """
 
-import dataclasses
 from contextlib import contextmanager
 import hashlib
 import json
 import logging
 import os
-import shlex
 import shutil
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock, Timeout
 from datasets import DatasetDict, Features, List, Value, load_from_disk
-from datasets.info import DatasetInfo, DatasetInfosDict
-from datasets.splits import SplitDict, SplitInfo
-from datasets.utils.metadata import MetadataConfigs
-from huggingface_hub import DatasetCard, DatasetCardData
 
 from .errors import BuildError
+from .locations import is_local
+from .manifest import OUTPUT_MARKER, Manifest, SplitEntry
 from .options import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+CARD_FILE = "README.md"
 HISTOGRAM_FILE = "token_lengths.png"
-CARD_TEMPLATE = Path(__file__).with_name("dataset_card.md")  # package data: ships in the wheel
-HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
-# The Hub's advice for parquet files: at most about 500 MB each (the viewer and readers fetch
-# whole files). Parquet of these rows is no larger than their Arrow form, which sizes the shards.
-MAX_SHARD_BYTES = 500_000_000
-POOLING = "last_token_l2"  # encode.py's: the appended end-of-text token's state, L2-normalized
+# The work folders beside OUTPUT: the embedding's chunks, and the Hub layout being uploaded.
+EMBED_WORK = ".embed-work"
+HUB_LAYOUT = ".hub"
+HUB_DATA = "data"  # the Hub layout's folder of parquet shards
 
 
 def expected_features(dim: int | None) -> Features:
@@ -50,14 +46,11 @@ def expected_features(dim: int | None) -> Features:
     return Features(features)
 
 
-# Only a build writes a manifest with this key: it is what makes a directory ours to replace.
-OUTPUT_MARKER = "elm_wikitext_output"
-OUTPUT_FORMAT = 1
 # What a build writes at the top of an output; anything else there belongs to someone else.
-OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, "README.md", HISTOGRAM_FILE, *SPLIT_NAMES}
+OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, CARD_FILE, HISTOGRAM_FILE, *SPLIT_NAMES}
 # A file that marks the work folders a build makes (the embedding's chunks, a staging output).
 WORK_MARKER = ".elm-wikitext-work"
-HUB_ENTRIES = {"data", "README.md", HISTOGRAM_FILE}
+HUB_ENTRIES = {HUB_DATA, CARD_FILE, HISTOGRAM_FILE}
 
 
 def output_path(output: str) -> Path:
@@ -72,10 +65,31 @@ def output_path(output: str) -> Path:
         raise BuildError(f"--output {output} cannot be resolved ({err}): pass a directory path") from None
 
 
-def work_path(output: str, suffix: str) -> Path:
+def _work_path(output: str, suffix: str) -> Path:
     """A work folder beside the output, e.g. `OUTPUT.embed-work`."""
     target = output_path(output)
     return target.parent / f"{target.name}{suffix}"
+
+
+def embed_work_folder(output: str) -> Path:
+    """Where the embedding's finished chunks wait, one folder per work key, until the output is
+    written (a rerun resumes from them)."""
+    return _work_path(output, EMBED_WORK)
+
+
+def hub_folder(output: str) -> Path:
+    """Where the output is staged in the Hub's layout for an upload."""
+    return _work_path(output, HUB_LAYOUT)
+
+
+def hub_shard(folder: Path, split: str, index: int, shards: int) -> Path:
+    """A parquet shard of the Hub layout, as the card's `hub_data_files` patterns find it."""
+    return folder / HUB_DATA / f"{split}-{index:05d}-of-{shards:05d}.parquet"
+
+
+def hub_data_files(split: str) -> str:
+    """The pattern, relative to the Hub layout, of a split's shards."""
+    return f"{HUB_DATA}/{split}-*"
 
 
 def check_output_location(output: str, **inputs: str) -> None:
@@ -86,11 +100,10 @@ def check_output_location(output: str, **inputs: str) -> None:
     if target.exists() and not target.is_dir():
         raise BuildError(f"--output {output} is a file: pass a directory path")
     for option, path in inputs.items():
-        if path and Path(path).expanduser().exists():
+        if is_local(path):
             _check_apart(output, target, option, path)
     check_replaceable(target, output)
-    for suffix, owned in ((".embed-work", _is_work_folder), (".hub", _is_hub_folder)):
-        folder = work_path(output, suffix)
+    for folder, owned in ((embed_work_folder(output), _is_work_folder), (hub_folder(output), _is_hub_folder)):
         if folder.exists() and not owned(folder):
             raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
                              "move it away, or pass another --output")
@@ -152,7 +165,16 @@ def _is_work_folder(folder: Path) -> bool:
 def _is_hub_folder(folder: Path) -> bool:
     # The Hub layout holds only what stage_hub_folder writes: parquet shards, the card, the plot.
     return (folder.is_dir() and {path.name for path in folder.iterdir()} <= HUB_ENTRIES
-            and all(path.suffix == ".parquet" for path in (folder / "data").glob("*")))
+            and all(path.suffix == ".parquet" for path in (folder / HUB_DATA).glob("*")))
+
+
+def make_hub_folder(folder: Path) -> None:
+    """An empty Hub layout at `folder`, replacing one an earlier upload left (and nothing else)."""
+    if folder.exists() and not _is_hub_folder(folder):
+        raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
+                         "move it away, then rerun")
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / HUB_DATA).mkdir(parents=True)
 
 
 def make_work_folder(folder: Path) -> Path:
@@ -193,39 +215,6 @@ def output_lock(output: str):
         lock.release()
 
 
-def package_versions() -> dict:
-    versions = {}
-    for name in ("elm-wikitext", "datasets", "transformers", "torch", "accelerate", "huggingface-hub", "pyarrow"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def build_manifest(options, stats: dict) -> dict:
-    """Everything needed to know how the output was made (never the Hub token)."""
-    return {OUTPUT_MARKER: OUTPUT_FORMAT, "config": dataclasses.asdict(options),
-            "versions": package_versions(), "stats": stats, "command": rebuild_command(options),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-# Options that say where or whether to publish, or how fast to work: not what the data is.
-NOT_REBUILDING = {"stage", "push", "repo_id", "version", "private", "verify", "dry_run", "num_proc"}
-
-
-def rebuild_command(options) -> str:
-    """One command that builds this output again from scratch: every option that differs from
-    its default (a `--stage embed` run's options include the text stage's, from its manifest)."""
-    defaults = type(options)()
-    words = ["python", "build.py"]
-    for field in dataclasses.fields(options):
-        value = getattr(options, field.name)
-        if field.name not in NOT_REBUILDING and value != getattr(defaults, field.name):
-            words += [f"--{field.name.replace('_', '-')}", shlex.quote(str(value))]
-    return " ".join(words)
-
-
 def publishable(splits: DatasetDict) -> DatasetDict:
     """The published columns, in their order (the token ids stay behind)."""
     columns = list(expected_features(None)) + (["embedding"] if "embedding" in splits["train"].column_names else [])
@@ -241,19 +230,20 @@ def split_checksum(directory: Path, files: list[str] | None = None) -> str:
     return digest.hexdigest()
 
 
-def write_output(splits: DatasetDict, manifest: dict, output: str) -> Path:
-    """Save the DatasetDict, manifest, card and histogram to `output`, whole or not at all."""
+def write_output(splits: DatasetDict, manifest: Manifest, output: str, card=None) -> Path:
+    """Save the DatasetDict, manifest and, where `card` is given, the card to `output`, whole or
+    not at all. `card(splits, manifest, folder)` writes the card's files into `folder`."""
     target = output_path(output)
     staging = target.parent / f".{target.name}.writing-{os.getpid()}"
     try:
         make_work_folder(staging)  # marked first, so that only this build's staging is ever removed
         splits = publishable(splits)
         splits.save_to_disk(str(staging))
-        manifest["splits"] = {name: _split_entry(staging / name, len(split)) for name, split in splits.items()}
-        manifest["manifest_sha256"] = manifest_checksum(manifest)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if "embedding" in splits["train"].column_names:
-            write_card(splits, manifest, staging)
+        manifest.splits = {name: _split_entry(staging / name, len(split)) for name, split in splits.items()}
+        manifest.manifest_sha256 = manifest_checksum(manifest.to_json())
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        if card is not None:
+            card(splits, manifest, staging)
         (staging / WORK_MARKER).unlink()
         _swap_into_place(staging, target, output)
     except OSError as err:  # a read-only or full location: the earlier output is still whole
@@ -272,9 +262,14 @@ def manifest_checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _split_entry(directory: Path, rows: int) -> dict:
+def manifest_intact(manifest: Manifest) -> bool:
+    """Whether the manifest matches its own checksum (one from before it was recorded does)."""
+    return not manifest.recorded("manifest_sha256") or manifest.manifest_sha256 == manifest_checksum(manifest.to_json())
+
+
+def _split_entry(directory: Path, rows: int) -> SplitEntry:
     files = sorted(path.name for path in directory.glob("*.arrow"))
-    return {"rows": rows, "files": files, "sha256": split_checksum(directory, files)}
+    return SplitEntry(rows=rows, files=files, sha256=split_checksum(directory, files))
 
 
 def recover_output(output: str) -> None:
@@ -307,7 +302,7 @@ def _swap_into_place(staging: Path, target: Path, output: str) -> None:
 REQUIRED_MANIFEST = {"config": dict, "stats": dict, "splits": dict}
 
 
-def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, dict]:
+def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, Manifest]:
     """An output written earlier by this build, and its manifest, each part checked before use:
     `option` names where the path came from in the one line a problem gets."""
     directory = Path(output)
@@ -331,7 +326,17 @@ def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, dic
     if problem:
         raise BuildError(f"{option} {output} is not a whole output of this build ({problem}): rebuild "
                          "it with python build.py --stage all, or pass another directory")
-    return splits, manifest
+    return splits, Manifest.from_json(manifest)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """The manifest of an output this build wrote, or one line saying why it cannot be read."""
+    manifest = _load_manifest(directory)
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise BuildError(f"{directory} is not a whole output of this build ({problem}): rebuild it "
+                         "with python build.py --stage all, or pass another directory")
+    return Manifest.from_json(manifest)
 
 
 def _manifest_problem(manifest) -> str | None:
@@ -340,9 +345,10 @@ def _manifest_problem(manifest) -> str | None:
     if not _is_our_manifest(manifest):
         return f"its {MANIFEST_FILE} was not written by this build"
     wrong = [key for key, kind in REQUIRED_MANIFEST.items() if not isinstance(manifest.get(key), kind)]
-    if wrong or not isinstance(manifest["stats"].get("text"), dict):
-        return f"its {MANIFEST_FILE} lacks {wrong or ['stats.text']}"
-    return None
+    if not wrong:  # the records inside, which Manifest.from_json reads as objects
+        wrong = ["stats.text"] if not isinstance(manifest["stats"].get("text"), dict) else [
+            f"splits.{name}" for name, entry in manifest["splits"].items() if not isinstance(entry, dict)]
+    return f"its {MANIFEST_FILE} lacks {wrong}" if wrong else None
 
 
 def _columns_problem(splits: DatasetDict) -> str | None:
@@ -350,117 +356,3 @@ def _columns_problem(splits: DatasetDict) -> str | None:
         return f"its splits are {list(splits)}, not {list(SPLIT_NAMES)}"
     missing = [name for name in expected_features(None) if name not in splits["train"].column_names]
     return f"it lacks the columns {missing}" if missing else None
-
-
-def token_counts(splits: DatasetDict) -> np.ndarray:
-    return np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
-
-
-def token_histogram(splits: DatasetDict, min_tokens: int, max_tokens: int) -> list[dict]:
-    """Rows per token-length bucket, the buckets spanning the run's --min-tokens..--max-tokens."""
-    edges = sorted({min_tokens, max_tokens + 1, *(e for e in HISTOGRAM_EDGES if min_tokens < e <= max_tokens)})
-    counts, _ = np.histogram(token_counts(splits), edges)
-    return [{"range": f"{low}-{high - 1}", "count": int(count)}
-            for low, high, count in zip(edges, edges[1:], counts)]
-
-
-def save_histogram(splits: DatasetDict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render straight to the file
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7, 3.2), dpi=100)
-    axes.hist(token_counts(splits), bins=60, color="#4a7ab5")
-    axes.set(xlabel="tokens per paragraph", ylabel="paragraphs", title="Token lengths (all splits)")
-    figure.tight_layout()
-    figure.savefig(path)
-    pyplot.close(figure)
-
-
-def embedding_recipe(embed: dict) -> dict:
-    """How the vectors were made, as `elm_wikitext.embedder.Embedder.from_dataset` reads it back
-    from the manifest or from the card: model, its weights' identity (a Hub commit, or the SHA-256
-    of a local directory's files), dtype, dim and pooling."""
-    return {"model": embed["model"], "model_revision": embed["model_revision"],
-            "model_weights": embed.get("model_weights"),  # absent from builds before it was recorded
-            "dtype": embed["dtype"], "dim": embed["dim"], "pooling": POOLING}
-
-
-def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str,
-                  recipe: dict | None = None) -> DatasetCardData:
-    """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
-    `load_dataset` reads, made by datasets' own helpers so they match the data; and the
-    embedding's recipe, so that a copy of the Hub folder alone can embed new text the same way."""
-    rows = sum(len(split) for split in splits.values())
-    card_data = DatasetCardData(
-        license=["cc-by-sa-3.0", "gfdl"], language=["en"], pretty_name=pretty_name,
-        task_categories=["feature-extraction", "text-generation"],
-        size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
-                         "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
-        source_datasets=[source] if _on_hub(source) else None,  # a local copy: unknown
-        tags=["embeddings", "elm", "wikitext"], embedding=recipe)
-    # num_bytes: each split's size in Arrow, as datasets records it when it writes a split.
-    sizes = {name: split.data.nbytes for name, split in splits.items()}
-    info = DatasetInfo(features=expected_features(dim), dataset_size=sum(sizes.values()), splits=SplitDict(
-        {name: SplitInfo(name=name, num_examples=len(split), num_bytes=sizes[name])
-         for name, split in splits.items()}))
-    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    MetadataConfigs({"default": {"data_files": [
-        {"split": name, "path": f"data/{name}-*"} for name in SPLIT_NAMES]}}).to_dataset_card_data(card_data)
-    return card_data
-
-
-def render_card(splits: DatasetDict, manifest: dict, repo_id: str = "<your-name>/elm-wikitext2",
-                version: str = "v1.0.0") -> DatasetCard:
-    # The text stage's facts come from its own statistics: a later `--stage embed` run's options
-    # say nothing of the source or the length limits the text was made with.
-    text, embed = manifest["stats"]["text"], manifest["stats"]["embed"]
-    config = text["source_config"]  # for a local folder too: it chose the .raw or .tokens files
-    on_hub = _on_hub(text["source"]) and config.startswith("wikitext-")
-    corpus = "WikiText-" + config.split("-")[1] if on_hub else "WikiText"
-    pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed['model']).name} vectors"
-    return DatasetCard.from_template(
-        card_metadata(splits, embed["dim"], text["source"], pretty_name, embedding_recipe(embed)),
-        template_path=str(CARD_TEMPLATE),
-        pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
-        model=embed["model"],
-        model_revision=(embed["model_revision"] or "main") if _on_hub(embed["model"]) else None,
-        dim=embed["dim"], dim_cut=manifest["config"]["dim"] is not None, dtype=embed["dtype"],
-        recomputed=embed["recomputed_float32"], max_tokens=text["max_tokens"], source=text["source"],
-        source_config=config, raw=text["raw"], text=text,
-        histogram=token_histogram(splits, text["min_tokens"], text["max_tokens"]),
-        command=manifest["command"], versions=manifest["versions"], created=manifest["created"],
-        splits=[{"name": name, "rows": len(split), "tokens": text["tokens"][name]}
-                for name, split in splits.items()])
-
-
-def _on_hub(repo: str) -> bool:
-    # A Hub id has a config and a revision to report; a local directory has neither.
-    return not Path(repo).exists()
-
-
-def write_card(splits: DatasetDict, manifest: dict, directory: Path, **hub) -> None:
-    render_card(splits, manifest, **hub).save(directory / "README.md")
-    save_histogram(splits, directory / HISTOGRAM_FILE)
-
-
-def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str,
-                     max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram.
-    Each split is cut into contiguous shards of equal rows, as many as its Arrow bytes over
-    `max_shard_bytes` (rows differ little in size: the vector dominates); the card's
-    `data/{split}-*` patterns find them all."""
-    splits, manifest = read_output(output)
-    if folder.exists() and not _is_hub_folder(folder):
-        raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
-                         "move it away, then rerun")
-    shutil.rmtree(folder, ignore_errors=True)
-    (folder / "data").mkdir(parents=True)
-    for name, split in splits.items():
-        shards = max(1, -(-split.data.nbytes // max_shard_bytes))
-        for index in range(shards):
-            split.shard(shards, index, contiguous=True).to_parquet(
-                folder / "data" / f"{name}-{index:05d}-of-{shards:05d}.parquet")
-    write_card(splits, manifest, folder, repo_id=repo_id, version=version)
-    return folder

@@ -1,0 +1,54 @@
+"""Where a source, a model or a dataset lives: a local path, or an id on the Hugging Face Hub.
+
+Every stage that takes such a name asks here, so that the rule is written once: a name that
+exists on disk is a local path; a name that cannot be a Hub id (`name` or `owner/name`) is a
+missing local path; anything else is a Hub id, checked with one quick request before a download.
+"""
+
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+from .errors import BuildError
+
+
+def is_local(name: str) -> bool:
+    """Whether `name` is a file or directory on this machine (`~` expanded)."""
+    return bool(name) and Path(name).expanduser().exists()
+
+
+def on_hub(name: str) -> bool:
+    """Whether `name` is a Hub id: it has a config and a revision to report, a local path neither."""
+    return not is_local(name)
+
+
+def looks_like_path(name: str, file_like: bool = False) -> bool:
+    """Whether `name`, not found on disk, can only be a missing local path: it starts with `.`,
+    `/` or `~`, or holds more than one `/`. With `file_like`, a name with a file extension
+    (`wiki.train.raw`) counts as a path too: a dataset id has none, where a model's may
+    (`Qwen/Qwen3-Embedding-0.6B`)."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1
+            or (file_like and Path(name).suffix != ""))
+
+
+def resolved(name: str) -> str:
+    """A local path as an absolute one (a record of it then holds from any working directory);
+    a Hub id as it is."""
+    return str(Path(name).expanduser().resolve()) if is_local(name) else name
+
+
+def check_on_hub(option: str, repo_id: str, revision: str | None, repo_type: str, remedy: str) -> None:
+    """One quick request for the source or the model, so that an unreachable Hub or a wrong id
+    stops the build at once instead of after the download client's retries."""
+    try:
+        HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=10)
+    except GatedRepoError:
+        return  # it exists; the download says what access it needs
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise BuildError(f"{option} {repo_id} (revision {revision or 'main'}) is not a {repo_type} on the Hub "
+                         f"that you can see ({type(err).__name__}): check the id and {option}-revision, log "
+                         "in for a private one, or pass a local directory") from None
+    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
+        raise BuildError(f"cannot reach {option} {repo_id} on the Hub ({type(err).__name__}: {err}): "
+                         f"{remedy}") from None
