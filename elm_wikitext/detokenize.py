@@ -53,6 +53,7 @@ SPACE_AFTER = re.compile(r" (?:(?<=[(\[{~] )|(?<=[$£€¥₤₹] )(?=[\d<]))")
 FEET_INCHES = re.compile(r"(?<=\d) (') (\d+) (\")")
 # A tokenizer's quote mark stands alone between spaces; this pass decides which way each faces.
 QUOTE_TOKENS = {'"', "'", "‘", "’", "“", "”"}
+CURLY = {"‘", "’", "“", "”"}  # each faces one way
 CLOSING = re.compile(r"^(?:[,;:!?)\]}]|\.(?!\.\.))")  # an ellipsis can open a quote
 DECADE = re.compile(r"^\d\d(?:s\b|$)")  # ' 70s, ' 65
 WORD_END = re.compile(r"(?:[^\W_]|>)$")
@@ -81,28 +82,23 @@ def detokenize(line: str) -> str:
 def attach_quotes(tokens: list[str]) -> str:
     """Join the tokens, closing up each quote mark on the side it faces: an opening mark to the
     word after it, a closing mark, a plural possessive (`Knights '`) to the word before it."""
-    glue_after = [False] * len(tokens)  # no space between token i and i + 1
+    glued = set()  # i: no space between token i and i + 1
     for i, role in _quote_roles(tokens).items():
         if role == "open" and i + 1 < len(tokens):
-            glue_after[i] = True
+            glued.add(i)
         elif role == "close" and i > 0:
-            glue_after[i - 1] = True
-    pieces = []
-    for token, glued in zip(tokens, glue_after):
-        pieces += [token, "" if glued else " "]
-    return "".join(pieces).rstrip()
+            glued.add(i - 1)
+    for i in sorted(glued, reverse=True):  # from the right, so that a run of them joins whole
+        tokens[i:i + 2] = [tokens[i] + tokens[i + 1]]
+    return " ".join(tokens)
 
 
 def _quote_roles(tokens: list[str]) -> dict[int, str]:
     """Which way each standalone quote mark faces: `open`, `close`, or `none` (left spaced)."""
-    roles = {}
-    for i, token in enumerate(tokens):
-        if token in ("‘", "“"):
-            roles[i] = "open"
-        elif token in ("’", "”"):
-            roles[i] = "close"
-    roles.update(_pair_marks(tokens, [i for i, t in enumerate(tokens) if t == '"'], apostrophes=False))
-    roles.update(_pair_marks(tokens, [i for i, t in enumerate(tokens) if t == "'"], apostrophes=True))
+    marks = [(i, token) for i, token in enumerate(tokens) if token in QUOTE_TOKENS]
+    roles = {i: "open" if token in ("‘", "“") else "close" for i, token in marks if token in CURLY}
+    roles.update(_pair_marks(tokens, [i for i, token in marks if token == '"'], apostrophes=False))
+    roles.update(_pair_marks(tokens, [i for i, token in marks if token == "'"], apostrophes=True))
     return roles
 
 

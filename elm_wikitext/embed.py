@@ -29,6 +29,7 @@ from .keys import step_fingerprint
 from .manifest import EmbedStats, Manifest
 from .options import SPLIT_NAMES
 from .output import embed_work_folder, make_work_folder
+from .tokens import token_ids
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def embed_chunk(encoder: Encoder, ids: list[list[int]], budget: int, counts: dic
 
 
 def tokenize(batch: dict, tokenizer) -> dict:
-    return {"input_ids": tokenizer(batch["text"], add_special_tokens=True)["input_ids"]}
+    return {"input_ids": token_ids(batch["text"], tokenizer)}
 
 
 def with_token_ids(paragraphs: Dataset, tokenizer, options) -> Dataset:

@@ -21,11 +21,12 @@ from huggingface_hub import DatasetCard, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from tqdm.auto import tqdm
 
-from .encode import DTYPES, embed_rows, load_encoder, load_tokenizer, model_identity, token_batches
+from .encode import DTYPES, embed_rows, load_encoder, model_identity, token_batches
 from .errors import BuildError
 from .locations import is_local, looks_like_path
 from .manifest import POOLING
 from .output import CARD_FILE, MANIFEST_FILE, read_manifest
+from .tokens import load_tokenizer, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Embedder:
         texts = list(texts)
         if not texts:  # the tokenizer refuses an empty batch
             return np.empty((0, self.dim), dtype=np.float32)
-        ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]  # appends end-of-text
+        ids = token_ids(texts, self.tokenizer)  # appends end-of-text
         lengths = np.array([len(row) for row in ids], dtype=np.int64)
         vectors = np.empty((len(ids), self.dim), dtype=np.float32)
         # A text longer than the budget gets a batch of its own rather than a refusal.

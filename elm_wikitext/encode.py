@@ -18,14 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 from .errors import BuildError
-from .locations import check_on_hub, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +40,6 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 # (rows, length), and nearly every batch here is one: a quarter of a build's embedding time on an
 # H100 (README). Its other fused kernels have no such cost.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
-def load_tokenizer(model: str, revision: str | None = None):
-    """The model's tokenizer; the first thing a build fetches of the model, so a Hub id is checked
-    here with one quick request."""
-    from_hub = not Path(model).is_dir()
-    if not from_hub:
-        if not any((Path(model) / name).is_file() for name in TOKENIZER_FILES):
-            raise BuildError(f"--model {model} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
-                             "save the model's tokenizer there, or pass a Hub model id")
-    elif looks_like_path(model):
-        raise BuildError(f"--model {model} does not exist: pass a local model directory or a Hub model id")
-    elif not constants.HF_HUB_OFFLINE:
-        check_on_hub("--model", model, revision, "model", "pass a local model directory, or run once "
-                     "online and then set HF_HUB_OFFLINE=1 to use the cached copy")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
-    except (OSError, ValueError) as err:
-        if from_hub and constants.HF_HUB_OFFLINE:
-            raise BuildError(f"--model {model} is not in the local cache and HF_HUB_OFFLINE=1 is set: "
-                             "run once online to cache it, or pass a local model directory") from None
-        raise BuildError(f"cannot load a tokenizer from --model {model} ({err}): pass a Hub model id "
-                         "or a directory with tokenizer.json / tokenizer_config.json") from None
-    probe = tokenizer("probe")["input_ids"]
-    if probe == tokenizer("probe", add_special_tokens=False)["input_ids"]:
-        raise BuildError(f"the tokenizer of {model} does not append an end-of-text token, which "
-                         "last-token pooling reads: use the embedding model's own tokenizer")
-    return tokenizer
 
 
 @dataclass

@@ -10,7 +10,7 @@ from huggingface_hub import HfApi
 from . import processes
 from .card import stage_hub_folder, token_counts, write_card
 from .embed import embed_splits, plan_chunks
-from .encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, load_tokenizer, row_flops
+from .encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
 from .errors import BuildError
 from .hub import preflight, push
 from .locations import resolved
@@ -21,6 +21,7 @@ from .output import (check_output_location, embed_work_folder, expected_features
 from .source import is_raw, load_lines
 from .split import make_splits
 from .text import build_paragraphs
+from .tokens import load_tokenizer
 from .verify import check_vectors, verify
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from .detokenize import detokenize
 from .errors import BuildError
 from .keys import step_fingerprint, text_id
 from .rows import take_rows
+from .tokens import token_ids
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ TEXT_VERSION = 2
 # Never text: control characters (NUL included; tabs and line ends are spaces) and the byte-order
 # mark, which would hide a heading at the start of a file from the heading pattern.
 NOT_TEXT = r"[\x{00}-\x{1f}\x{7f}-\x{9f}\x{feff}]"
-NOT_LETTER = r"[^\p{L}]"
+NOT_LETTER = r"[^\p{L}]+"  # runs: fewer matches, the same letters left
 UNK = "<unk>"
 # A paragraph with fewer letters than this share of its non-space characters is mostly
 # punctuation or digits (tables, score lines): nothing an embedding should learn from.
@@ -153,11 +154,9 @@ def clean_labels(article_id: np.ndarray, article_line: np.ndarray, section_line:
     return [articles[line] for line in article_line.tolist()], [sections[title] for title in section_titles]
 
 
-def token_ids(texts: list[str], tokenizer) -> pa.ListArray:
+def token_column(texts: list[str], tokenizer) -> pa.ListArray:
     """Token ids as the model will consume them (end-of-text appended), as one Arrow column."""
-    if not texts:  # a batch of headings and blank lines only (transformers fails on no text)
-        return pa.array([], pa.list_(pa.int32()))
-    ids = tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    ids = token_ids(texts, tokenizer)
     offsets = np.zeros(len(ids) + 1, dtype=np.int32)
     np.cumsum([len(row) for row in ids], out=offsets[1:])
     values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
@@ -175,7 +174,7 @@ def paragraph_batch(lines: pa.Table, indices: list[int], level: np.ndarray, arti
     at = at[is_paragraph]
     texts = [clean_text(text) for text in visible_text(lines.filter(pa.array(is_paragraph))).to_pylist()]
     articles, sections = clean_labels(article_id[at], article_line[at], section_line[at], titles)
-    ids = token_ids(texts, tokenizer)
+    ids = token_column(texts, tokenizer)
     counts = pc.list_value_length(ids)
     length = pc.if_else(pc.less(counts, min_tokens), "too_short",
                         pc.if_else(pc.greater(counts, max_tokens), "too_long", ""))

@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import DatasetDict
 
-from .encode import embed_ids, load_encoder, load_tokenizer
+from .encode import embed_ids, load_encoder
 from .errors import BuildError
 from .keys import text_id
 from .manifest import Manifest, SplitEntry
 from .output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
+from .tokens import load_tokenizer, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def check_sample(splits: DatasetDict, manifest: Manifest, model: str | None, see
     for name, split in splits.items():
         for index in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
             row = split[int(index)]
-            fresh = embed_ids(encoder, [tokenizer(row["text"])["input_ids"]]).numpy()[0]
+            fresh = embed_ids(encoder, token_ids([row["text"]], tokenizer)).numpy()[0]
             cosine = float(fresh @ np.asarray(row["embedding"], dtype=np.float32))
             if cosines is not None:
                 cosines.append(cosine)

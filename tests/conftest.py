@@ -33,7 +33,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model):
-    from elm_wikitext.encode import load_tokenizer
+    from elm_wikitext.tokens import load_tokenizer
 
     return load_tokenizer(tiny_model)
 

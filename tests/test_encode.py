@@ -3,8 +3,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, Qwen3Config, Qwen3Model
 
-from elm_wikitext.encode import (embed_ids, embed_rows, load_encoder, load_tokenizer, model_identity,
-                                 token_batches)
+from elm_wikitext.encode import embed_ids, embed_rows, load_encoder, model_identity, token_batches
 from elm_wikitext.errors import BuildError
 
 TEXTS = [
@@ -131,38 +130,6 @@ def test_refuses_an_encoder_model(tmp_path):
                          intermediate_size=64)).save_pretrained(tmp_path / "bert")
     with pytest.raises(BuildError, match="not a decoder-only"):
         load_encoder(str(tmp_path / "bert"), None, "float16", None, 0)
-
-
-def test_refuses_a_tokenizer_without_appended_end_token(tmp_path):
-    from elm_wikitext.tiny import build_qwen_tokenizer
-
-    plain = build_qwen_tokenizer()
-    plain.backend_tokenizer.post_processor = None
-    plain.save_pretrained(tmp_path / "tok")
-    with pytest.raises(BuildError, match="does not append an end-of-text token"):
-        load_tokenizer(str(tmp_path / "tok"))
-
-
-def test_refuses_a_directory_without_tokenizer(tmp_path):
-    with pytest.raises(BuildError, match="holds no tokenizer"):
-        load_tokenizer(str(tmp_path))
-
-
-def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeypatch):
-    from types import SimpleNamespace
-
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    class HubWithoutIt:
-        def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
-            response = SimpleNamespace(status_code=404, headers={}, request=None)
-            raise RepositoryNotFoundError(f"404: {repo_id}", response=response)
-
-    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubWithoutIt)
-    monkeypatch.setattr("elm_wikitext.encode.constants.HF_HUB_OFFLINE", False)
-    with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
-                                         r"on the Hub.*check the id and --model-revision"):
-        load_tokenizer("Qwen/Qwen3-Embeding-4B")
 
 
 def test_a_hub_model_is_named_by_the_commit_of_its_cached_files(tmp_path, monkeypatch):

@@ -1,0 +1,52 @@
+import pytest
+from datasets import load_from_disk
+
+from elm_wikitext.errors import BuildError
+from elm_wikitext.tokens import load_tokenizer, token_ids
+
+
+def test_token_ids_are_the_tokenizers_own_with_end_of_text(text_output, tokenizer):
+    # Every stage counts and feeds the ids of this one call; they must be exactly what the
+    # tokenizer gives, end-of-text appended, even where the tokenizer's files set truncation.
+    texts = [row["text"] for split in load_from_disk(str(text_output)).values() for row in split]
+    expected = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    assert token_ids(texts, tokenizer) == expected
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in expected)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=16)
+    try:
+        assert token_ids(texts, tokenizer) == expected
+    finally:
+        tokenizer.backend_tokenizer.no_truncation()
+    assert token_ids([], tokenizer) == []
+
+
+def test_refuses_a_tokenizer_without_appended_end_token(tmp_path):
+    from elm_wikitext.tiny import build_qwen_tokenizer
+
+    plain = build_qwen_tokenizer()
+    plain.backend_tokenizer.post_processor = None
+    plain.save_pretrained(tmp_path / "tok")
+    with pytest.raises(BuildError, match="does not append an end-of-text token"):
+        load_tokenizer(str(tmp_path / "tok"))
+
+
+def test_refuses_a_directory_without_tokenizer(tmp_path):
+    with pytest.raises(BuildError, match="holds no tokenizer"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    class HubWithoutIt:
+        def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
+            response = SimpleNamespace(status_code=404, headers={}, request=None)
+            raise RepositoryNotFoundError(f"404: {repo_id}", response=response)
+
+    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubWithoutIt)
+    monkeypatch.setattr("elm_wikitext.tokens.constants.HF_HUB_OFFLINE", False)
+    with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
+                                         r"on the Hub.*check the id and --model-revision"):
+        load_tokenizer("Qwen/Qwen3-Embeding-4B")
