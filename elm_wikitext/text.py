@@ -77,8 +77,11 @@ def line_kinds(lines: pa.Table) -> pa.Table:
     level, is_heading = heading_levels(stripped)
     is_heading = pc.fill_null(is_heading, False)
     kind = pc.if_else(is_heading, level, pc.if_else(pc.equal(stripped, ""), -1, 0))
-    return pa.table({"level": pc.cast(kind, pa.int16()),
-                     "title": pc.if_else(is_heading, pc.utf8_trim(stripped, "= "), pa.scalar(None, pa.string()))})
+    # Only the headings' titles go into the title column's buffer (an if_else would carry every
+    # line's text along: a second copy of the corpus on disk, read back whole).
+    titles = pc.utf8_trim(pc.filter(stripped, is_heading), "= ").combine_chunks()
+    title = pc.replace_with_mask(pa.nulls(len(lines), pa.string()), is_heading.combine_chunks(), titles)
+    return pa.table({"level": pc.cast(kind, pa.int16()), "title": title})
 
 
 def outline(level: np.ndarray) -> dict[str, np.ndarray]:
