@@ -10,7 +10,6 @@ from datasets import load_from_disk
 
 from elm_wikitext.consistency import main, other_rows, semantic_consistency
 from elm_wikitext.embedder import Embedder
-from elm_wikitext.card import stage_hub_folder
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +76,15 @@ def test_the_cli_prints_the_report(embedded_output, splits, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["consistency"]["mean"] >= 0.9999
 
 
-def test_a_staged_hub_folder_is_scored_like_the_output(embedded_output, splits, embedder, tmp_path, monkeypatch):
+def test_a_staged_hub_folder_is_scored_like_the_output(hub_folder, splits, embedder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))  # not the user's cache
-    folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.0.0")
-    predictions = write_jsonl(tmp_path / "p.jsonl", own_texts(splits, shuffle_seed=1))
-    assert main(["--dataset", str(folder), "--predictions", predictions, "--json"]) == 0
+    predictions = own_texts(splits, shuffle_seed=1)
+    assert main(["--dataset", str(hub_folder), "--predictions", write_jsonl(tmp_path / "p.jsonl", predictions),
+                 "--json"]) == 0
+    report, expected = json.loads(capsys.readouterr().out), semantic_consistency(splits, predictions, embedder)
+    assert report["predictions"] == sum(len(split) for split in splits.values())
+    for score in ("consistency", "baseline"):  # the same rows, texts, vectors and seeded draws
+        assert report[score]["mean"] == pytest.approx(expected[score]["mean"], abs=1e-4)
 
 
 @pytest.mark.parametrize("lines, extra, message", [
