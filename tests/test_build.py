@@ -44,14 +44,16 @@ REFUSALS = {
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.
 EMBED_REFUSALS = {
     "dim above the hidden size": (["--dim", "128"], "--dim 128 is outside 32..64"),
-    "budget below the longest paragraph": (["--max-batch-tokens", "150"], "raise it to at least"),
-    "an encoder model": (["--model", "{bert}"], "not a decoder-only one"),
+    "budget below the longest paragraph": (["--max-batch-tokens", "150"],
+                                           "--max-batch-tokens 150 is below the longest paragraph"),
     "a tokenizer without a model": (["--model", "{tokenizer_only}"], "has no model config that transformers can read"),
     "no weight files": (["--model", "{no_weights}"], "cannot load the weights of --model"),
     "a truncated weight file": (["--model", "{truncated}"], "download the model again"),
     "a corrupt config.json": (["--model", "{corrupt_config}"], "has a damaged config.json"),
+    "a config.json that is a list": (["--model", "{list_config}"], "has a config.json that is not a JSON object"),
     "config sizes that differ from the weights": (["--model", "{other_sizes}"], "have other sizes than its config.json says"),
-    "a vocabulary smaller than the token ids": (["--model", "{small_vocabulary}"], "has a vocabulary of 1000 tokens"),
+    "a vocabulary smaller than the token ids": (["--model", "{small_vocabulary}"],
+                                                "has a vocabulary of 1000 tokens, but its tokenizer makes ids up to"),
     "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
     "a text-stage option that contradicts it": (["--min-tokens", "150"],
                                                 "--min-tokens 150 contradicts the text stage of --output"),
@@ -104,19 +106,19 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
         assert not output.exists()
 
 
-@pytest.fixture
-def broken_models(tiny_model, tmp_path) -> dict:
-    """Model directories with the tokenizer in place and the model wrong or incomplete."""
+@pytest.fixture(scope="session")
+def broken_models(tiny_model, tmp_path_factory) -> dict:
+    """Model directories with the tokenizer in place and the model wrong or incomplete (read-only:
+    shared by the tests that refuse them)."""
     from transformers import BertConfig, BertModel
 
-    from elm_wikitext.tiny import build_qwen_tokenizer
-
+    tmp_path = tmp_path_factory.mktemp("broken-models")
+    tokenizer_files = shutil.ignore_patterns("config.json", "*.safetensors")
     bert = tmp_path / "bert"
     BertModel(BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(bert)
-    build_qwen_tokenizer().save_pretrained(bert)  # a tokenizer that fits, on the wrong model
-    tokenizer_only = tmp_path / "tokenizer-only"
-    build_qwen_tokenizer().save_pretrained(tokenizer_only)
+    shutil.copytree(tiny_model, bert, ignore=tokenizer_files, dirs_exist_ok=True)  # a tokenizer that fits, on the wrong model
+    tokenizer_only = shutil.copytree(tiny_model, tmp_path / "tokenizer-only", ignore=tokenizer_files)
     no_weights, truncated = tmp_path / "no-weights", tmp_path / "truncated"
     shutil.copytree(tiny_model, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     shutil.copytree(tiny_model, truncated)
@@ -124,8 +126,10 @@ def broken_models(tiny_model, tmp_path) -> dict:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
     corrupt_config = model_with_config(tiny_model, tmp_path / "corrupt-config")
     (corrupt_config / "config.json").write_text('{"model_type": "qwen3", ')  # cut off
+    list_config = model_with_config(tiny_model, tmp_path / "list-config")
+    (list_config / "config.json").write_text("[1, 2]")
     return {"bert": bert, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated,
-            "corrupt_config": corrupt_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
+            "corrupt_config": corrupt_config, "list_config": list_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
             "other_sizes": model_with_config(tiny_model, tmp_path / "other-sizes", intermediate_size=200),
             "small_vocabulary": model_with_config(tiny_model, tmp_path / "small-vocabulary", vocab_size=1000),
             "other_tokenizer": with_another_tokenizer(tiny_model, tmp_path / "other-tokenizer")}
@@ -177,8 +181,9 @@ def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
     status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["bert"],
                                          "--output", tmp_path / "out"]])
     err = capsys.readouterr().err
-    assert status == 2 and "not a decoder-only one" in err.splitlines()[-1]
+    assert status == 2 and "is a bert model, not a decoder-only one" in err.splitlines()[-1]
     assert "Counting tokens" not in err  # the text stage's progress bars never started
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 
 def test_output_that_is_a_file_is_refused_and_kept(sample_dir, tiny_model, tmp_path, capsys):
