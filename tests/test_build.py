@@ -218,12 +218,17 @@ def test_help_lists_every_option(capsys):
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
+    from elm_wikitext.publish import expected_features
+
     # `text_output` is `build.py --stage text` on the sample (see conftest.py).
     splits = load_from_disk(str(text_output))
     assert list(splits) == list(SPLIT_NAMES)
+    assert all(split.features == expected_features(None) for split in splits.values())  # no vector yet
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
-    assert stats["splits"] == {name: len(split) for name, split in splits.items()}
-    assert all(stats["splits"].values())
+    # The sample's 63 paragraphs less the 6 it drops (test_text.py), split by article 0.8/0.1/0.1.
+    assert {name: len(split) for name, split in splits.items()} == stats["splits"] == {
+        "train": 46, "validation": 6, "test": 5}
+    assert stats["tokens"] == {name: sum(split["token_count"]) for name, split in splits.items()}
     assert [p.name for p in text_output.parent.iterdir()] == ["out"]  # no staging left beside it
 
 
@@ -439,7 +444,9 @@ def test_a_stopped_build_says_how_to_resume_and_leaves_nothing_half_written(
     build = subprocess.Popen(
         [sys.executable, str(BUILD), "--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
          "--chunk-tokens", "200", "--max-batch-tokens", "400"],  # many small chunks: seconds of embedding
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C's default action, even where pytest runs in a background job (which ignores SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     work = tmp_path / "out.embed-work"
     deadline = time.monotonic() + 120
     while not any(work.rglob("chunk-*.npz")) and build.poll() is None and time.monotonic() < deadline:
