@@ -14,6 +14,22 @@ from elm_wikitext.tiny import make_tiny_model
 SAMPLE = Path(__file__).parent / "fixtures" / "wikitext_sample"
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """No test writes into the checkout (a build run from it would leave logs/, data/, models/
+    there): what is new at its top and in tests/ after the session fails the run."""
+    def entries() -> set[str]:
+        return {str(p.relative_to(CHECKOUT)) for folder in (CHECKOUT, CHECKOUT / "tests") for p in folder.iterdir()}
+
+    before = entries()
+    yield
+    added = sorted(entries() - before - {".pytest_cache", "tests/__pycache__"})
+    assert not added, f"tests wrote into the checkout: {added}"
+
+
 @pytest.fixture(autouse=True)
 def work_in_a_temporary_folder(tmp_path_factory, monkeypatch):
     """Each test runs in a fresh folder of its own: what a build writes beside it (logs/, data/,
