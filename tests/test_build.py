@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasets import load_from_disk
 
@@ -267,7 +268,12 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
     assert lines["paragraphs"].strip() == ", ".join(f"{name} {rows:,}" for name, rows in stats["splits"].items())
     assert lines["tokens"].strip().startswith(f"{sum(stats['tokens'].values()):,} in ")
-    assert float(lines["compute"].split()[0]) > 0  # the tiny model's few GFLOPs are not shown as 0
+    from elm_wikitext.encode import row_flops
+
+    lengths = np.concatenate([split["token_count"][:] for split in load_from_disk(str(text_output)).values()])
+    # The tiny model's few GFLOPs, to the 3 digits shown (not rounded to 0).
+    assert float(lines["compute"].split()[0]) == pytest.approx(row_flops(tiny_model, None, lengths).sum() / 1e12,
+                                                               rel=5e-3)
     assert lines["here"].strip() == "< 1 s on cpu"
     assert lines["cluster"].strip().startswith("< 1 s on 2 x A100 (compiled; the busiest GPU embeds")
     assert not output.exists()
