@@ -219,7 +219,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
-    from elm_wikitext.publish import expected_features
+    from elm_wikitext.output import expected_features
 
     # `text_output` is `build.py --stage text` on the sample (see conftest.py).
     splits = load_from_disk(str(text_output))
