@@ -1,4 +1,6 @@
-"""Shared, session-scoped fixtures: the sample corpus, a tiny Qwen3 model, one text-stage run."""
+"""Shared, session-scoped fixtures: the sample corpus, a tiny Qwen3 model (and one with other
+weights), one text-stage run, one full build and its Hub layout. Tests that change an output
+work on a copy (`text_output_copy`, `embedded_copy`): a copy takes milliseconds, a build seconds."""
 
 import os
 import shutil
@@ -10,6 +12,22 @@ from elm_wikitext.options import BuildOptions
 from elm_wikitext.tiny import make_tiny_model
 
 SAMPLE = Path(__file__).parent / "fixtures" / "wikitext_sample"
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """No test writes into the checkout (a build run from it would leave logs/, data/, models/
+    there): what is new at its top and in tests/ after the session fails the run."""
+    def entries() -> set[str]:
+        return {str(p.relative_to(CHECKOUT)) for folder in (CHECKOUT, CHECKOUT / "tests") for p in folder.iterdir()}
+
+    before = entries()
+    yield
+    added = sorted(entries() - before - {".pytest_cache", "tests/__pycache__"})
+    assert not added, f"tests wrote into the checkout: {added}"
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +47,20 @@ def sample_dir() -> Path:
 def tiny_model(tmp_path_factory) -> str:
     """A random-weight Qwen3 (hidden 64) with the real Qwen tokenizer, as a model directory."""
     return make_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def retrained_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model's architecture and tokenizer with other weights (seed 1), as a fine-tuned
+    checkpoint would be: the tokenizer files are copied, not built again (seconds each)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    directory = tmp_path_factory.mktemp("models") / "retrained"
+    shutil.copytree(tiny_model, directory, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.manual_seed(1)
+    Qwen3Model(Qwen3Config.from_pretrained(tiny_model)).save_pretrained(directory)
+    return str(directory)
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +117,12 @@ def embedded_copy(embedded_output, tmp_path) -> Path:
     copy = tmp_path / "embedded"
     shutil.copytree(embedded_output, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def hub_folder(embedded_output, tmp_path_factory) -> Path:
+    """The folder --push uploads for the full build (parquet shards and the card, no manifest)."""
+    from elm_wikitext.card import stage_hub_folder
+
+    return stage_hub_folder(str(embedded_output), tmp_path_factory.mktemp("hub") / "hub",
+                            "someone/elm-wikitext2", "v1.0.0")

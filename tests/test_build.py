@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasets import load_from_disk
 
@@ -44,14 +45,16 @@ REFUSALS = {
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.
 EMBED_REFUSALS = {
     "dim above the hidden size": (["--dim", "128"], "--dim 128 is outside 32..64"),
-    "budget below the longest paragraph": (["--max-batch-tokens", "150"], "raise it to at least"),
-    "an encoder model": (["--model", "{bert}"], "not a decoder-only one"),
+    "budget below the longest paragraph": (["--max-batch-tokens", "150"],
+                                           "--max-batch-tokens 150 is below the longest paragraph"),
     "a tokenizer without a model": (["--model", "{tokenizer_only}"], "has no model config that transformers can read"),
     "no weight files": (["--model", "{no_weights}"], "cannot load the weights of --model"),
     "a truncated weight file": (["--model", "{truncated}"], "download the model again"),
     "a corrupt config.json": (["--model", "{corrupt_config}"], "has a damaged config.json"),
+    "a config.json that is a list": (["--model", "{list_config}"], "has a config.json that is not a JSON object"),
     "config sizes that differ from the weights": (["--model", "{other_sizes}"], "have other sizes than its config.json says"),
-    "a vocabulary smaller than the token ids": (["--model", "{small_vocabulary}"], "has a vocabulary of 1000 tokens"),
+    "a vocabulary smaller than the token ids": (["--model", "{small_vocabulary}"],
+                                                "has a vocabulary of 1000 tokens, but its tokenizer makes ids up to"),
     "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
     "a text-stage option that contradicts it": (["--min-tokens", "150"],
                                                 "--min-tokens 150 contradicts the text stage of --output"),
@@ -104,19 +107,19 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
         assert not output.exists()
 
 
-@pytest.fixture
-def broken_models(tiny_model, tmp_path) -> dict:
-    """Model directories with the tokenizer in place and the model wrong or incomplete."""
+@pytest.fixture(scope="session")
+def broken_models(tiny_model, tmp_path_factory) -> dict:
+    """Model directories with the tokenizer in place and the model wrong or incomplete (read-only:
+    shared by the tests that refuse them)."""
     from transformers import BertConfig, BertModel
 
-    from elm_wikitext.tiny import build_qwen_tokenizer
-
+    tmp_path = tmp_path_factory.mktemp("broken-models")
+    tokenizer_files = shutil.ignore_patterns("config.json", "*.safetensors")
     bert = tmp_path / "bert"
     BertModel(BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(bert)
-    build_qwen_tokenizer().save_pretrained(bert)  # a tokenizer that fits, on the wrong model
-    tokenizer_only = tmp_path / "tokenizer-only"
-    build_qwen_tokenizer().save_pretrained(tokenizer_only)
+    shutil.copytree(tiny_model, bert, ignore=tokenizer_files, dirs_exist_ok=True)  # a tokenizer that fits, on the wrong model
+    tokenizer_only = shutil.copytree(tiny_model, tmp_path / "tokenizer-only", ignore=tokenizer_files)
     no_weights, truncated = tmp_path / "no-weights", tmp_path / "truncated"
     shutil.copytree(tiny_model, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     shutil.copytree(tiny_model, truncated)
@@ -124,8 +127,10 @@ def broken_models(tiny_model, tmp_path) -> dict:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
     corrupt_config = model_with_config(tiny_model, tmp_path / "corrupt-config")
     (corrupt_config / "config.json").write_text('{"model_type": "qwen3", ')  # cut off
+    list_config = model_with_config(tiny_model, tmp_path / "list-config")
+    (list_config / "config.json").write_text("[1, 2]")
     return {"bert": bert, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated,
-            "corrupt_config": corrupt_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
+            "corrupt_config": corrupt_config, "list_config": list_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
             "other_sizes": model_with_config(tiny_model, tmp_path / "other-sizes", intermediate_size=200),
             "small_vocabulary": model_with_config(tiny_model, tmp_path / "small-vocabulary", vocab_size=1000),
             "other_tokenizer": with_another_tokenizer(tiny_model, tmp_path / "other-tokenizer")}
@@ -177,8 +182,9 @@ def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
     status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["bert"],
                                          "--output", tmp_path / "out"]])
     err = capsys.readouterr().err
-    assert status == 2 and "not a decoder-only one" in err.splitlines()[-1]
+    assert status == 2 and "is a bert model, not a decoder-only one" in err.splitlines()[-1]
     assert "Counting tokens" not in err  # the text stage's progress bars never started
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 
 def test_output_that_is_a_file_is_refused_and_kept(sample_dir, tiny_model, tmp_path, capsys):
@@ -213,12 +219,17 @@ def test_help_lists_every_option(capsys):
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
+    from elm_wikitext.output import expected_features
+
     # `text_output` is `build.py --stage text` on the sample (see conftest.py).
     splits = load_from_disk(str(text_output))
     assert list(splits) == list(SPLIT_NAMES)
+    assert all(split.features == expected_features(None) for split in splits.values())  # no vector yet
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
-    assert stats["splits"] == {name: len(split) for name, split in splits.items()}
-    assert all(stats["splits"].values())
+    # The sample's 63 paragraphs less the 6 it drops (test_text.py), split by article 0.8/0.1/0.1.
+    assert {name: len(split) for name, split in splits.items()} == stats["splits"] == {
+        "train": 46, "validation": 6, "test": 5}
+    assert stats["tokens"] == {name: sum(split["token_count"]) for name, split in splits.items()}
     assert [p.name for p in text_output.parent.iterdir()] == ["out"]  # no staging left beside it
 
 
@@ -257,7 +268,12 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
     assert lines["paragraphs"].strip() == ", ".join(f"{name} {rows:,}" for name, rows in stats["splits"].items())
     assert lines["tokens"].strip().startswith(f"{sum(stats['tokens'].values()):,} in ")
-    assert float(lines["compute"].split()[0]) > 0  # the tiny model's few GFLOPs are not shown as 0
+    from elm_wikitext.encode import row_flops
+
+    lengths = np.concatenate([split["token_count"][:] for split in load_from_disk(str(text_output)).values()])
+    # The tiny model's few GFLOPs, to the 3 digits shown (not rounded to 0).
+    assert float(lines["compute"].split()[0]) == pytest.approx(row_flops(tiny_model, None, lengths).sum() / 1e12,
+                                                               rel=5e-3)
     assert lines["here"].strip() == "< 1 s on cpu"
     assert lines["cluster"].strip().startswith("< 1 s on 2 x A100 (compiled; the busiest GPU embeds")
     assert not output.exists()
@@ -434,7 +450,9 @@ def test_a_stopped_build_says_how_to_resume_and_leaves_nothing_half_written(
     build = subprocess.Popen(
         [sys.executable, str(BUILD), "--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
          "--chunk-tokens", "200", "--max-batch-tokens", "400"],  # many small chunks: seconds of embedding
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C's default action, even where pytest runs in a background job (which ignores SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     work = tmp_path / "out.embed-work"
     deadline = time.monotonic() + 120
     while not any(work.rglob("chunk-*.npz")) and build.poll() is None and time.monotonic() < deadline:

@@ -10,7 +10,6 @@ from datasets import load_from_disk
 
 from elm_wikitext.consistency import main, other_rows, semantic_consistency
 from elm_wikitext.embedder import Embedder
-from elm_wikitext.card import stage_hub_folder
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +41,22 @@ def write_jsonl(path, rows) -> str:
     return str(path)
 
 
-def test_perfect_predictions_score_as_the_dataset_own_vectors(splits, embedder):
-    report = semantic_consistency(splits, own_texts(splits), embedder)
+@pytest.fixture(scope="module")
+def perfect(splits, embedder) -> dict:
+    """The report of every row's own text as its prediction."""
+    return semantic_consistency(splits, own_texts(splits), embedder)
+
+
+def test_perfect_predictions_score_as_the_dataset_own_vectors(splits, perfect):
     rows = sum(len(split) for split in splits.values())
-    assert report["predictions"] == rows
-    assert report["consistency"]["mean"] >= 0.9999 and report["consistency"]["median"] >= 0.9999
-    assert report["consistency"]["histogram"][-1] == {"range": "0.9..1.0", "count": rows}
-    assert sum(bin["count"] for bin in report["baseline"]["histogram"]) == rows
-    assert report["baseline"]["mean"] < report["consistency"]["mean"] - 0.01
+    assert perfect["predictions"] == rows
+    assert perfect["consistency"]["mean"] >= 0.9999 and perfect["consistency"]["median"] >= 0.9999
+    assert perfect["consistency"]["histogram"][-1] == {"range": "0.9..1.0", "count": rows}
+    assert sum(bin["count"] for bin in perfect["baseline"]["histogram"]) == rows
+    assert perfect["baseline"]["mean"] < perfect["consistency"]["mean"] - 0.01
 
 
-def test_shuffled_predictions_score_near_the_baseline(splits, embedder):
-    perfect = semantic_consistency(splits, own_texts(splits), embedder)
+def test_shuffled_predictions_score_near_the_baseline(splits, embedder, perfect):
     shuffled = semantic_consistency(splits, own_texts(splits, shuffle_seed=3), embedder)
     scale = perfect["consistency"]["mean"] - shuffled["baseline"]["mean"]  # from unrelated to exact
     assert abs(shuffled["consistency"]["mean"] - shuffled["baseline"]["mean"]) < 0.25 * scale
@@ -77,11 +80,14 @@ def test_the_cli_prints_the_report(embedded_output, splits, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["consistency"]["mean"] >= 0.9999
 
 
-def test_a_staged_hub_folder_is_scored_like_the_output(embedded_output, splits, embedder, tmp_path, monkeypatch):
+def test_a_staged_hub_folder_is_scored_like_the_output(hub_folder, splits, perfect, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))  # not the user's cache
-    folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.0.0")
-    predictions = write_jsonl(tmp_path / "p.jsonl", own_texts(splits, shuffle_seed=1))
-    assert main(["--dataset", str(folder), "--predictions", predictions, "--json"]) == 0
+    predictions = write_jsonl(tmp_path / "p.jsonl", own_texts(splits))
+    assert main(["--dataset", str(hub_folder), "--predictions", predictions, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["predictions"] == perfect["predictions"]
+    for score in ("consistency", "baseline"):  # the same rows, texts, vectors and seeded draws
+        assert report[score]["mean"] == pytest.approx(perfect[score]["mean"], abs=1e-4)
 
 
 @pytest.mark.parametrize("lines, extra, message", [

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,26 +71,43 @@ def embed_stats(output: Path) -> dict:
     return json.loads((output / "manifest.json").read_text())["stats"]["embed"]
 
 
-@pytest.fixture(scope="module")
-def embedded(text_output, tiny_model, tmp_path_factory) -> Path:
-    """The sample's text output with embeddings, built in one uninterrupted process."""
-    output = tmp_path_factory.mktemp("embedded") / "out"
-    import shutil
+def run_main(*args: str, capsys) -> tuple[int, str]:
+    """build.py's main in this process (a rerun needs no process of its own): status and stderr."""
+    from build import main
 
+    capsys.readouterr()
+    status = main([str(arg) for arg in args])
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def killed(text_output, tiny_model, tmp_path_factory) -> Path:
+    """A copy of the sample's text output whose embed stage was killed (-9) after its second
+    chunk: the output untouched, two chunks in its work folder. Shared: copy it to resume it."""
+    output = tmp_path_factory.mktemp("killed") / "out"
     shutil.copytree(text_output, output)
     done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(output), *SMALL_CHUNKS,
-                     cwd=output.parent)  # a module fixture starts before the test's own folder
-    assert done.returncode == 0, done.stderr[-3000:]
+                     kill_at=KILL_AFTER_TWO_CHUNKS, cwd=output.parent)  # a module fixture starts before the test's folder
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     return output
 
 
-def test_embedding_column_is_a_fixed_length_unit_vector(embedded):
-    splits = load_from_disk(str(embedded))
+@pytest.fixture
+def killed_copy(killed, tmp_path) -> Path:
+    """The killed embed stage's output and work folder, copied to be resumed here."""
+    output = tmp_path / "out"
+    shutil.copytree(killed, output)
+    shutil.copytree(f"{killed}.embed-work", f"{output}.embed-work")
+    return output
+
+
+def test_embedding_column_is_a_fixed_length_unit_vector(embedded_output):
+    splits = load_from_disk(str(embedded_output))
     assert splits["train"].features["embedding"] == List(Value("float32"), length=64)
-    for array in vectors(embedded).values():
+    for array in vectors(embedded_output).values():
         assert array.shape[1] == 64 and np.isfinite(array).all()
         np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1, atol=1e-5)
-    stats = embed_stats(embedded)
+    stats = embed_stats(embedded_output)
     assert stats["paragraphs"] == sum(len(s) for s in splits.values())
     assert stats["padding_share"] <= 0.03
     assert stats["compiled"] is False  # --compile auto compiles on a GPU only
@@ -97,32 +115,21 @@ def test_embedding_column_is_a_fixed_length_unit_vector(embedded):
     assert stats["tokens_per_second"] >= stats["tokens"] / stats["seconds"]  # batches only, no loading
 
 
-def test_vectors_belong_to_their_rows(embedded, tiny_model, tokenizer):
-    from elm_wikitext.encode import embed_ids, load_encoder
-
-    encoder = load_encoder(tiny_model, None, "float16", None, tokenizer.pad_token_id)
-    test = load_from_disk(str(embedded))["test"]
-    alone = embed_ids(encoder, [tokenizer(test[3]["text"])["input_ids"]]).numpy()[0]
-    assert float(alone @ np.asarray(test[3]["embedding"])) >= 0.9999
-
-
-def test_kill_9_then_rerun_resumes_and_matches(embedded, text_output_copy, tiny_model):
-    args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    killed = run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS)
-    assert killed.returncode == -signal.SIGKILL
-    assert "embedding" not in load_from_disk(str(text_output_copy))["train"].column_names  # untouched
-    work = work_folder(text_output_copy)
-    finished = {path.name: path.stat().st_mtime_ns for path in work.glob("chunk-*.npz")}
+def test_kill_9_then_rerun_resumes_and_matches(embedded_output, killed_copy, tiny_model, capsys):
+    assert "embedding" not in load_from_disk(str(killed_copy))["train"].column_names  # untouched
+    finished = sorted(work_folder(killed_copy).glob("chunk-*.npz"))
     assert len(finished) == 2
+    done_rows = sum(len(np.load(path)["vectors"]) for path in finished)
 
-    rerun = run_build(*args)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    total = embed_stats(embedded)["paragraphs"]
-    assert 0 < embed_stats(text_output_copy)["paragraphs"] < total  # only the unfinished chunks
-    assert "2 of " in rerun.stderr and "were done before" in rerun.stderr
-    for name, array in vectors(text_output_copy).items():
-        np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)
-    assert not Path(f"{text_output_copy}.embed-work").exists()  # cleaned up once written
+    status, err = run_main("--stage", "embed", "--model", tiny_model, "--output", killed_copy, *SMALL_CHUNKS,
+                           capsys=capsys)
+    assert status == 0, err[-3000:]
+    total = embed_stats(embedded_output)["paragraphs"]
+    assert embed_stats(killed_copy)["paragraphs"] == total - done_rows  # only the unfinished chunks
+    assert "2 of " in err and "were done before" in err
+    for name, array in vectors(killed_copy).items():
+        np.testing.assert_allclose((array * vectors(embedded_output)[name]).sum(axis=1), 1, atol=1e-5)
+    assert not Path(f"{killed_copy}.embed-work").exists()  # cleaned up once written
 
 
 def test_rerunning_on_an_up_to_date_output_reuses_its_vectors_without_the_model(
@@ -144,26 +151,38 @@ def test_rerunning_on_an_up_to_date_output_reuses_its_vectors_without_the_model(
         main([*args, "--dim", "32"])
 
 
-def test_changed_dim_never_reuses_old_vectors(text_output_copy, tiny_model):
-    args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
-    rerun = run_build(*args, "--dim", "32")
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    splits = load_from_disk(str(text_output_copy))
-    assert embed_stats(text_output_copy)["paragraphs"] == sum(len(s) for s in splits.values())
+def test_changed_dim_never_reuses_old_vectors(killed_copy, tiny_model, capsys):
+    status, err = run_main("--stage", "embed", "--model", tiny_model, "--output", killed_copy, *SMALL_CHUNKS,
+                           "--dim", "32", capsys=capsys)
+    assert status == 0, err[-3000:]
+    assert "0 of " in err and "were done before" in err
+    splits = load_from_disk(str(killed_copy))
+    assert embed_stats(killed_copy)["paragraphs"] == sum(len(s) for s in splits.values())
     assert splits["train"].features["embedding"].length == 32
 
 
-def test_new_weights_under_the_same_path_never_reuse_old_vectors(text_output_copy, tmp_path):
-    from elm_wikitext.tiny import make_tiny_model
+def test_new_weights_under_the_same_path_never_reuse_old_vectors(text_output_copy, tiny_model, retrained_model,
+                                                                  tmp_path, monkeypatch, capsys):
+    from elm_wikitext import embed
 
-    model = make_tiny_model(str(tmp_path / "model"), seed=0)
-    args = ("--stage", "embed", "--model", model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
-    make_tiny_model(model, seed=1)  # e.g. a fine-tuned checkpoint saved over the old one
-    rerun = run_build(*args)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "0 of " in rerun.stderr and "were done before" in rerun.stderr
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    args = ("--stage", "embed", "--model", model, "--output", text_output_copy, *SMALL_CHUNKS)
+    real_save, saves = embed.ChunkStore.save, []
+
+    def stopped_after_two(store, *args, **kwargs):  # Ctrl-C once two chunks are saved
+        real_save(store, *args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(embed.ChunkStore, "save", stopped_after_two)
+        assert run_main(*args, capsys=capsys)[0] == 130
+    assert len(list(work_folder(text_output_copy).glob("chunk-*.npz"))) == 2
+    shutil.copy(Path(retrained_model) / "model.safetensors", model)  # e.g. a fine-tuned checkpoint saved over it
+    status, err = run_main(*args, capsys=capsys)
+    assert status == 0, err[-3000:]
+    assert "0 of " in err and "were done before" in err
     splits = load_from_disk(str(text_output_copy))
     assert embed_stats(text_output_copy)["paragraphs"] == sum(len(s) for s in splits.values())
 
@@ -186,7 +205,7 @@ def two_machines(args: list[str], scripts: tuple[Path, Path], cwd: Path) -> list
 
 
 def test_two_machines_equal_one_process_and_a_lost_one_is_relaunched_for_its_chunks_only(
-        embedded, text_output_copy, tiny_model, tmp_path):
+        embedded_output, text_output_copy, tiny_model, tmp_path):
     args = ["--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS]
     dying = tmp_path / "dying_build.py"  # machine 1 is lost after writing its first chunk
     dying.write_text(build_code(kill_at=("elm_wikitext.embed:ChunkStore.save", 1, "after")))
@@ -202,14 +221,14 @@ def test_two_machines_equal_one_process_and_a_lost_one_is_relaunched_for_its_chu
     assert main.returncode == 0 and other.returncode == 0, main.stderr[-3000:] + other.stderr[-3000:]
     assert f"; {len(finished)} of " in main.stderr and "were done before" in main.stderr
     stats = embed_stats(text_output_copy)
-    assert stats["processes"] == 2 and 0 < stats["paragraphs"] < embed_stats(embedded)["paragraphs"]
-    one, two = load_from_disk(str(embedded)), load_from_disk(str(text_output_copy))
+    assert stats["processes"] == 2 and 0 < stats["paragraphs"] < embed_stats(embedded_output)["paragraphs"]
+    one, two = load_from_disk(str(embedded_output)), load_from_disk(str(text_output_copy))
     for name in one:
         assert one[name]["text_id"][:] == two[name]["text_id"][:]
-        assert (vectors(embedded)[name] * vectors(text_output_copy)[name]).sum(axis=1).min() >= 0.99999
+        assert (vectors(embedded_output)[name] * vectors(text_output_copy)[name]).sum(axis=1).min() >= 0.99999
 
 
-def test_compiled_layers_give_the_same_vectors(embedded, text_output_copy, tiny_model):
+def test_compiled_layers_give_the_same_vectors(embedded_output, text_output_copy, tiny_model):
     done = run_build("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy),
                      *SMALL_CHUNKS, "--compile", "yes", env={"TORCH_LOGS": "recompiles"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -218,7 +237,7 @@ def test_compiled_layers_give_the_same_vectors(embedded, text_output_copy, tiny_
     assert done.stderr.count("Recompiling function") == 1, done.stderr[-3000:]
     assert embed_stats(text_output_copy)["compiled"] is True
     for name, array in vectors(text_output_copy).items():
-        assert (array * vectors(embedded)[name]).sum(axis=1).min() >= 0.99999
+        assert (array * vectors(embedded_output)[name]).sum(axis=1).min() >= 0.99999
 
 
 NO_COMPILER = {"CXX": "/bin/false", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}  # inductor's C++ build fails
@@ -255,18 +274,19 @@ print("same vectors")
     assert "cannot compile the model on this machine" in done.stderr and "embedding eagerly" in done.stderr
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
-def test_a_damaged_chunk_is_recomputed_not_loaded(embedded, text_output_copy, tiny_model, damage):
-    args = ("--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy), *SMALL_CHUNKS)
-    assert run_build(*args, kill_at=KILL_AFTER_TWO_CHUNKS).returncode == -signal.SIGKILL
-    chunk = sorted(work_folder(text_output_copy).glob("chunk-*.npz"))[0]
-    data = bytearray(chunk.read_bytes())
-    chunk.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 1]))
-    rerun = run_build(*args)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"chunk file {chunk.name} is damaged" in rerun.stderr
-    for name, array in vectors(text_output_copy).items():
-        np.testing.assert_allclose((array * vectors(embedded)[name]).sum(axis=1), 1, atol=1e-5)
+def test_damaged_chunks_are_recomputed_not_loaded(embedded_output, killed_copy, tiny_model, capsys):
+    truncated, flipped = sorted(work_folder(killed_copy).glob("chunk-*.npz"))
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    data = flipped.read_bytes()
+    flipped.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    status, err = run_main("--stage", "embed", "--model", tiny_model, "--output", killed_copy, *SMALL_CHUNKS,
+                           capsys=capsys)
+    assert status == 0, err[-3000:]
+    assert f"chunk file {truncated.name} is damaged" in err and f"chunk file {flipped.name} is damaged" in err
+    assert "0 of " in err and "were done before" in err
+    for name, array in vectors(killed_copy).items():
+        np.testing.assert_allclose((array * vectors(embedded_output)[name]).sum(axis=1), 1, atol=1e-5)
 
 
 def test_a_chunk_no_process_could_see_names_the_shared_storage_fix(tmp_path):
@@ -310,22 +330,27 @@ def splits_as_rows(output: Path) -> dict:
             for name, split in load_from_disk(str(output)).items()}
 
 
-def test_kill_9_mid_text_stage_then_rerun_matches(text_output, sample_dir, tiny_model, tmp_path):
+def test_kill_9_mid_text_stage_then_rerun_matches(text_output, sample_dir, tiny_model, tmp_path, monkeypatch, capsys):
+    import datasets
+
     args = ("--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", str(tmp_path / "out"))
-    cache = {"HF_DATASETS_CACHE": str(tmp_path / "cache")}  # nothing cached by earlier runs
-    killed = run_build(*args, kill_at=("elm_wikitext.text:clean_text", 30, "before"), env=cache)
+    cache = tmp_path / "cache"  # nothing cached by earlier runs: the rerun meets what the kill left there
+    killed = run_build(*args, kill_at=("elm_wikitext.text:clean_text", 30, "before"), env={"HF_DATASETS_CACHE": str(cache)})
     assert killed.returncode == -signal.SIGKILL and not (tmp_path / "out").exists()
-    assert run_build(*args, env=cache).returncode == 0
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    status, err = run_main(*args, capsys=capsys)
+    assert status == 0, err[-3000:]
     assert splits_as_rows(tmp_path / "out") == splits_as_rows(text_output)
 
 
-def test_kill_9_between_the_output_renames_then_rerun_matches(text_output, text_output_copy, sample_dir, tiny_model):
+def test_kill_9_between_the_output_renames_then_rerun_matches(text_output, text_output_copy, sample_dir, tiny_model,
+                                                             capsys):
     args = ("--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", str(text_output_copy))
     # The first os.replace moves the old output aside, the second would move the new one in.
     killed = run_build(*args, kill_at=("os:replace", 2, "before"))
     assert killed.returncode == -signal.SIGKILL and not text_output_copy.exists()
-    rerun = run_build(*args)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    status, err = run_main(*args, capsys=capsys)
+    assert status == 0, err[-3000:]
     assert splits_as_rows(text_output_copy) == splits_as_rows(text_output)
     assert [p.name for p in text_output_copy.parent.iterdir() if p.name.startswith(".")] == []
 

@@ -10,20 +10,11 @@ from huggingface_hub import DatasetCard
 
 from elm_wikitext.embedder import Embedder
 from elm_wikitext.errors import BuildError
-from elm_wikitext.card import stage_hub_folder
-from elm_wikitext.tiny import make_tiny_model
 
 
 def stored(output, name: str = "test") -> tuple[list[str], np.ndarray]:
     split = load_from_disk(str(output))[name]
     return split["text"][:], np.asarray(split["embedding"][:], dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
-def hub_folder(embedded_output, tmp_path_factory):
-    """The folder --push uploads (parquet shards and the card; no manifest)."""
-    return stage_hub_folder(str(embedded_output), tmp_path_factory.mktemp("hub") / "hub", "someone/elm-wikitext2",
-                            "v1.0.0")
 
 
 def edited_card(hub_folder, tmp_path, changes: dict | None) -> str:
@@ -71,10 +62,9 @@ def test_a_model_directory_elsewhere_is_named_and_a_copy_of_it_is_accepted(hub_f
     assert Embedder.from_dataset(moved, model=str(copy)).dim == 64
 
 
-def test_other_weights_under_the_recorded_name_are_refused(embedded_output, tmp_path):
-    other = make_tiny_model(str(tmp_path / "retrained"), seed=1)  # same architecture, other weights
-    with pytest.raises(BuildError, match="are not the ones .* was embedded with"):
-        Embedder.from_dataset(str(embedded_output), model=other)
+def test_other_weights_under_the_recorded_name_are_refused(embedded_output, retrained_model):
+    with pytest.raises(BuildError, match="are not the ones .* was embedded with"):  # same architecture
+        Embedder.from_dataset(str(embedded_output), model=retrained_model)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -1,8 +1,10 @@
-"""--push against a stand-in for HfApi: preflight refusals, one commit then a tag, failures."""
+"""--push against a stand-in for HfApi: preflight refusals, one commit then a tag, failures.
+
+The Hub steps (retries, one line per failure, a rerun publishing once) are tested on hub.py's
+own functions with the shared staged folder; builds with --push only where the build's part is
+what is tested: the whole path once, a refusal before any work, the vectors kept after a failure."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +15,9 @@ from datasets.info import DatasetInfosDict
 
 from elm_wikitext import hub
 from elm_wikitext.errors import BuildError
+from elm_wikitext.options import BuildOptions
 from elm_wikitext.pipeline import build
+from elm_wikitext.output import expected_features
 
 TOKEN = "hf_secretTOKENvalue1234567890"
 
@@ -67,74 +71,52 @@ class StandInApi:
 
 
 @pytest.fixture
-def push_options(options, monkeypatch):
+def no_waiting(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(hub.time, "sleep", lambda seconds: None)
+
+
+@pytest.fixture
+def push_options(options, no_waiting):
+    """A build with --push into a fresh output."""
     options.push, options.version = True, "v1.0.0"
     return options
 
 
-def test_push_uploads_one_commit_then_tags_it(push_options, capsys):
+def publish(api, hub_folder, repo_id=None) -> str:
+    """What a build with --push does on the Hub (pipeline.py): the preflight, then the upload
+    of the staged folder (the shared one of the sample's full build) and the tag."""
+    options = BuildOptions(push=True, repo_id=repo_id, version="v1.0.0")
+    return hub.push(hub_folder, hub.preflight(options, api, expected_features(64)), options.version, False, api)
+
+
+def snapshot(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_push_uploads_one_commit_then_tags_it(push_options, embedded_copy, capsys):
+    # The README's way: the command that built the output, again with --push; the vectors are reused.
+    push_options.output = str(embedded_copy)
     api = StandInApi()
     stats = build(push_options, api=api)
     assert api.calls == ["whoami", "repo_exists", "create_repo", "upload_folder", "create_tag"]
     assert api.tags == [("v1.0.0", "abc123")]
-    assert "README.md" in api.uploaded and "data/train-00000-of-00001.parquet" in api.uploaded
+    assert api.uploaded == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
+                            "data/validation-00000-of-00001.parquet", "token_lengths.png"]
     assert stats["published"] == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
+    assert stats["embed"]["reused"] is True
+    assert sorted(p.name for p in embedded_copy.parent.iterdir()) == ["embedded"]  # the staged folder is gone
     # The token is never printed, logged or written.
-    output = Path(push_options.output)
-    written = "".join(p.read_text(errors="ignore") for p in output.rglob("*") if p.suffix in (".json", ".md"))
+    written = "".join(p.read_text(errors="ignore") for p in embedded_copy.rglob("*") if p.suffix in (".json", ".md"))
     captured = capsys.readouterr()
     assert TOKEN not in written + captured.out + captured.err + json.dumps(stats)
 
 
-def test_busy_hub_is_retried_on_reads(push_options):
+def test_busy_hub_is_retried_on_reads(hub_folder, no_waiting):
     api = StandInApi(fail={"whoami": [http_error(429)], "create_tag": [http_error(503)]})
-    build(push_options, api=api)
+    assert publish(api, hub_folder) == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
     assert api.calls.count("whoami") == 2 and api.calls.count("create_tag") == 2
     assert api.tags == [("v1.0.0", "abc123")]
-
-
-def test_failed_commit_is_not_retried_and_leaves_no_tag(push_options):
-    api = StandInApi(fail={"upload_folder": [http_error(500)]})
-    with pytest.raises(BuildError, match="no tag was created.*rerun the same command"):
-        build(push_options, api=api)
-    assert api.calls.count("upload_folder") == 1 and api.tags == []
-    rerun = StandInApi()
-    build(push_options, api=rerun)  # rerunning publishes once
-    assert rerun.tags == [("v1.0.0", "abc123")]
-
-
-def test_existing_tag_is_refused_before_any_work(push_options):
-    api = StandInApi(exists=True, tags=["v1.0.0"])
-    with pytest.raises(BuildError, match="already has the tag v1.0.0: pass a new --version"):
-        build(push_options, api=api)
-    assert not Path(push_options.output).exists()
-
-
-@pytest.mark.parametrize("repo_id", ["no-owner", "a/b/c", "bad name/x", "-x/y"])
-def test_malformed_repo_id_is_refused(push_options, repo_id):
-    push_options.repo_id = repo_id
-    with pytest.raises(BuildError, match="is not of the form owner/name"):
-        build(push_options, api=StandInApi())
-
-
-def test_missing_token_is_refused(push_options, monkeypatch, tmp_path):
-    monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.setattr(hub, "get_token", lambda: None)
-    with pytest.raises(BuildError, match="needs a Hugging Face token"):
-        build(push_options, api=StandInApi())
-
-
-def test_offline_push_is_refused_in_one_line(tiny_model, sample_dir, tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, str(root / "build.py"), "--push", "--source", str(sample_dir), "--model", tiny_model,
-         "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_TOKEN": TOKEN, "PYTHONPATH": str(root)})
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --push needs the Hub but HF_HUB_OFFLINE=1")
-    assert not (tmp_path / "out").exists()
 
 
 class ConnectError(Exception):
@@ -142,30 +124,55 @@ class ConnectError(Exception):
     which is neither an OSError nor an HfHubHTTPError."""
 
 
-@pytest.mark.parametrize("step, errors", [
-    ("whoami", [http_error(500)] * 3), ("repo_exists", [http_error(503)] * 3),
-    ("create_repo", [http_error(502)] * 3), ("upload_folder", [http_error(500)]),
-    ("create_tag", [http_error(500)] * 3),
-    ("whoami", [ConnectError("connection refused")]), ("upload_folder", [ConnectError("reset")]),
-    ("create_tag", [ConnectError("timed out")]),
-])
-def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(push_options, step, errors):
+# Each Hub step failing (an HTTP error, retried where the step is idempotent, or a network
+# error), and what the one line says.
+FAILING_STEPS = [
+    ("whoami", [http_error(500)] * 3, r"the Hub refused the token \(500\): run `hf auth login` again"),
+    ("repo_exists", [http_error(503)] * 3, "checking someone/elm-wikitext2 on the Hub failed .*try again later"),
+    ("create_repo", [http_error(502)] * 3, "creating someone/elm-wikitext2 failed .*nothing was uploaded: rerun"),
+    ("upload_folder", [http_error(500)], "no tag was created and v1.0.0 is not published: rerun the same command"),
+    ("create_tag", [http_error(500)] * 3, "the data is in someone/elm-wikitext2 at commit abc123, but creating "
+                                          "the tag v1.0.0 failed .*run `hf repo tag create"),
+    ("whoami", [ConnectError("connection refused")], r"cannot reach the Hub \(ConnectError: connection refused\)"),
+    ("upload_folder", [ConnectError("reset")], r"uploading to someone/elm-wikitext2 failed \(reset\)"),
+    ("create_tag", [ConnectError("timed out")], r"but creating the tag v1.0.0 failed \(timed out\)"),
+]
+
+
+@pytest.mark.parametrize("step, errors, says", FAILING_STEPS)
+def test_a_failing_hub_step_says_so_and_a_rerun_publishes_once(hub_folder, no_waiting, step, errors, says):
     api = StandInApi(fail={step: list(errors)})
+    with pytest.raises(BuildError, match=says):
+        publish(api, hub_folder)
+    assert api.calls.count(step) == len(errors)  # retried as often as it failed, no more
+    assert api.tags == []  # no tag, so no half-published version
+    assert api.calls.count("upload_folder") == (step in ("upload_folder", "create_tag"))  # never retried
+    rerun = StandInApi()
+    publish(rerun, hub_folder)
+    assert rerun.tags == [("v1.0.0", "abc123")] and rerun.calls.count("upload_folder") == 1
+
+
+@pytest.mark.parametrize("step, errors", [("whoami", [http_error(500)] * 3), ("upload_folder", [ConnectError("reset")])],
+                         ids=["before the embedding", "after it"])
+def test_a_build_whose_push_fails_keeps_its_vectors_for_the_rerun(push_options, text_output_copy, step, errors):
+    # The embed stage on the shared text-stage output: a real embedding, without the text stage.
+    push_options.stage, push_options.output = "embed", str(text_output_copy)
+    before = snapshot(text_output_copy)
     with pytest.raises(BuildError):
-        build(push_options, api=api)
-    assert [tag for tag in api.tags] == []  # no tag, so no half-published version
-    assert api.calls.count("upload_folder") <= 1  # the commit is never retried
+        build(push_options, api=StandInApi(fail={step: list(errors)}))
+    if step == "whoami":  # refused in the preflight: nothing was computed or written, nothing to keep
+        assert snapshot(text_output_copy) == before
+        assert sorted(p.name for p in text_output_copy.parent.iterdir()) == ["out"]
+        return
+    # A failure after the embedding kept its vectors (the output, and its chunks): the rerun
+    # computes none again, and publishes once.
     rerun = StandInApi()
     stats = build(push_options, api=rerun)
     assert rerun.tags == [("v1.0.0", "abc123")] and rerun.calls.count("upload_folder") == 1
-    # A failure after the embedding kept its vectors (the output, and its chunks): the rerun
-    # computes no vector again.
-    embedded_before = step in ("create_repo", "upload_folder", "create_tag")
-    computed_none = stats["embed"].get("reused", False) or stats["embed"]["paragraphs"] == 0
-    assert computed_none == embedded_before
+    assert stats["embed"]["reused"] is True
 
 
-def test_a_tag_whose_answer_was_lost_is_not_reported_as_failed(push_options):
+def test_a_tag_whose_answer_was_lost_is_not_reported_as_failed(hub_folder, no_waiting):
     class LostAnswer(StandInApi):
         def create_tag(self, repo_id, repo_type, tag, revision, tag_message):
             self.calls.append("create_tag")
@@ -175,30 +182,55 @@ def test_a_tag_whose_answer_was_lost_is_not_reported_as_failed(push_options):
             raise http_error(502)  # the tag was made, but its answer was lost on the way
 
     api = LostAnswer()
-    stats = build(push_options, api=api)
+    assert publish(api, hub_folder) == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
     assert api.calls.count("create_tag") == 2 and api.tags == [("v1.0.0", "abc123")]
-    assert stats["published"] == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
 
 
 def published_card(dim: int):
     from datasets.info import DatasetInfo
     from huggingface_hub import DatasetCardData
 
-    from elm_wikitext.output import expected_features
-
     card = DatasetCardData()
     DatasetInfosDict({"default": DatasetInfo(features=expected_features(dim))}).to_dataset_card_data(card)
     return card
 
 
-def test_an_existing_repo_with_other_columns_is_refused_before_any_work(push_options):
-    api = StandInApi(exists=True, tags=["v0.9.0"], card_data=published_card(dim=32))
-    with pytest.raises(BuildError, match="holds other columns"):
-        build(push_options, api=api)
-    assert not Path(push_options.output).exists()
-
-
-def test_an_existing_repo_with_the_same_columns_gets_a_new_version(push_options):
+def test_an_existing_repo_with_the_same_columns_gets_a_new_version(hub_folder, no_waiting):
     api = StandInApi(exists=True, tags=["v0.9.0"], card_data=published_card(dim=64))
-    build(push_options, api=api)
-    assert ("v1.0.0", "abc123") in api.tags
+    publish(api, hub_folder)
+    assert api.tags == ["v0.9.0", ("v1.0.0", "abc123")]  # the earlier version kept, the new one tagged
+
+
+@pytest.mark.parametrize("repo_id", ["no-owner", "a/b/c", "bad name/x", "-x/y"])
+def test_malformed_repo_id_is_refused(hub_folder, no_waiting, repo_id):
+    api = StandInApi()
+    with pytest.raises(BuildError, match=f"--repo-id '{repo_id}' is not of the form owner/name: pass e.g. "
+                                         "--repo-id someone/elm-wikitext2"):
+        publish(api, hub_folder, repo_id=repo_id)
+    assert api.calls == ["whoami"]
+
+
+# What a build with --push refuses before any work (no output is written), and the one line.
+REFUSED_BEFORE_ANY_WORK = {
+    "an existing tag": ({"exists": True, "tags": ["v1.0.0"]}, "already has the tag v1.0.0: pass a new --version"),
+    "an existing repo with other columns": ({"exists": True, "tags": ["v0.9.0"], "card_data": 32},
+                                            "holds other columns"),
+    "no token": ({}, "needs a Hugging Face token"),
+    "HF_HUB_OFFLINE=1": ({}, "--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BEFORE_ANY_WORK))
+def test_a_push_that_cannot_succeed_is_refused_before_any_work(case, push_options, monkeypatch):
+    hub_state, says = REFUSED_BEFORE_ANY_WORK[case]
+    if "card_data" in hub_state:
+        hub_state = {**hub_state, "card_data": published_card(dim=hub_state["card_data"])}
+    api = StandInApi(**hub_state)
+    if case == "no token":
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setattr(hub, "get_token", lambda: None)
+    if case == "HF_HUB_OFFLINE=1":  # as the variable sets it when huggingface_hub is imported
+        monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BuildError, match=says):
+        build(push_options, api=api)
+    assert "create_repo" not in api.calls and not Path(push_options.output).exists()

@@ -91,7 +91,7 @@ def test_an_empty_split_is_refused(paragraphs, split_by, ratios, empty):
 
 def test_the_sample_shares_no_article_and_no_text_between_splits(text_output):
     splits = load_from_disk(str(text_output))
-    assert list(splits) == list(SPLIT_NAMES) and all(len(split) for split in splits.values())
+    assert [len(split) for split in splits.values()] == [46, 6, 5]  # every split holds rows to compare
     articles, texts = articles_of(splits), {name: set(t) for name, t in texts_of(splits).items()}
     for first, second in [("train", "validation"), ("train", "test"), ("validation", "test")]:
         assert not articles[first] & articles[second], (first, second)

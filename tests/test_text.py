@@ -181,11 +181,14 @@ CONFIGS = {"wikitext-2-raw-v1": "raw", "wikitext-2-v1": "tokens"}
 
 @pytest.fixture(scope="module")
 def sample_paragraphs(sample_dir, tokenizer, tiny_model):
-    """Each config's kept paragraphs of the sample, through the whole text stage."""
+    """Each config's kept paragraphs of the sample and their statistics, through the text steps.
+    The lines are held in memory: datasets caches no map of them, so the steps run afresh here
+    (a map cached by an earlier version of the code is never what is tested)."""
     built = {}
     for config, kind in CONFIGS.items():
         options = BuildOptions(source=str(sample_dir), source_config=config, model=tiny_model)
-        built[kind] = build_paragraphs(load_lines(str(sample_dir), config), tokenizer, options)
+        lines = Dataset.from_dict({"text": load_lines(str(sample_dir), config)["text"]})
+        built[kind] = build_paragraphs(lines, tokenizer, options)
     return built
 
 
@@ -273,17 +276,12 @@ TEXT_REFERENCE_VERSION = 2
 TEXT_REFERENCE = "8e9b5f2d72fa6a6a"
 
 
-def test_paragraphs_changed_only_with_text_version(options, tokenizer):
+def test_paragraphs_changed_only_with_text_version(sample_paragraphs):
     import hashlib
 
-    from datasets import Dataset
+    from elm_wikitext.text import TEXT_VERSION
 
-    from elm_wikitext.source import load_lines
-    from elm_wikitext.text import TEXT_VERSION, build_paragraphs
-
-    # Lines held in memory: datasets caches no map of them, so the steps run afresh here.
-    lines = Dataset.from_dict({"text": load_lines(options.source, options.source_config)["text"]})
-    paragraphs, stats = build_paragraphs(lines, tokenizer, options)
+    paragraphs, stats = sample_paragraphs["raw"]
     rows = sorted(zip(paragraphs["text_id"], paragraphs["text"], paragraphs["article"],
                       paragraphs["section"], paragraphs["token_count"]))
     digest = hashlib.sha256(json.dumps([rows, stats], sort_keys=True).encode()).hexdigest()[:16]
