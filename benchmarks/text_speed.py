@@ -3,9 +3,11 @@
 Each run writes the synthetic corpus (benchmarks/synthetic_wikitext.py) at the given scale, then
 times `python build.py --stage text` in a child process from its start to its end, with a fresh
 datasets cache (so nothing is reused from an earlier run). It reports also the stage's own
-"seconds" from the output's statistics and two peaks of memory: the build process's max RSS
-(from `wait4`), and the largest sum of proportional set sizes (PSS) over the build and its
-worker processes, sampled four times a second (a page two processes share counts once).
+"seconds" from the output's statistics and two peaks of memory: the largest max RSS of the build
+process and of its worker processes, each on its own (from `wait4`, which counts the workers the
+build reaped; pages a worker shares with the build count in both), and the largest sum of
+proportional set sizes (PSS) over the build and its workers together, sampled four times a
+second (a page two processes share counts once): what they hold between them.
 The goals, once the source is on disk: at scale 1 (WikiText-2's size) at most 30 s; at scale 10
 at most 2 GiB; at scale 50 (WikiText-103's size) at most 4 minutes and 3 GiB.
 

@@ -246,14 +246,14 @@ def build_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False)
     statistics of what was dropped and why."""
     paragraphs, stats = prepare_paragraphs(lines, tokenizer, options, keep_ids)
     reasons = final_reasons(paragraphs)
-    keep = np.flatnonzero(reasons == "")
+    kept = reasons == ""
     stats["paragraphs"] = len(paragraphs)
     stats["dropped"] = {reason: int((reasons == reason).sum()) for reason in DROP_REASONS}
-    stats["kept"] = len(keep)
-    if len(keep) == 0:
+    stats["kept"] = int(kept.sum())
+    if not stats["kept"]:
         raise BuildError(f"no paragraph is left after filtering ({stats['dropped']} dropped): widen "
                          f"--min-tokens {options.min_tokens} / --max-tokens {options.max_tokens}")
-    unknown = paragraphs.data.column("unknown_words").to_numpy()[keep]
+    unknown = paragraphs.data.column("unknown_words").to_numpy()[kept]
     stats["unknown_words"] = {"words": int(unknown.sum()), "paragraphs": int((unknown > 0).sum())}
     assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values())
-    return take_rows(paragraphs.remove_columns(["drop", "unknown_words"]), reasons == "", "Keeping"), stats
+    return take_rows(paragraphs.remove_columns(["drop", "unknown_words"]), kept, "Keeping"), stats
