@@ -34,7 +34,7 @@ def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tupl
     lines = load_lines(options.source, options.source_config, options.source_revision)
     paragraphs, counts = build_paragraphs(lines, tokenizer, options, keep_ids)
     # Each step's dataset maps its own file, and every page read of it stays in this process's
-    # memory while the dataset lives: let each go once the next is written (1 GiB at WikiText-103).
+    # memory while the dataset lives: let each go once the next is written (0.8 GiB at WikiText-103).
     del lines
     splits = make_splits(paragraphs, options)
     del paragraphs

@@ -5,6 +5,7 @@ splits later, by article.
 """
 
 import logging
+import re
 from pathlib import Path
 
 import datasets
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 RAW_FILES = ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
 TOKEN_FILES = ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
 HUB_SPLITS = ("train", "validation", "test")
+# The Hub repo's folder of each config's parquet files.
+CONFIG_FOLDER = re.compile(r"wikitext-(?:2|103)(?:-raw)?-v1")
 
 
 def is_raw(config: str) -> bool:
@@ -87,7 +90,7 @@ def _load_local(path: Path, config: str) -> Dataset:
         path = path / config
     parquet = sorted(path.rglob("*.parquet"), key=_parquet_order)
     if parquet:
-        return _load_parquet(path, parquet)
+        return _load_parquet(path, parquet, config)
     raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(archive_files(config))} "
                      "or the Hub's parquet files (e.g. train-00000-of-00001.parquet)")
 
@@ -105,11 +108,16 @@ def _check_archive_kind(path: Path, config: str, found: list[Path]) -> None:
                      f"from them, or a folder holding {', '.join(archive_files(config))}")
 
 
-def _load_parquet(path: Path, files: list[Path]) -> Dataset:
+def _load_parquet(path: Path, files: list[Path], config: str) -> Dataset:
     folders = sorted({str(file.parent.relative_to(path)) for file in files})
     if len(folders) > 1:  # several configs would be pooled, e.g. raw and tokenized copies
         raise BuildError(f"--source {path} holds parquet files in {len(folders)} folders ({', '.join(folders)}): "
                          "pass one of them as --source, or name it with --source-config")
+    other = CONFIG_FOLDER.fullmatch((path / folders[0]).resolve().name)  # the files' folder, or --source's own
+    if other and other.group(0) != config:  # a download of another config: <unk> text, or another corpus
+        raise BuildError(f"--source {path} holds the parquet files of {other.group(0)}, not of --source-config "
+                         f"{config}: pass --source-config {other.group(0)} to build from them, or download "
+                         f"{config} (hf download ... --include \"{config}/*\")")
     parts = [load_dataset("parquet", data_files=str(file), split="train") for file in files]
     for file, part in zip(files, parts):
         if "text" not in part.column_names:

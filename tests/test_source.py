@@ -79,6 +79,17 @@ def test_a_download_of_the_whole_hub_repo_reads_the_config_folder(tmp_path):
         load_lines(str(tmp_path), "wikitext-103-v1")
 
 
+def test_the_parquet_files_of_another_config_are_refused_naming_it(tmp_path):
+    # `hf download ... --include "wikitext-2-v1/*"` then a default (raw) build would quietly
+    # build the <unk> text; so would pointing --source at that folder itself.
+    write_parquet(tmp_path / "wikitext-2-v1", LINES)
+    for source in (tmp_path, tmp_path / "wikitext-2-v1"):
+        with pytest.raises(BuildError, match=r"holds the parquet files of wikitext-2-v1, not of --source-config "
+                                             r"wikitext-2-raw-v1: pass --source-config wikitext-2-v1"):
+            load_lines(str(source), "wikitext-2-raw-v1")
+    assert load_lines(str(tmp_path / "wikitext-2-v1"), "wikitext-2-v1")["text"] == ALL_LINES
+
+
 def test_parquet_without_a_text_column_is_refused(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "train-00000-of-00001.parquet")
     with pytest.raises(BuildError, match=r"train-00000-of-00001.parquet has no 'text' column \(it has \['body'\]\)"):
