@@ -85,7 +85,7 @@ class BuildOptions:
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text stage's cleaning and counting (default: one per CPU "
         "core, up to 8, for a source of over 100,000 lines; in-process for a smaller one, where "
-        "starting workers costs more than they save).")
+        "starting workers costs about what they save).")
 
     def split_ratios(self) -> tuple[float, float, float]:
         try:
