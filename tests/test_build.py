@@ -178,12 +178,15 @@ def test_embed_stage_refusals_keep_the_earlier_output(case, text_output_copy, ti
 
 
 def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
-        sample_dir, broken_models, tmp_path, capsys):
+        sample_dir, broken_models, tmp_path, capsys, monkeypatch):
+    def text_stage(*args, **kwargs):
+        raise AssertionError("the text stage ran before the model was checked")
+
+    monkeypatch.setattr("elm_wikitext.pipeline.text_stage", text_stage)
     status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["bert"],
                                          "--output", tmp_path / "out"]])
     err = capsys.readouterr().err
     assert status == 2 and "is a bert model, not a decoder-only one" in err.splitlines()[-1]
-    assert "Counting tokens" not in err  # the text stage's progress bars never started
     assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 
