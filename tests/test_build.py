@@ -53,6 +53,8 @@ EMBED_REFUSALS = {
     "a corrupt config.json": (["--model", "{corrupt_config}"], "has a damaged config.json"),
     "a config.json that is a list": (["--model", "{list_config}"], "has a config.json that is not a JSON object"),
     "config sizes that differ from the weights": (["--model", "{other_sizes}"], "have other sizes than its config.json says"),
+    "weights its model class does not use": (["--model", "{llama_config}"],  # llama has no q_norm/k_norm
+                                             "holds 4 weights its model class does not use"),
     "a vocabulary smaller than the token ids": (["--model", "{small_vocabulary}"],
                                                 "has a vocabulary of 1000 tokens, but its tokenizer makes ids up to"),
     "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
@@ -133,6 +135,8 @@ def broken_models(tiny_model, tmp_path_factory) -> dict:
             "corrupt_config": corrupt_config, "list_config": list_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
             "other_sizes": model_with_config(tiny_model, tmp_path / "other-sizes", intermediate_size=200),
             "small_vocabulary": model_with_config(tiny_model, tmp_path / "small-vocabulary", vocab_size=1000),
+            "llama_config": model_with_config(tiny_model, tmp_path / "llama", model_type="llama",
+                                              architectures=["LlamaModel"]),
             "other_tokenizer": with_another_tokenizer(tiny_model, tmp_path / "other-tokenizer")}
 
 
