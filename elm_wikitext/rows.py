@@ -1,8 +1,8 @@
 """Rows of a dataset picked by a mask, written out contiguously.
 
 `Dataset.select(rows).flatten_indices()` gathers scattered rows one slice per row (datasets'
-`fast_gather`) and then casts and writes each one-row slice on its own: a quarter of the text
-stage's time at WikiText-103 size. Filtering each batch in Arrow instead costs one pass.
+`fast_gather`) and then casts and writes each one-row slice on its own (7 s of 86 s in a profile
+of the text stage at 10x WikiText-2). Filtering each batch in Arrow instead costs one pass.
 """
 
 import numpy as np
