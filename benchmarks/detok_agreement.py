@@ -7,7 +7,7 @@ The held-out set, `detok_heldout.jsonl`, holds paragraphs written for this proje
 would print them (`original`) beside WikiText's tokenization of them (`tokenized`); it was written
 by someone who had not seen our rules. Compared:
 
-- ours: `elm_wikitext.detokenize`;
+- ours: `elm_wikitext.text.detokenize`;
 - sacremoses: its Moses detokenizer, after joining WikiText's `@,@ @.@ @-@` marks;
 - sacremoses + steps: the same, then our closing-up of times, ranges, symbols and slashes.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sacremoses import MosesDetokenizer
 
-from elm_wikitext.detokenize import CLOSED_UP, JOIN_MARK, detokenize
+from elm_wikitext.text.detokenize import CLOSED_UP, JOIN_MARK, detokenize
 
 HELDOUT = Path(__file__).with_name("detok_heldout.jsonl")
 MOSES = MosesDetokenizer("en")

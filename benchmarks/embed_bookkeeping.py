@@ -106,9 +106,9 @@ def measure(directory: Path, dim: int) -> list[dict]:
 
     import torch
 
-    from elm_wikitext import embed
-    from elm_wikitext.embed import ChunkStore, add_embedding_column, assemble, compute_chunks, plan_chunks, work_key
-    from elm_wikitext.encode import Encoder
+    from elm_wikitext.embed import chunks as embed
+    from elm_wikitext.embed.chunks import ChunkStore, add_embedding_column, assemble, compute_chunks, plan_chunks, work_key
+    from elm_wikitext.embed.encode import Encoder
 
     def fake_embed_rows(encoder, ids):  # the vectors of a batch, and no float32 recomputation
         return torch.from_numpy(fake_vectors(np.array([row[0] for row in ids]), encoder.dim)), 0

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import Qwen3Config, Qwen3Model
 
-from elm_wikitext.encode import Encoder, compile_layers, embed_ids, embed_rows, token_batches
+from elm_wikitext.embed.encode import Encoder, compile_layers, embed_ids, embed_rows, token_batches
 from elm_wikitext.tiny import QWEN3_VOCAB_SIZE, build_qwen_tokenizer
 
 FLOP_PER_TOKEN = 7.35e9  # Qwen3-Embedding-4B at a few hundred tokens (../shared/REFERENCE.md)

@@ -5,7 +5,7 @@ published columns and 2560-float unit vectors) is written with save_to_disk, rea
 load_from_disk as users do, and read in batches of 64 of `text` and `embedding`:
 
   (i)   DataLoader(split.with_format("torch", columns=...), batch_size=64, shuffle=True);
-  (ii)  elm_wikitext.loading.shuffled_batches: one Arrow gather and one copy per batch;
+  (ii)  elm_wikitext.training.loading.shuffled_batches: one Arrow gather and one copy per batch;
   (iii) contiguous slices with (ii)'s conversion: no gather, a bound for (ii);
   (iv)  contiguous slices of the torch format: datasets' torch formatter without (i)'s per-row
         split and restack;
@@ -31,7 +31,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from elm_wikitext.loading import arrow_batch_to_torch, shuffled_batches
+from elm_wikitext.training.loading import arrow_batch_to_torch, shuffled_batches
 
 COLUMNS = ["text", "embedding"]
 WORDS = ("the of and in to a was is for on as with by he at from his an were are which this also river "

@@ -14,8 +14,8 @@ from pathlib import Path
 
 # Only what parsing the options needs: torch, datasets and transformers load after it, so that
 # --help and a refused option answer at once.
-from .errors import BuildError
-from .options import BuildOptions, parse_options
+from elm_wikitext.errors import BuildError
+from elm_wikitext.options import BuildOptions, parse_options
 
 
 class TerminalOnly(logging.Filter):
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as err:
         print("error:", " ".join(str(err).split()), file=sys.stderr)
         return 2
-    from . import processes
+    from elm_wikitext.embed import processes
 
     on_sigterm = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(options) -> dict | None:
-    from .pipeline import build
-    from .verify import verify
+    from elm_wikitext.pipeline import build
+    from elm_wikitext.publish.verify import verify
 
     if options.verify:  # --model, if given, points at the weights where they are now
         model = options.model if options.model != BuildOptions().model else None

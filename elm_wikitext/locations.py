@@ -10,7 +10,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-from .errors import BuildError
+from elm_wikitext.errors import BuildError
 
 
 def is_local(name: str) -> bool:

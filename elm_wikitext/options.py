@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Optional, get_args, get_type_hints
 
-from .errors import BuildError
+from elm_wikitext.errors import BuildError
 
 SPLIT_NAMES = ("train", "validation", "test")
 

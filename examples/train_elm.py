@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HfArgumentParser
 
-from elm_wikitext.loading import load_splits, shuffled_batches
+from elm_wikitext.training.loading import load_splits, shuffled_batches
 from elm_wikitext.locations import is_local, looks_like_path
 
 log = logging.getLogger("train_elm")

@@ -4,7 +4,7 @@ An adapter (a small MLP) turns each dataset vector into `--prompt-tokens` soft-p
 The language model reads them as its first input embeddings (`inputs_embeds`) and learns, by
 teacher forcing, to write the paragraph after them: the loss covers the paragraph's tokens only.
 At the end it writes a paragraph from each of some held-out vectors (`generate`) and prints their
-semantic consistency (`elm_wikitext.consistency`): the cosine between the embedding of what it
+semantic consistency (`elm_wikitext.training.consistency`): the cosine between the embedding of what it
 wrote, made with the dataset's own recipe, and the vector it wrote from, beside a random-row baseline.
 
     python examples/train_elm_lm.py --dataset data/trial                      # CPU: a tiny random Qwen3, ~1 min
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Qwen3ForCausalLM
 
-from elm_wikitext.consistency import report_lines, semantic_consistency
-from elm_wikitext.embedder import Embedder
-from elm_wikitext.loading import load_splits, shuffled_batches
+from elm_wikitext.training.consistency import report_lines, semantic_consistency
+from elm_wikitext.training.embedder import Embedder
+from elm_wikitext.training.loading import load_splits, shuffled_batches
 from elm_wikitext.tiny import build_qwen_tokenizer, tiny_qwen3_config
 
 log = logging.getLogger("train_elm_lm")
@@ -53,7 +53,7 @@ class TrainArgs:
     eval_rows: int = field(default=16, metadata={"help": "Vectors of --eval-split to write from at the end."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens each generation writes at most."})
     predictions: Optional[str] = field(default=None, metadata={
-        "help": "Also write the generations here as JSON lines, for python -m elm_wikitext.consistency."})
+        "help": "Also write the generations here as JSON lines, for python -m elm_wikitext.training.consistency."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and of the batch order."})
 
 

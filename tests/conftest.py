@@ -65,7 +65,7 @@ def retrained_model(tiny_model, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model):
-    from elm_wikitext.tokens import load_tokenizer
+    from elm_wikitext.embed.tokens import load_tokenizer
 
     return load_tokenizer(tiny_model)
 
@@ -122,7 +122,7 @@ def embedded_copy(embedded_output, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def hub_folder(embedded_output, tmp_path_factory) -> Path:
     """The folder --push uploads for the full build (parquet shards and the card, no manifest)."""
-    from elm_wikitext.card import stage_hub_folder
+    from elm_wikitext.publish.card import stage_hub_folder
 
     return stage_hub_folder(str(embedded_output), tmp_path_factory.mktemp("hub") / "hub",
                             "someone/elm-wikitext2", "v1.0.0")

@@ -15,7 +15,7 @@ from datasets import load_from_disk
 
 from build import main
 from elm_wikitext.options import SPLIT_NAMES, BuildOptions
-from elm_wikitext.output import MANIFEST_FILE
+from elm_wikitext.publish.output import MANIFEST_FILE
 
 BUILD = Path(__file__).parents[1] / "build.py"
 
@@ -226,7 +226,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
-    from elm_wikitext.output import expected_features
+    from elm_wikitext.publish.output import expected_features
 
     # `text_output` is `build.py --stage text` on the sample (see conftest.py).
     splits = load_from_disk(str(text_output))
@@ -275,7 +275,7 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
     assert lines["paragraphs"].strip() == ", ".join(f"{name} {rows:,}" for name, rows in stats["splits"].items())
     assert lines["tokens"].strip().startswith(f"{sum(stats['tokens'].values()):,} in ")
-    from elm_wikitext.encode import row_flops
+    from elm_wikitext.embed.encode import row_flops
 
     lengths = np.concatenate([split["token_count"][:] for split in load_from_disk(str(text_output)).values()])
     # The tiny model's few GFLOPs, to the 3 digits shown (not rounded to 0).

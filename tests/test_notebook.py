@@ -20,5 +20,5 @@ def test_notebook_builds_and_loads_offline(tiny_model, monkeypatch, tmp_path):
     printed = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for output in cell.get("outputs", []))
     assert "torch.Size([8, 64])" in printed  # the tiny model's vectors, read back as a tensor
-    assert "INFO elm_wikitext.embed" in printed  # the build's log, shown as it ran, not kept back
+    assert "INFO elm_wikitext.embed.chunks" in printed  # the build's log, shown as it ran, not kept back
     assert "published" not in printed        # offline: nothing is pushed

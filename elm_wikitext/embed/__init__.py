@@ -1,0 +1,1 @@
+"""The embed stage: the model's tokens, its forward pass and pooling (encode), the resumable chunks, the processes."""

@@ -1,0 +1,352 @@
+"""The embedding model and its pooling, as Qwen3-Embedding's authors specify them.
+
+Documents get no instruction; the tokenizer appends `<|endoftext|>`; the vector is the last
+layer's hidden state at that appended token, L2-normalized (and, for `dim` below the hidden size,
+cut to the first `dim` values and normalized again: the model is trained for that, Matryoshka-style).
+
+Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
+"""
+
+import hashlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+from elm_wikitext.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+# Part of the embedding's resume key: bump it when the vectors change (pooling, normalization,
+# precision, padding; not for comments or refactors), so that no finished chunk of the old code is
+# reused. tests/embed/test_encode.py holds reference vectors tied to this number, and fails until both agree.
+EMBED_VERSION = 2  # 2: every layer runs the model's own forward (1: the last one at the pooled token)
+
+# Where lengths are sparse (the long tail), smaller batches beat computing padding.
+MAX_PADDING = 0.03
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# PyTorch's SDPA prefers cuDNN's attention on H100s, which builds a plan for each new shape of
+# (rows, length), and nearly every batch here is one: a quarter of a build's embedding time on an
+# H100 (README). Its other fused kernels have no such cost.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@dataclass
+class Encoder:
+    model: torch.nn.Module
+    pad_id: int
+    dim: int
+    device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def check_config_file(model: str) -> None:
+    """A local model's config.json that is not a JSON object is named as such (the tokenizer,
+    which reads it first, would otherwise take the blame)."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BuildError(f"--model {model} has a damaged config.json ({err}): download the model "
+                         "again, or pass a complete model directory") from None
+    if not isinstance(config, dict):
+        raise BuildError(f"--model {model} has a config.json that is not a JSON object: download "
+                         "the model again, or pass a complete model directory")
+
+
+def check_model_config(model: str, revision: str | None, dim: int | None, tokenizer=None) -> int:
+    """Refuse, from the config alone, a model that last-token pooling does not fit, a `dim` it
+    does not have, or a vocabulary smaller than `tokenizer`'s ids; return the dim to keep."""
+    check_config_file(model)
+    try:
+        config = AutoConfig.from_pretrained(model, revision=revision)
+    except (OSError, ValueError) as err:  # no config.json, or one without a known model_type
+        raise BuildError(f"--model {model} has no model config that transformers can read ({err}): "
+                         "pass a complete model directory (config.json and weights) or a Hub model id") from None
+    kind = config.model_type
+    if (getattr(config, "is_encoder_decoder", False) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        raise BuildError(f"--model {model} is a {kind} model, not a decoder-only one: last-token "
+                         "pooling needs a causal decoder such as Qwen/Qwen3-Embedding-4B")
+    vocabulary = getattr(config, "vocab_size", None)
+    if tokenizer is not None and isinstance(vocabulary, int) and len(tokenizer) > vocabulary:
+        raise BuildError(f"--model {model} has a vocabulary of {vocabulary} tokens, but its tokenizer "
+                         f"makes ids up to {len(tokenizer) - 1}: its config.json and tokenizer belong to "
+                         "different models; download the model again")
+    dim = dim or config.hidden_size
+    if not 32 <= dim <= config.hidden_size:
+        raise BuildError(f"--dim {dim} is outside 32..{config.hidden_size} (the hidden size of "
+                         f"{model}): pass a --dim in that range")
+    return dim
+
+
+# Dense float16/bfloat16 peaks (FLOP/s) by GPU name, and the share of it this build reached on an
+# H100 with Qwen3-Embedding-4B's architecture (benchmarks/results): compiled layers, the default
+# on a GPU, and eager ones. CPU: what this build reached on a 2-core CI machine.
+GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+MEASURED_MFU = {"compiled": 0.53, "eager": 0.35}
+CPU_FLOPS = 1e11
+
+
+def row_flops(model: str, revision: str | None, lengths: np.ndarray) -> np.ndarray:
+    """The FLOPs of embedding each row, from the model's config (no weights)."""
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_layer = config.hidden_size * (2 * q + 2 * kv) + 3 * config.hidden_size * config.intermediate_size
+    lengths = lengths.astype(np.float64)
+    # 2 FLOPs per weight per token, plus causal attention: QK^T and AV over half the context.
+    return config.num_hidden_layers * (2 * per_layer * lengths + 2 * q * lengths ** 2)
+
+
+def gpu_peak(name: str) -> float:
+    """The dense float16 peak of a GPU named like `torch.cuda.get_device_name` or `--plan-gpu`."""
+    peak = next((value for key, value in GPU_PEAKS.items() if key.lower() in name.lower()), None)
+    if peak is None:
+        raise BuildError(f"--plan-gpu {name} is not a GPU whose peak this build knows: pass one of "
+                         f"{', '.join(GPU_PEAKS)}")
+    return peak
+
+
+def compiles(setting: str, device: torch.device) -> bool:
+    """Whether `--compile` SETTING compiles the layers on DEVICE ('auto': on a GPU)."""
+    return setting == "yes" or (setting == "auto" and device.type == "cuda")
+
+
+def seconds_at(flops: float, device: str, compiled: bool) -> float | None:
+    """Time of `flops` on a device named like `torch.cuda.get_device_name` ('cpu': this build's
+    measured CPU rate); None for a GPU of unknown peak."""
+    if device == "cpu":
+        return flops / CPU_FLOPS
+    try:
+        return flops / (gpu_peak(device) * MEASURED_MFU["compiled" if compiled else "eager"])
+    except BuildError:
+        return None
+
+
+def estimate_embedding(flops: np.ndarray, chunks: list[np.ndarray], setting: str, gpus: int, gpu: str) -> dict:
+    """The embedding's time from each row's FLOPs (`row_flops`), with the compile SETTING: on this
+    device, and on GPUS GPUs named GPU, which share the chunks as the build does (every n-th one
+    each), so the busiest sets the time. Batches only: loading (and compiling) comes on top."""
+    device = pick_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    chunk_flops = np.array([flops[rows].sum() for rows in chunks])
+    busiest = max(chunk_flops[i::gpus].sum() for i in range(gpus)) if len(chunks) else 0.0
+    on_gpus = compiles(setting, torch.device("cuda"))
+    return {"tflop": float(flops.sum()) / 1e12, "chunks": len(chunks),
+            "device": name, "device_compiled": compiles(setting, device),
+            "device_seconds": seconds_at(float(flops.sum()), name, compiles(setting, device)),
+            "gpus": gpus, "gpu": gpu, "gpus_compiled": on_gpus, "gpus_chunks": -(-len(chunks) // gpus),
+            "gpus_seconds": seconds_at(float(busiest), gpu, on_gpus)}
+
+
+def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int | None,
+                 device: torch.device | None = None) -> Encoder:
+    """Load the model once, in float32 on CPU or `dtype` on GPU, and check it before any work."""
+    device = device or pick_device()
+    dim = check_model_config(model, revision, dim)
+    torch_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
+    try:
+        loaded, info = AutoModel.from_pretrained(
+            model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device, torch_dtype),
+            output_loading_info=True)
+    except (OSError, SafetensorError) as err:  # no weight files, or damaged ones
+        raise BuildError(f"cannot load the weights of --model {model} ({err}): download the model "
+                         "again, or pass a complete model directory") from None
+    except RuntimeError as err:  # transformers refuses weights of other sizes than the config's
+        reason = str(err).splitlines()[0][:200]
+        raise BuildError(f"the weights of --model {model} have other sizes than its config.json says "
+                         f"({reason}): its config and weights belong to different models; download it again") from None
+    check_weight_names(model, info)
+    log.info("model %s on %s in %s, dim %d", model, device, torch_dtype, dim)
+    pad_id = 0 if pad_id is None else pad_id  # no attention reaches the padding, so any id does
+    return Encoder(loaded.to(device).eval(), pad_id, dim, device)
+
+
+def check_weight_names(model: str, info: dict) -> None:
+    """The checkpoint holds exactly the weights the config's model class has: a missing one
+    would be random, an unexpected one (Qwen3's q_norm under another model_type) ignored."""
+    for kind, what in (("missing_keys", "lacks {n} weights"), ("unexpected_keys", "holds {n} weights its model class does not use"),
+                       ("mismatched_keys", "holds {n} weights of other sizes than its config says")):
+        names = sorted(str(name) for name in info.get(kind) or [])
+        if names:
+            raise BuildError(f"--model {model} {what.format(n=len(names))} (e.g. {names[:3]}): its "
+                             "checkpoint does not fit its config.json (partial, or of another model_type); "
+                             "download it again or pass a complete model")
+
+
+def model_identity(model: str, revision: str | None) -> str:
+    """What names a model's weights, so that other weights never reuse old vectors: the commit of
+    a Hub model (its cached snapshot's folder), or the SHA-256 of a local directory's files (about
+    5 s for the 8 GB of Qwen3-Embedding-4B; their dates would differ from machine to machine)."""
+    if not Path(model).is_dir():  # loaded, so its config.json is in the cache (unless told otherwise)
+        cached = try_to_load_from_cache(model, "config.json", revision=revision)
+        return Path(cached).parent.name if isinstance(cached, str) else f"{model}@{revision}"
+    digest = hashlib.sha256()
+    for path in sorted(path for path in Path(model).iterdir() if path.is_file()):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def compile_layers(encoder: Encoder, required: bool = True) -> bool:
+    """torch.compile each decoder layer in place, for batches of any shape (`--compile`), and
+    compile them now, on two small batches, so that the progress bar times batches only. Return
+    whether they are compiled: where inductor cannot build its kernels (no C compiler, say), the
+    layers stay eager, with a warning, or, if `required`, the build is refused before any work.
+
+    Between its matmuls a Qwen3 layer runs many small element-wise kernels (float32 RMSNorm,
+    rotary, SwiGLU, residual adds); compiling fuses them: 1.5x the tokens/s of eager layers in a
+    build on an H100 (README). The layers share one compiled graph for batches of several rows
+    and one for a single row, whatever their length: no batch compiles again.
+    """
+    layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole
+    modules = list(layers or [encoder.model])
+    for module in modules:
+        module.compile(dynamic=True)
+    what = f"{len(modules)} decoder layers" if layers else "the model"
+    log.info("compiling %s with torch.compile", what)
+    try:
+        # Sizes no model dimension has: dynamo gives input dimensions of equal size one symbol,
+        # and a length equal to the head size, say, would fix the length of the compiled graph.
+        for rows in (1, 3):
+            embed_ids(encoder, [[encoder.pad_id] * 37] * rows)
+    except Exception as err:  # inductor's and Triton's errors come in many types
+        for module in modules:
+            # Eager again: PyTorch has no public way to undo `Module.compile`, which keeps the
+            # compiled call in this attribute (None: the module's own call).
+            module._compiled_call_impl = None
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        if required:
+            raise BuildError(f"--compile yes cannot compile on this machine ({reason}): install a C "
+                             "compiler (gcc) that torch.compile can use, or pass --compile no") from None
+        log.warning("cannot compile the model on this machine (%s): embedding eagerly, about a third "
+                    "slower on a GPU; install a C compiler (gcc) that torch.compile can use", reason)
+        return False
+    return True
+
+
+def _attention(device: torch.device, dtype: torch.dtype) -> str:
+    # Right-padded causal batches need no mask, so both run their fused causal kernels;
+    # FlashAttention 2 where it is installed (GPU, float16/bfloat16 only), else PyTorch's SDPA.
+    if (device.type == "cuda" and dtype != torch.float32
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def check_budget(lengths: np.ndarray, max_batch_tokens: int) -> None:
+    longest = int(lengths.max(initial=0))
+    if longest > max_batch_tokens:
+        raise BuildError(f"--max-batch-tokens {max_batch_tokens} is below the longest paragraph "
+                         f"({longest} tokens): raise it to at least {longest}")
+
+
+def token_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
+    """Positions of `lengths` grouped longest first. A batch is padded to its longest row; it
+    closes before it would cost more than `max_batch_tokens`, or before a row shorter than its
+    longest by more than MAX_PADDING joins, which caps padding at MAX_PADDING of the tokens."""
+    check_budget(lengths, max_batch_tokens)
+    batches, current, width = [], [], 0
+    for position in np.argsort(-lengths, kind="stable"):
+        length = int(lengths[position])
+        if current and ((len(current) + 1) * width > max_batch_tokens or length < (1 - MAX_PADDING) * width):
+            batches.append(np.array(current))
+            current = []
+        if not current:
+            width = length
+        current.append(position)
+    return batches + [np.array(current)] if current else batches
+
+
+def right_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded at the end, and each row's length."""
+    lengths = torch.tensor([len(row) for row in ids])
+    input_ids = torch.full((len(ids), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, :len(row)] = torch.as_tensor(row)
+    return input_ids, lengths
+
+
+@torch.inference_mode()
+def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
+    """Normalized float32 vectors (rows, dim), on the CPU, of token-id rows that each end in
+    end-of-text.
+
+    The authors pad on the left so that the end-of-text token is last in every row. Padding on the
+    right and reading each row at its own last token gives the same vectors: under the causal
+    mask no real token can see the padding that follows it, so no attention mask is needed, and
+    SDPA runs its fused causal kernel instead of a masked one.
+    """
+    input_ids, lengths = right_pad(ids, encoder.pad_id)
+    input_ids, ends = input_ids.to(encoder.device, non_blocking=True), lengths.to(encoder.device) - 1
+    # use_cache=False: a key/value cache only serves generation, and filling it costs copies.
+    with sdpa_kernel(SDPA_BACKENDS):
+        hidden = encoder.model(input_ids=input_ids, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(ids), device=hidden.device), ends]
+    vectors = F.normalize(last.float(), dim=-1)
+    if encoder.dim < vectors.shape[-1]:
+        vectors = F.normalize(vectors[:, :encoder.dim], dim=-1)
+    return vectors.cpu()
+
+
+@torch.inference_mode()
+def embed_rows(encoder: Encoder, ids: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """Like `embed_ids`, with two safety nets: a CUDA out-of-memory halves the batch and retries;
+    rows whose float16/bfloat16 vector is not finite are recomputed in float32. Returns the
+    vectors (on CPU) and how many rows needed float32."""
+    try:
+        vectors = embed_ids(encoder, ids)
+    except torch.OutOfMemoryError:
+        vectors = None  # retried below: here the traceback would keep the failed batch's tensors
+    if vectors is None:
+        if len(ids) == 1:
+            raise BuildError("one paragraph does not fit in GPU memory: lower --max-tokens")
+        half = len(ids) // 2
+        log.warning("CUDA out of memory on %d rows: retrying as two halves", len(ids))
+        torch.cuda.empty_cache()
+        first, redo_a = embed_rows(encoder, ids[:half])
+        second, redo_b = embed_rows(encoder, ids[half:])
+        return torch.cat([first, second]), redo_a + redo_b
+    bad = torch.nonzero(~torch.isfinite(vectors).all(dim=-1)).flatten().tolist()
+    if bad:
+        vectors[bad] = _embed_in_float32(encoder, [ids[i] for i in bad])
+    return vectors, len(bad)
+
+
+def _embed_in_float32(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
+    # float16 overflows to inf/NaN on some inputs. Casting float16/bfloat16 weights up and back
+    # down is exact, so the model is unchanged afterwards. FlashAttention runs only half
+    # precision, so float32 runs with SDPA.
+    # transformers has a public setter of the attention (set_attn_implementation) but no getter.
+    dtype, attention = encoder.dtype, encoder.model.config._attn_implementation
+    if dtype == torch.float32:
+        raise BuildError("the model gives non-finite vectors even in float32: check its weights")
+    log.warning("%d rows gave non-finite vectors in %s: recomputing them in float32", len(ids), dtype)
+    encoder.model.float().set_attn_implementation("sdpa")
+    try:
+        return embed_ids(encoder, ids)
+    finally:
+        encoder.model.to(dtype).set_attn_implementation(attention)

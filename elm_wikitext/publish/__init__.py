@@ -1,0 +1,1 @@
+"""Publishing: the output directory, its manifest, the card, the validation gates, the Hub."""

@@ -1,0 +1,124 @@
+"""The dataset card: rendered from the manifest and the data, and the Hub layout it goes up with.
+
+The card is a template beside the code (dataset_card.md), filled from the run: what the text
+stage kept and dropped, the vectors' recipe, a token-length histogram, and the YAML that
+`load_dataset` and the Hub read. The Hub layout is the output as parquet shards under data/ with
+the card as README.md: the folder that hub.py uploads as one commit.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from elm_wikitext.locations import on_hub
+from elm_wikitext.publish.manifest import Manifest
+from elm_wikitext.options import SPLIT_NAMES
+from elm_wikitext.publish.output import (CARD_FILE, HISTOGRAM_FILE, expected_features, hub_data_files, hub_shard, make_hub_folder,
+                     read_output)
+
+CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"  # package data: ships in the wheel
+HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
+# The Hub's advice for parquet files: at most about 500 MB each (the viewer and readers fetch
+# whole files). Parquet of these rows is no larger than their Arrow form, which sizes the shards.
+MAX_SHARD_BYTES = 500_000_000
+
+
+def token_counts(splits: DatasetDict) -> np.ndarray:
+    return np.concatenate([split.data.column("token_count").to_numpy() for split in splits.values()])
+
+
+def token_histogram(splits: DatasetDict, min_tokens: int, max_tokens: int) -> list[dict]:
+    """Rows per token-length bucket, the buckets spanning the run's --min-tokens..--max-tokens."""
+    edges = sorted({min_tokens, max_tokens + 1, *(e for e in HISTOGRAM_EDGES if min_tokens < e <= max_tokens)})
+    counts, _ = np.histogram(token_counts(splits), edges)
+    return [{"range": f"{low}-{high - 1}", "count": int(count)}
+            for low, high, count in zip(edges, edges[1:], counts)]
+
+
+def save_histogram(splits: DatasetDict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the file
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 3.2), dpi=100)
+    axes.hist(token_counts(splits), bins=60, color="#4a7ab5")
+    axes.set(xlabel="tokens per paragraph", ylabel="paragraphs", title="Token lengths (all splits)")
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str,
+                  recipe: dict | None = None) -> DatasetCardData:
+    """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
+    `load_dataset` reads, made by datasets' own helpers so they match the data; and the
+    embedding's recipe, so that a copy of the Hub folder alone can embed new text the same way."""
+    rows = sum(len(split) for split in splits.values())
+    card_data = DatasetCardData(
+        license=["cc-by-sa-3.0", "gfdl"], language=["en"], pretty_name=pretty_name,
+        task_categories=["feature-extraction", "text-generation"],
+        size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
+                         "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
+        source_datasets=[source] if on_hub(source) else None,  # a local copy: unknown
+        tags=["embeddings", "elm", "wikitext"], embedding=recipe)
+    # num_bytes: each split's size in Arrow, as datasets records it when it writes a split.
+    sizes = {name: split.data.nbytes for name, split in splits.items()}
+    info = DatasetInfo(features=expected_features(dim), dataset_size=sum(sizes.values()), splits=SplitDict(
+        {name: SplitInfo(name=name, num_examples=len(split), num_bytes=sizes[name])
+         for name, split in splits.items()}))
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    MetadataConfigs({"default": {"data_files": [
+        {"split": name, "path": hub_data_files(name)} for name in SPLIT_NAMES]}}).to_dataset_card_data(card_data)
+    return card_data
+
+
+def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-name>/elm-wikitext2",
+                version: str = "v1.0.0") -> DatasetCard:
+    # The text stage's facts come from its own statistics: a later `--stage embed` run's options
+    # say nothing of the source or the length limits the text was made with.
+    text, embed = manifest.stats.text, manifest.stats.embed
+    config = text.source_config  # for a local folder too: it chose the .raw or .tokens files
+    from_hub = on_hub(text.source) and config.startswith("wikitext-")
+    corpus = "WikiText-" + config.split("-")[1] if from_hub else "WikiText"
+    pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed.model).name} vectors"
+    return DatasetCard.from_template(
+        card_metadata(splits, embed.dim, text.source, pretty_name, embed.recipe()),
+        template_path=str(CARD_TEMPLATE),
+        pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
+        model=embed.model,
+        model_revision=(embed.model_revision or "main") if on_hub(embed.model) else None,
+        dim=embed.dim, dim_cut=manifest.config["dim"] is not None, dtype=embed.dtype,
+        recomputed=embed.recomputed_float32, max_tokens=text.max_tokens, source=text.source,
+        source_config=config, raw=text.raw, text=text,
+        histogram=token_histogram(splits, text.min_tokens, text.max_tokens),
+        command=manifest.command, versions=manifest.versions, created=manifest.created,
+        splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
+                for name, split in splits.items()])
+
+
+def write_card(splits: DatasetDict, manifest: Manifest, directory: Path, **hub) -> None:
+    """The card and its histogram, into an output or a Hub layout being written."""
+    render_card(splits, manifest, **hub).save(directory / CARD_FILE)
+    save_histogram(splits, directory / HISTOGRAM_FILE)
+
+
+def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str,
+                     max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram.
+    Each split is cut into contiguous shards of equal rows, as many as its Arrow bytes over
+    `max_shard_bytes` (rows differ little in size: the vector dominates); the card's
+    `data/{split}-*` patterns find them all."""
+    splits, manifest = read_output(output)
+    make_hub_folder(folder)
+    for name, split in splits.items():
+        shards = max(1, -(-split.data.nbytes // max_shard_bytes))
+        for index in range(shards):
+            split.shard(shards, index, contiguous=True).to_parquet(hub_shard(folder, name, index, shards))
+    write_card(splits, manifest, folder, repo_id=repo_id, version=version)
+    return folder

@@ -1,0 +1,131 @@
+"""Publishing to the Hugging Face Hub: a preflight before any model work, then one commit and a tag.
+
+The data and the card go up as ONE commit of a folder staged in the Hub's layout (parquet shards
+and README.md). `DatasetDict.push_to_hub` would split a large upload over several commits and
+write its own README; one commit keeps a version whole, and the staged folder is the same one
+the offline tests load with `load_dataset(folder)`. Only that commit is not retried (a retry could
+make a second commit); reads, the repo creation and the tag are idempotent and retried, bounded.
+"""
+
+import logging
+import re
+import time
+from pathlib import Path
+
+from datasets import Features
+from datasets.info import DatasetInfosDict
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+from huggingface_hub.utils import validate_repo_id
+
+from elm_wikitext.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+REPO_NAME = "elm-wikitext2"
+RETRIES = 3
+VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
+
+
+def _status(err: HfHubHTTPError) -> int | None:
+    return getattr(err.response, "status_code", None)
+
+
+def retried(call, *args, **kwargs):
+    """Call an idempotent Hub request, retrying 429 and 5xx answers a few times.
+
+    huggingface_hub's own `http_backoff` retries one raw HTTP request; HfApi's methods (whoami,
+    create_repo, create_tag...) make theirs inside, without it, so the retry wraps the method."""
+    for attempt in range(RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except HfHubHTTPError as err:
+            status = _status(err)
+            if attempt == RETRIES - 1 or not (status == 429 or (status or 0) >= 500):
+                raise
+            log.warning("the Hub answered %s; retrying in %d s", status, 2 ** attempt)
+            time.sleep(2 ** attempt)
+
+
+def check_features(card_data, features: Features, repo_id: str) -> None:
+    """An existing repo's published columns must be the ones this build makes (a new --dim, say,
+    belongs in a new repo: readers of the old versions expect their vector size)."""
+    published = DatasetInfosDict.from_dataset_card_data(card_data or {}).get("default")
+    if published is not None and published.features is not None and published.features != features:
+        raise BuildError(f"{repo_id} holds other columns ({dict(published.features)}) than this build "
+                         "makes: pass another --repo-id, or the options the repo was built with")
+
+
+def preflight(options, api: HfApi, features: Features) -> str:
+    """Everything that can refuse a push, checked before the build spends time. Returns the repo id."""
+    if constants.HF_HUB_OFFLINE:
+        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push")
+    if not get_token():
+        raise BuildError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    if not VERSION.match(options.version):
+        raise BuildError(f"--version {options.version!r} is not a tag like v1.0.0: pass --version vMAJOR.MINOR.PATCH")
+    try:
+        user = retried(api.whoami)["name"]
+    except HfHubHTTPError as err:
+        raise BuildError(f"the Hub refused the token ({_status(err)}): run `hf auth login` again") from None
+    except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
+        raise BuildError(f"cannot reach the Hub ({type(err).__name__}: {err}): check the network, "
+                         "or build without --push") from None
+    repo_id = options.repo_id or f"{user}/{REPO_NAME}"
+    if "/" not in repo_id or not _valid_repo_id(repo_id):
+        raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
+    try:
+        exists = retried(api.repo_exists, repo_id, repo_type="dataset")
+        tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags} if exists else set()
+        card_data = retried(api.dataset_info, repo_id).card_data if exists else None
+    except Exception as err:
+        raise BuildError(f"checking {repo_id} on the Hub failed ({type(err).__name__}: {err}): "
+                         "try again later") from None
+    if options.version in tags:
+        raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
+    check_features(card_data, features, repo_id)
+    return repo_id
+
+
+def _valid_repo_id(repo_id: str) -> bool:
+    try:
+        validate_repo_id(repo_id)  # the Hub's rules of characters and length
+    except HFValidationError:
+        return False
+    return True
+
+
+def _tagged(api: HfApi, repo_id: str, tag: str, commit: str) -> bool:
+    """Whether `tag` already names `commit` (a retried tag request then answers 409)."""
+    try:
+        tags = retried(api.list_repo_refs, repo_id, repo_type="dataset").tags
+    except Exception:  # the tag's own failure is the one to report
+        return False
+    return any(ref.name == tag and ref.target_commit == commit for ref in tags)
+
+
+def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) -> str:
+    """Upload the staged folder as one commit, tag it, and return the line that loads it."""
+    # Each step's failure, an HTTP answer or the client's own network error (its types vary by
+    # version), ends the build with what was done and what to do.
+    try:
+        retried(api.create_repo, repo_id, repo_type="dataset", private=private, exist_ok=True)
+    except Exception as err:
+        raise BuildError(f"creating {repo_id} failed ({type(err).__name__}: {err}); nothing was "
+                         "uploaded: rerun the same command") from None
+    try:
+        commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+                                   commit_message=f"elm-wikitext {version}",
+                                   delete_patterns=["data/*"])  # a new version replaces every shard
+    except Exception as err:
+        raise BuildError(f"uploading to {repo_id} failed ({err}); no tag was created and "
+                         f"{version} is not published: rerun the same command") from None
+    try:
+        retried(api.create_tag, repo_id, repo_type="dataset", tag=version, revision=commit.oid,
+                tag_message=f"elm-wikitext {version}")
+    except Exception as err:
+        if not _tagged(api, repo_id, version, commit.oid):  # else the answer was lost, not the tag
+            raise BuildError(f"the data is in {repo_id} at commit {commit.oid}, but creating the tag "
+                             f"{version} failed ({err}): run `hf repo tag create {repo_id} {version} "
+                             f"--revision {commit.oid} --repo-type dataset`") from None
+    return f'load_dataset("{repo_id}", revision="{version}")'

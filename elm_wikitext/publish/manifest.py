@@ -1,0 +1,201 @@
+"""The manifest of an output: how it was made and what it holds, as typed records.
+
+The contract between the stages, the card and the gates: the text stage makes `TextStats`, the
+embed stage `EmbedStats`, `new_manifest` puts them together with the options, and output.py
+writes the whole as manifest.json and reads it back. A record read from JSON keeps its JSON
+whole: a key an older build did not write reads as None and is left out again when the record is
+written, and a key this version does not know is kept, so an output read and written again (by
+`--stage embed`, or by `--verify` checking the manifest's checksum) keeps the JSON it had.
+"""
+
+import dataclasses
+import shlex
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+
+# Only a build writes a manifest with this key: it is what makes a directory ours to replace.
+OUTPUT_MARKER = "elm_wikitext_output"
+OUTPUT_FORMAT = 1
+POOLING = "last_token_l2"  # encode.py's: the appended end-of-text token's state, L2-normalized
+
+
+class Record:
+    """A JSON object as the fields of a dataclass (the subclasses)."""
+
+    @classmethod
+    def from_json(cls, data: dict):
+        names = [field.name for field in dataclasses.fields(cls)]
+        record = cls(**{name: cls.read_field(name, data.get(name)) for name in names})
+        record._absent = {name for name in names if name not in data}
+        record._unknown = {key: value for key, value in data.items() if key not in names}
+        return record
+
+    @classmethod
+    def read_field(cls, name: str, value):
+        """A field's value from its JSON (a record holding records reads them here)."""
+        return value
+
+    def to_json(self) -> dict:
+        absent = getattr(self, "_absent", set())
+        fields = {field.name: _as_json(getattr(self, field.name)) for field in dataclasses.fields(self)
+                  if field.name not in absent}
+        return {**fields, **getattr(self, "_unknown", {})}
+
+    def recorded(self, name: str) -> bool:
+        """Whether the JSON this record was read from has `name` (a new record has every field)."""
+        return name not in getattr(self, "_absent", set())
+
+    def replaced(self, **changes):
+        """A copy with `changes`, keeping what the JSON it was read from lacked or added."""
+        copy = dataclasses.replace(self, **changes)
+        copy._absent = getattr(self, "_absent", set()) - set(changes)
+        copy._unknown = getattr(self, "_unknown", {})
+        return copy
+
+
+def _as_json(value):
+    if isinstance(value, Record):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    return value
+
+
+@dataclasses.dataclass
+class TextStats(Record):
+    """What the text stage counted, and the settings it was made with (a later `--stage embed`
+    takes them from here)."""
+    lines: int
+    blank_lines: int
+    heading_lines: int
+    paragraph_lines: int
+    paragraphs: int
+    dropped: dict[str, int]  # rows per drop reason (text.DROP_REASONS)
+    kept: int
+    unknown_words: dict[str, int]  # `<unk>` words, and paragraphs holding one
+    source: str
+    source_config: str
+    raw: bool
+    source_revision: str | None
+    split_by: str
+    split: str
+    seed: int
+    min_tokens: int
+    max_tokens: int
+    tokenizer: str
+    tokenizer_revision: str | None
+    splits: dict[str, int]  # rows per split
+    tokens: dict[str, int]  # tokens per split
+    seconds: float
+
+
+@dataclasses.dataclass
+class EmbedStats(Record):
+    """What the embed stage computed (in the run that wrote the output), and the recipe of the
+    vectors: `key` says which weights, dtype, dim and text they were made under."""
+    paragraphs: int
+    tokens: int
+    padded_tokens: int
+    recomputed_float32: int  # rows that needed float32, over every run that made the chunks
+    key: str
+    model: str
+    model_revision: str | None
+    model_weights: str | None  # None in builds from before it was recorded
+    dtype: str
+    dim: int
+    device: str
+    compiled: bool
+    processes: int
+    chunks: int
+    embedding_seconds: float  # the batches alone, no loading
+    tokens_per_second: int
+    seconds: float
+    padding_share: float
+    reused: bool = False  # the vectors were taken from the output already there
+
+    def recipe(self) -> dict:
+        """How the vectors were made, as `elm_wikitext.training.embedder.Embedder.from_dataset` reads it
+        back from the manifest or from the card: model, its weights' identity (a Hub commit, or the
+        SHA-256 of a local directory's files), dtype, dim and pooling."""
+        return {"model": self.model, "model_revision": self.model_revision, "model_weights": self.model_weights,
+                "dtype": self.dtype, "dim": self.dim, "pooling": POOLING}
+
+
+@dataclasses.dataclass
+class Stats(Record):
+    text: TextStats
+    embed: EmbedStats | None = None  # a `--stage text` output has none
+
+    @classmethod
+    def read_field(cls, name: str, value):
+        if name == "text":
+            return TextStats.from_json(value)
+        return EmbedStats.from_json(value) if isinstance(value, dict) else None
+
+    def to_json(self) -> dict:
+        data = super().to_json()
+        if self.embed is None:  # as a text stage writes it: no "embed" at all
+            data.pop("embed", None)
+        return data
+
+
+@dataclasses.dataclass
+class SplitEntry(Record):
+    """A split's rows and the SHA-256 of the Arrow files the build wrote (`files`; absent in
+    builds from before it was recorded)."""
+    rows: int
+    files: list[str] | None
+    sha256: str
+
+
+@dataclasses.dataclass
+class Manifest(Record):
+    """Everything needed to know how the output was made (never the Hub token)."""
+    elm_wikitext_output: int | None  # OUTPUT_FORMAT; absent in outputs from before the marker
+    config: dict  # the build's options (BuildOptions as a dict)
+    versions: dict[str, str]
+    stats: Stats
+    command: str
+    created: str
+    splits: dict[str, SplitEntry] = dataclasses.field(default_factory=dict)  # set when written
+    manifest_sha256: str | None = None  # set when written
+
+    @classmethod
+    def read_field(cls, name: str, value):
+        if name == "stats":
+            return Stats.from_json(value)
+        if name == "splits":
+            return {split: SplitEntry.from_json(entry) for split, entry in value.items()}
+        return value
+
+
+def new_manifest(options, text: TextStats, embed: EmbedStats | None) -> Manifest:
+    return Manifest(elm_wikitext_output=OUTPUT_FORMAT, config=dataclasses.asdict(options),
+                    versions=package_versions(), stats=Stats(text, embed), command=rebuild_command(options),
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in ("elm-wikitext", "datasets", "transformers", "torch", "accelerate", "huggingface-hub", "pyarrow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+# Options that say where or whether to publish, or how fast to work: not what the data is.
+NOT_REBUILDING = {"stage", "push", "repo_id", "version", "private", "verify", "dry_run", "num_proc"}
+
+
+def rebuild_command(options) -> str:
+    """One command that builds this output again from scratch: every option that differs from
+    its default (a `--stage embed` run's options include the text stage's, from its manifest)."""
+    defaults = type(options)()
+    words = ["python", "build.py"]
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if field.name not in NOT_REBUILDING and value != getattr(defaults, field.name):
+            words += [f"--{field.name.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(words)

@@ -1,0 +1,156 @@
+"""Validation gates: run on an output before anything is published, or alone with
+`python build.py --verify DIR`. Each gate returns the problems it found, naming the rows."""
+
+import logging
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import DatasetDict
+
+from elm_wikitext.embed.encode import embed_ids, load_encoder
+from elm_wikitext.errors import BuildError
+from elm_wikitext.keys import text_id
+from elm_wikitext.publish.manifest import Manifest, SplitEntry
+from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
+from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+
+log = logging.getLogger(__name__)
+
+NORM_TOLERANCE = 1e-3
+MIN_COSINE = 0.999
+SAMPLE_ROWS = 8
+# What `verify` checks, in order; an output passes only when every gate ran and found nothing.
+GATES = ("schema", "counts", "files", "vectors", "uniqueness",
+         f"re-embedded sample ({SAMPLE_ROWS} rows a split, cosine >= {MIN_COSINE})")
+
+
+def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
+    rows = np.flatnonzero(mask)
+    return ", ".join(split[int(i)]["text_id"] for i in rows[:limit]) + (" ..." if len(rows) > limit else "")
+
+
+def check_schema(splits: DatasetDict, manifest: Manifest) -> list[str]:
+    dim = manifest.stats.embed.dim
+    return [f"{name}: features {dict(split.features)} differ from the published schema"
+            for name, split in splits.items() if split.features != expected_features(dim)]
+
+
+def check_counts(splits: DatasetDict, manifest: Manifest) -> list[str]:
+    problems = []
+    for name, expected in manifest.splits.items():
+        if name not in splits or len(splits[name]) != expected.rows:
+            problems.append(f"{name}: {len(splits[name]) if name in splits else 'no'} rows, "
+                            f"the manifest says {expected.rows}")
+    return problems
+
+
+def check_vectors(splits: DatasetDict, dim: int) -> list[str]:
+    problems = []
+    for name, split in splits.items():
+        if "embedding" not in split.column_names:
+            continue  # the schema gate reports it
+        column = split.data.column("embedding")
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        if (lengths != dim).any():  # missing or of another size: nothing more to check
+            problems.append(f"{name}: rows without a vector of {dim} values: {_ids(split, lengths != dim)}")
+            continue
+        vectors = pc.list_flatten(column).to_numpy().reshape(len(split), dim)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            problems.append(f"{name}: non-finite vectors in rows {_ids(split, ~finite)}")
+        bad_norm = finite & (np.abs(np.linalg.norm(vectors, axis=1) - 1) > NORM_TOLERANCE)
+        if bad_norm.any():
+            problems.append(f"{name}: vectors without unit norm in rows {_ids(split, bad_norm)}")
+    return problems
+
+
+def check_files(splits: DatasetDict, manifest: Manifest, output: str) -> list[str]:
+    """Each split's Arrow files hash as the manifest recorded, and each text_id is its text's."""
+    problems = [f"{name}: its files differ from the SHA-256 in the manifest (changed since the build)"
+                for name in splits if name in manifest.splits and _changed(Path(output) / name, manifest.splits[name])]
+    if not manifest_intact(manifest):
+        problems.append(f"{MANIFEST_FILE}: it differs from its SHA-256 (changed since the build)")
+    for name, split in splits.items():
+        wrong = np.array([text_id(text) != stored for text, stored
+                          in zip(split.data.column("text").to_pylist(), split.data.column("text_id").to_pylist())])
+        if wrong.any():
+            problems.append(f"{name}: text_id is not the SHA-256 of the text in rows {_ids(split, wrong)}")
+    return problems
+
+
+def _changed(directory: Path, entry: SplitEntry) -> bool:
+    # Only the files the build wrote: datasets adds cache-*.arrow files beside them when a user
+    # maps a split. (Outputs from before the list was recorded: every Arrow file but those.)
+    files = entry.files or [path.name for path in directory.glob("*.arrow") if not path.name.startswith("cache-")]
+    try:
+        return split_checksum(directory, files) != entry.sha256
+    except OSError:  # a file the build wrote is gone
+        return True
+
+
+def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
+    """No text_id twice, no text in two splits, and, where articles were kept whole, no article."""
+    problems = []
+    ids = np.concatenate([split.data.column("text_id").to_numpy(zero_copy_only=False) for split in splits.values()])
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        problems.append(f"text_id repeated: {', '.join(values[counts > 1][:5])}")
+    for column in ("text", "article_id") if split_by == "article" else ("text",):
+        seen = {name: set(split.data.column(column).to_pylist()) for name, split in splits.items()}
+        names = list(seen)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                shared = seen[first] & seen[second]
+                if shared:
+                    problems.append(f"{len(shared)} {column} values in both {first} and {second}, "
+                                    f"e.g. {str(sorted(shared)[0])[:60]!r}")
+    return problems
+
+
+def check_sample(splits: DatasetDict, manifest: Manifest, model: str | None, seed: int,
+                 cosines: list | None = None) -> list[str]:
+    """Re-embed a random sample one paragraph at a time and compare with the stored vectors;
+    each row's cosine is added to `cosines`, where given."""
+    embed = manifest.stats.embed
+    model = model or embed.model
+    tokenizer = load_tokenizer(model, embed.model_revision)
+    encoder = load_encoder(model, embed.model_revision, embed.dtype, embed.dim, tokenizer.pad_token_id)
+    rng = np.random.default_rng(seed)
+    problems = []
+    for name, split in splits.items():
+        for index in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
+            row = split[int(index)]
+            fresh = embed_ids(encoder, token_ids([row["text"]], tokenizer)).numpy()[0]
+            cosine = float(fresh @ np.asarray(row["embedding"], dtype=np.float32))
+            if cosines is not None:
+                cosines.append(cosine)
+            if cosine < MIN_COSINE:
+                problems.append(f"{name}: row {row['text_id']} re-embeds with cosine {cosine:.5f}")
+    return problems
+
+
+def verify(output: str, model: str | None = None, option: str = "--output", seed: int | None = None) -> dict:
+    """Run every gate; raise BuildError listing what failed, else return what was checked.
+    `model` points at the weights where they are now (the manifest's path, by default); the
+    re-embedded sample is drawn afresh each run unless `seed` is given."""
+    splits, manifest = read_output(output, option)
+    stats = manifest.stats
+    if stats.embed is None:
+        raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
+    seed = secrets.randbits(32) if seed is None else seed
+    problems, cosines = check_schema(splits, manifest), []
+    if not problems:  # the other gates read the columns the schema promises
+        problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
+                     + check_vectors(splits, stats.embed.dim)
+                     + check_uniqueness(splits, stats.text.split_by))
+    if not problems:  # the slow gate only for an output that passed the others
+        log.info("re-embedding a sample drawn with seed %d", seed)
+        problems += check_sample(splits, manifest, model, seed, cosines=cosines)
+    if problems:
+        raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
+    log.info("verified %s", output)
+    return {"verified": output, "rows": {name: len(split) for name, split in splits.items()},
+            "gates": list(GATES), "sample_rows": len(cosines), "sample_seed": seed,
+            "lowest_sample_cosine": round(min(cosines), 6), "min_cosine_allowed": MIN_COSINE}

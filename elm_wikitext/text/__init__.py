@@ -1,0 +1,1 @@
+"""The text stage: WikiText's lines (source), paragraphs (paragraphs, detokenize), the split."""

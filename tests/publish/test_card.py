@@ -1,0 +1,94 @@
+"""The dataset card, and the Hub layout loaded back as a user would."""
+
+import json
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+from datasets import List, Value, load_dataset, load_from_disk
+from huggingface_hub import DatasetCard
+
+from elm_wikitext.publish.card import render_card, stage_hub_folder
+from elm_wikitext.publish.manifest import Manifest
+from elm_wikitext.publish.output import MANIFEST_FILE
+
+
+def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, tiny_model, tmp_path):
+    from build import main
+
+    output = str(tmp_path / "out")
+    assert main(["--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", output,
+                 "--min-tokens", "20", "--max-tokens", "3000"]) == 0
+    assert main(["--stage", "embed", "--model", tiny_model, "--output", output]) == 0  # default options
+    card = DatasetCard.load(Path(output) / "README.md")
+    # The config says which archive files a local folder gave: the raw ones, by default.
+    assert f"Built from `{sample_dir}`, config `wikitext-2-raw-v1` (the raw text" in card.text
+    assert "Salesforce/wikitext" not in card.text and "<unk>` stays" not in card.text
+    assert f"- Model: `{tiny_model}`." in card.text  # a local directory: no Hub config or revision
+    assert "at most 3000 tokens per paragraph" in card.text and "outside 20-3000 tokens" in card.text
+    table = card.text.split("| tokens | paragraphs |")[1].split("![")[0]
+    buckets = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "-" in line]
+    assert buckets[0][0].strip().startswith("20-") and buckets[-1][0].strip().endswith("-3000")
+    rows = sum(len(split) for split in load_from_disk(output).values())
+    assert sum(int(count.replace(",", "")) for _, count in buckets) == rows  # every row in a bucket
+
+
+def test_the_card_names_the_corpus_and_model_it_was_built_from(embedded_output):
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    manifest["stats"]["text"].update(source="Salesforce/wikitext", source_config="wikitext-103-raw-v1")
+    manifest["stats"]["embed"].update(model="Qwen/Qwen3-Embedding-0.6B", model_revision=None)
+    card = render_card(load_from_disk(str(embedded_output)), Manifest.from_json(manifest))
+    assert card.data.pretty_name == "ELM WikiText-103: paragraphs and their Qwen3-Embedding-0.6B vectors"
+    assert card.data.source_datasets == ["Salesforce/wikitext"]
+    assert "WikiText-103 paragraphs paired with their **Qwen/Qwen3-Embedding-0.6B** embeddings" in card.text
+    assert "Built from `Salesforce/wikitext`, config `wikitext-103-raw-v1` (the raw text" in card.text
+    assert "revision `main`" in card.text and "WikiText-2" not in card.text
+
+
+def test_the_card_of_a_tokenized_build_counts_its_unknown_words(embedded_output):
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    manifest["stats"]["text"].update(source_config="wikitext-2-v1", raw=False,
+                                     unknown_words={"words": 1234, "paragraphs": 56})
+    card = render_card(load_from_disk(str(embedded_output)), Manifest.from_json(manifest)).text
+    assert "config `wikitext-2-v1` (the tokenized text, with `<unk>` for rare words)" in card
+    assert "1,234 of them in 56 kept paragraphs" in card and "rare words read `<unk>`" in card
+
+
+def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):
+    folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.2.3")
+    assert sorted(p.name for p in (folder / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    hub = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))  # no earlier run's cache
+    local = load_from_disk(str(embedded_output))
+    assert hub["train"].features["embedding"] == List(Value("float32"), length=64)
+    for name in local:
+        assert hub[name].features == local[name].features
+        assert hub[name]["text_id"][:] == local[name]["text_id"][:]
+        np.testing.assert_array_equal(np.asarray(hub[name]["embedding"][:5]), np.asarray(local[name]["embedding"][:5]))
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.configs[0]["config_name"] == "default"
+    assert [s["num_examples"] for s in card.data.dataset_info["splits"]] == [len(local[n]) for n in local]
+    # The sizes the Hub shows: each split's Arrow bytes, close to what load_dataset counted writing them.
+    sizes = {s["name"]: s["num_bytes"] for s in card.data.dataset_info["splits"]}
+    for name in local:
+        assert sizes[name] == local[name].data.nbytes > 0
+        assert abs(sizes[name] - hub[name].info.splits[name].num_bytes) <= 0.02 * sizes[name]
+    assert card.data.dataset_info["dataset_size"] == sum(sizes.values())
+    assert 'revision="v1.2.3"' in card.text and "someone/elm-wikitext2" in card.text
+
+
+def test_sharded_hub_layout_loads_back_identically(embedded_output, tmp_path):
+    local = load_from_disk(str(embedded_output))
+    limit = local["train"].data.nbytes // 3 + 1  # the train split in three shards
+    folder = stage_hub_folder(str(embedded_output), tmp_path / "hub", "someone/elm-wikitext2", "v1.2.3",
+                              max_shard_bytes=limit)
+    shards = sorted(p.name for p in (folder / "data").iterdir())
+    assert [s for s in shards if s.startswith("train-")] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    patterns = {f["split"]: f["path"] for f in DatasetCard.load(folder / "README.md").data.configs[0]["data_files"]}
+    for shard in shards:  # every shard is listed by exactly its own split's pattern
+        assert [name for name, pattern in patterns.items() if fnmatch(f"data/{shard}", pattern)] == [shard.split("-")[0]]
+    hub = load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    for name in local:
+        assert len(list((folder / "data").glob(f"{name}-*"))) == -(-local[name].data.nbytes // limit)
+        assert hub[name].features == local[name].features
+        assert hub[name].to_dict() == local[name].to_dict()  # same rows, same order, same vectors

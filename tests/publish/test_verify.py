@@ -1,0 +1,173 @@
+"""The validation gates refuse damaged outputs, naming what failed."""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+
+from elm_wikitext.errors import BuildError
+from elm_wikitext.publish.output import MANIFEST_FILE, manifest_checksum, split_checksum
+from elm_wikitext.publish.verify import verify
+
+
+def rewrite(output, change, update_checksums=True):
+    """Apply `change` to the splits and save them beside `output` with its manifest, the files'
+    checksums updated as a build that made these rows would have written them (or not)."""
+    splits = change(load_from_disk(str(output)))
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
+    tmp = output.parent / "rewritten"
+    splits.save_to_disk(str(tmp))
+    if update_checksums:
+        for name, entry in manifest["splits"].items():
+            entry["sha256"] = split_checksum(tmp / name, entry["files"])
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return tmp
+
+
+def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedded_output, capsys):
+    from build import main
+
+    assert main(["--verify", str(embedded_output)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[:printed.rindex("}") + 1])
+    splits, manifest = load_from_disk(str(embedded_output)), json.loads((embedded_output / MANIFEST_FILE).read_text())
+    assert report["rows"] == {name: len(split) for name, split in splits.items()} == {
+        name: entry["rows"] for name, entry in manifest["splits"].items()}
+    assert [gate.split()[0] for gate in report["gates"]] == [
+        "schema", "counts", "files", "vectors", "uniqueness", "re-embedded"]
+    assert report["sample_rows"] == sum(min(8, len(split)) for split in splits.values())
+    assert report["min_cosine_allowed"] == 0.999 <= report["lowest_sample_cosine"] <= 1.0001
+
+
+def test_rows_that_do_not_match_the_manifest_fail(embedded_copy):
+    manifest = json.loads((embedded_copy / MANIFEST_FILE).read_text())
+    manifest["splits"]["train"]["rows"] += 1
+    (embedded_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match="train: .* rows, the manifest says"):
+        verify(str(embedded_copy))
+
+
+def test_a_vector_without_unit_norm_fails(embedded_copy):
+    def scale_first(splits):
+        def scale(row, index):
+            return {"embedding": (np.asarray(row["embedding"]) * (2.0 if index == 0 else 1.0)).tolist()}
+        splits["test"] = splits["test"].map(scale, with_indices=True, features=splits["test"].features)
+        return splits
+
+    with pytest.raises(BuildError, match="test: vectors without unit norm in rows"):
+        verify(str(rewrite(embedded_copy, scale_first)))
+
+
+def test_a_paragraph_in_two_splits_fails(embedded_copy):
+    from datasets import concatenate_datasets
+
+    def leak(splits):
+        splits["test"] = concatenate_datasets([splits["test"], splits["train"].select([0])])
+        return splits
+
+    with pytest.raises(BuildError, match="text_id repeated.*in both train and test"):
+        verify(str(rewrite(embedded_copy, leak)))
+
+
+def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
+    def shuffle_vectors(splits):
+        for name in splits:
+            vectors = splits[name]["embedding"][:]
+            rolled = vectors[1:] + vectors[:1]
+            splits[name] = splits[name].remove_columns("embedding").add_column(
+                "embedding", rolled, feature=splits[name].features["embedding"])
+        return splits
+
+    with pytest.raises(BuildError, match="re-embeds with cosine"):
+        verify(str(rewrite(embedded_copy, shuffle_vectors)))
+
+
+def test_files_changed_after_the_build_fail(embedded_copy):
+    def edit_text(splits):
+        splits["test"] = splits["test"].map(
+            lambda row, index: {"section": row["section"] + ("!" if index == 0 else "")}, with_indices=True)
+        return splits
+
+    with pytest.raises(BuildError, match="test: its files differ from the SHA-256 in the manifest"):
+        verify(str(rewrite(embedded_copy, edit_text, update_checksums=False)))
+
+
+def test_a_text_id_that_is_not_its_texts_fails(embedded_copy):
+    def relabel(splits):
+        splits["train"] = splits["train"].map(
+            lambda row, index: {"text_id": "0" * 16 if index == 2 else row["text_id"]}, with_indices=True)
+        return splits
+
+    with pytest.raises(BuildError, match="train: text_id is not the SHA-256 of the text in rows 0000000000000000"):
+        verify(str(rewrite(embedded_copy, relabel)))
+
+
+def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
+    import pyarrow as pa
+    from datasets import Dataset
+
+    def drop_vector(splits):
+        test = splits["test"]
+        vectors = test["embedding"][:]
+        vectors[1] = None  # the column keeps its fixed size: only this row is null
+        column = pa.array(vectors, pa.list_(pa.float32(), len(vectors[0])))
+        splits["test"] = Dataset(test.data.table.set_column(
+            test.column_names.index("embedding"), "embedding", column), info=test.info)
+        return splits
+
+    with pytest.raises(BuildError, match="test: rows without a vector of 64 values"):
+        verify(str(rewrite(embedded_copy, drop_vector)))
+
+
+def test_a_paragraph_split_passes_though_its_articles_span_splits(sample_dir, tiny_model, tmp_path):
+    from build import main
+
+    output = tmp_path / "out"
+    assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
+                 "--split-by", "paragraph"]) == 0
+    splits = load_from_disk(str(output))
+    assert set(splits["train"]["article"]) & set(splits["test"]["article"])  # what --split-by paragraph means
+    assert verify(str(output))["rows"]["test"] == len(splits["test"])
+
+
+def test_a_users_map_leaves_cache_files_that_do_not_fail_the_checksum(embedded_copy):
+    train = load_from_disk(str(embedded_copy))["train"]
+    train.map(lambda row: {"length": len(row["text"])})  # datasets caches this beside the split's files
+    assert any(p.name.startswith("cache-") for p in (embedded_copy / "train").iterdir())
+    assert verify(str(embedded_copy))["rows"]["train"] == len(train)
+
+
+def test_an_edited_manifest_fails(embedded_copy):
+    manifest = json.loads((embedded_copy / MANIFEST_FILE).read_text())
+    manifest["stats"]["text"]["min_tokens"] = 50  # a claim the data was not built with
+    (embedded_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match="manifest.json: it differs from its SHA-256"):
+        verify(str(embedded_copy))
+
+
+def test_verify_from_elsewhere_and_with_moved_weights(text_output_copy, tiny_model, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from build import main
+
+    def sample_seed() -> int:
+        return json.loads(capsys.readouterr().out.split("\nlog:")[0])["sample_seed"]
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model, work / "model")
+    monkeypatch.chdir(work)  # a relative --model, as a user types it
+    assert main(["--stage", "embed", "--model", "model", "--output", str(text_output_copy)]) == 0
+    manifest = json.loads((text_output_copy / MANIFEST_FILE).read_text())
+    assert manifest["stats"]["embed"]["model"] == str(work / "model")  # stored resolved
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["--verify", str(text_output_copy)]) == 0  # found from another directory
+    seeds = [sample_seed()]
+    (work / "model").rename(tmp_path / "moved")
+    assert main(["--verify", str(text_output_copy)]) == 2
+    capsys.readouterr()
+    assert main(["--verify", str(text_output_copy), "--model", str(tmp_path / "moved")]) == 0
+    seeds.append(sample_seed())
+    assert seeds[0] != seeds[1]  # a sample drawn afresh each run

@@ -1,0 +1,96 @@
+"""Embedder: new text embedded as the dataset's rows were, from its manifest or its card."""
+
+import shutil
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from huggingface_hub import DatasetCard
+
+from elm_wikitext.training.embedder import Embedder
+from elm_wikitext.errors import BuildError
+
+
+def stored(output, name: str = "test") -> tuple[list[str], np.ndarray]:
+    split = load_from_disk(str(output))[name]
+    return split["text"][:], np.asarray(split["embedding"][:], dtype=np.float32)
+
+
+def edited_card(hub_folder, tmp_path, changes: dict | None) -> str:
+    """A copy of the staged folder whose card's embedding recipe has `changes` (None: no recipe)."""
+    copy = tmp_path / "hub-copy"
+    shutil.copytree(hub_folder, copy)
+    card = DatasetCard.load(copy / "README.md")
+    card.data.embedding = None if changes is None else {**card.data.embedding, **changes}
+    card.save(copy / "README.md")
+    return str(copy)
+
+
+def test_every_row_re_embeds_to_its_stored_vector(embedded_output):
+    embedder = Embedder.from_dataset(str(embedded_output))
+    for name, split in load_from_disk(str(embedded_output)).items():
+        vectors = embedder.embed(split["text"][:])  # all at once: the build's batching and order
+        expected = np.asarray(split["embedding"][:], dtype=np.float32)
+        assert vectors.dtype == np.float32 and vectors.shape == expected.shape
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        assert (vectors * expected).sum(axis=1).min() >= 0.9999, name
+
+
+def test_a_staged_hub_folder_carries_the_recipe_in_its_card(embedded_output, hub_folder):
+    assert not (hub_folder / "manifest.json").exists()
+    texts, expected = stored(embedded_output)
+    vectors = Embedder.from_dataset(str(hub_folder)).embed(texts)
+    assert (vectors * expected).sum(axis=1).min() >= 0.9999
+
+
+def test_an_explicit_embedder_cuts_dim_as_the_build_does(tiny_model, embedded_output):
+    texts, expected = stored(embedded_output)
+    full = Embedder(model=tiny_model, dtype="float32").embed(texts)
+    cut = Embedder(model=tiny_model, dim=32, dtype="float32").embed(texts)
+    assert (full * expected).sum(axis=1).min() >= 0.9999
+    matryoshka = expected[:, :32] / np.linalg.norm(expected[:, :32], axis=1, keepdims=True)
+    assert cut.shape == (len(texts), 32) and (cut * matryoshka).sum(axis=1).min() >= 0.9999
+
+
+def test_a_model_directory_elsewhere_is_named_and_a_copy_of_it_is_accepted(hub_folder, tiny_model, tmp_path):
+    moved = edited_card(hub_folder, tmp_path, {"model": str(tmp_path / "gone" / "tiny-qwen3")})
+    with pytest.raises(BuildError, match="model directory .*gone/tiny-qwen3.* not a directory on this "
+                                         "machine: pass model=DIR"):
+        Embedder.from_dataset(moved)
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    assert Embedder.from_dataset(moved, model=str(copy)).dim == 64
+
+
+def test_other_weights_under_the_recorded_name_are_refused(embedded_output, retrained_model):
+    with pytest.raises(BuildError, match="are not the ones .* was embedded with"):  # same architecture
+        Embedder.from_dataset(str(embedded_output), model=retrained_model)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (None, "has no `embedding:` recipe"),
+    ({"pooling": "mean"}, "pooling 'mean' in float32, which this version of elm-wikitext cannot reproduce"),
+    ({"dim": None}, "recipe of .* lacks dim"),
+])
+def test_a_recipe_it_cannot_reproduce_is_refused(hub_folder, tmp_path, changes, message):
+    with pytest.raises(BuildError, match=message):
+        Embedder.from_dataset(edited_card(hub_folder, tmp_path, changes))
+
+
+def test_datasets_without_a_recipe_are_refused_in_one_line(text_output, tmp_path, monkeypatch):
+    with pytest.raises(BuildError, match="holds no embeddings .* --stage embed"):
+        Embedder.from_dataset(str(text_output))
+    with pytest.raises(BuildError, match="holds neither manifest.json nor a dataset card"):
+        Embedder.from_dataset(str(tmp_path))
+    with pytest.raises(BuildError, match="revision='v1.0.0' names a version of a Hub dataset"):
+        Embedder.from_dataset(str(text_output), revision="v1.0.0")
+    with pytest.raises(BuildError, match="neither a dataset directory nor a Hub dataset id"):
+        Embedder.from_dataset(str(tmp_path / "missing"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BuildError, match=r"cannot fetch the card of someone/elm-wikitext2 \(revision v2.0.0\)"):
+        Embedder.from_dataset("someone/elm-wikitext2", revision="v2.0.0")
+
+
+def test_empty_input_gives_an_empty_array(embedded_output):
+    assert Embedder.from_dataset(str(embedded_output)).embed([]).shape == (0, 64)
