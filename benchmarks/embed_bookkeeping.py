@@ -102,12 +102,12 @@ def fake_vectors(rows: np.ndarray, dim: int) -> np.ndarray:
 
 def measure(directory: Path, dim: int) -> list[dict]:
     import pyarrow.compute as pc
+    import torch
     from datasets import concatenate_datasets, load_from_disk
 
-    import torch
-
     from elm_wikitext.embed import chunks as embed
-    from elm_wikitext.embed.chunks import ChunkStore, add_embedding_column, assemble, compute_chunks, plan_chunks, work_key
+    from elm_wikitext.embed.chunks import (ChunkStore, add_embedding_column, assemble, compute_chunks, plan_chunks,
+                                           work_key)
     from elm_wikitext.embed.encode import Encoder
 
     def fake_embed_rows(encoder, ids):  # the vectors of a batch, and no float32 recomputation

@@ -27,8 +27,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 import torch
+from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from elm_wikitext.training.loading import arrow_batch_to_torch, shuffled_batches

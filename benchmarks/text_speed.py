@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import psutil  # accelerate's dependency
-
 from synthetic_wikitext import write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent

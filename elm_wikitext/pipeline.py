@@ -8,21 +8,21 @@ import time
 from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
-from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
 from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.tokens import load_tokenizer
 from elm_wikitext.errors import BuildError
-from elm_wikitext.publish.hub import preflight, push
 from elm_wikitext.locations import resolved
-from elm_wikitext.publish.manifest import TextStats, new_manifest
 from elm_wikitext.options import BuildOptions
-from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder, output_lock,
-                     read_output, recover_output, remove_work_folder, write_output)
+from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
+from elm_wikitext.publish.hub import preflight, push
+from elm_wikitext.publish.manifest import TextStats, new_manifest
+from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder,
+                                         output_lock, read_output, recover_output, remove_work_folder, write_output)
+from elm_wikitext.publish.verify import check_vectors, verify
+from elm_wikitext.text.paragraphs import build_paragraphs
 from elm_wikitext.text.source import is_raw, load_lines
 from elm_wikitext.text.split import make_splits
-from elm_wikitext.text.paragraphs import build_paragraphs
-from elm_wikitext.embed.tokens import load_tokenizer
-from elm_wikitext.publish.verify import check_vectors, verify
 
 log = logging.getLogger(__name__)
 

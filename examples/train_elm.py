@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HfArgumentParser
 
-from elm_wikitext.training.loading import load_splits, shuffled_batches
 from elm_wikitext.locations import is_local, looks_like_path
+from elm_wikitext.training.loading import load_splits, shuffled_batches
 
 log = logging.getLogger("train_elm")
 BUILD_OUTPUT = "data/elm-wikitext2"  # build.py's default --output

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Qwen3ForCausalLM
 
+from elm_wikitext.tiny import build_qwen_tokenizer, tiny_qwen3_config
 from elm_wikitext.training.consistency import report_lines, semantic_consistency
 from elm_wikitext.training.embedder import Embedder
 from elm_wikitext.training.loading import load_splits, shuffled_batches
-from elm_wikitext.tiny import build_qwen_tokenizer, tiny_qwen3_config
 
 log = logging.getLogger("train_elm_lm")
 

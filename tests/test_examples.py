@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
-from elm_wikitext.training.consistency import main as consistency_main
 from elm_wikitext.tiny import tiny_qwen3_config
+from elm_wikitext.training.consistency import main as consistency_main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_elm_lm.py"
 

@@ -22,14 +22,14 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from elm_wikitext.embed import processes
-from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, check_model_config, compile_layers, compiles,
-                     embed_rows, load_encoder, model_identity, token_batches)
+from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, check_model_config, compile_layers,
+                                       compiles, embed_rows, load_encoder, model_identity, token_batches)
+from elm_wikitext.embed.tokens import token_ids
 from elm_wikitext.errors import BuildError, writing
 from elm_wikitext.keys import step_fingerprint
-from elm_wikitext.publish.manifest import EmbedStats, Manifest
 from elm_wikitext.options import SPLIT_NAMES
+from elm_wikitext.publish.manifest import EmbedStats, Manifest
 from elm_wikitext.publish.output import embed_work_folder, make_work_folder
-from elm_wikitext.embed.tokens import token_ids
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from datasets import Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from elm_wikitext.errors import BuildError

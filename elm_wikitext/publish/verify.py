@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 from datasets import DatasetDict
 
 from elm_wikitext.embed.encode import embed_ids, load_encoder
+from elm_wikitext.embed.tokens import load_tokenizer, token_ids
 from elm_wikitext.errors import BuildError
 from elm_wikitext.keys import text_id
 from elm_wikitext.publish.manifest import Manifest, SplitEntry
 from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
-from elm_wikitext.embed.tokens import load_tokenizer, token_ids
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from tqdm.auto import tqdm
 
 from elm_wikitext.embed.encode import DTYPES, embed_rows, load_encoder, model_identity, token_batches
+from elm_wikitext.embed.tokens import load_tokenizer, token_ids
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import is_local, looks_like_path
 from elm_wikitext.publish.manifest import POOLING
 from elm_wikitext.publish.output import CARD_FILE, MANIFEST_FILE, read_manifest
-from elm_wikitext.embed.tokens import load_tokenizer, token_ids
 
 log = logging.getLogger(__name__)
 

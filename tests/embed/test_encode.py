@@ -104,6 +104,7 @@ def test_token_batches_cap_budget_and_padding():
 
 def test_refuses_partial_weights(tiny_model, tmp_path):
     import shutil
+
     from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"

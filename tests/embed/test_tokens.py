@@ -1,8 +1,8 @@
 import pytest
 from datasets import load_from_disk
 
-from elm_wikitext.errors import BuildError
 from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+from elm_wikitext.errors import BuildError
 
 
 def test_token_ids_are_the_tokenizers_own_with_end_of_text(text_output, tokenizer):

@@ -9,14 +9,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from datasets.info import DatasetInfosDict
 from huggingface_hub.errors import HfHubHTTPError
 
-from datasets.info import DatasetInfosDict
-
-from elm_wikitext.publish import hub
 from elm_wikitext.errors import BuildError
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.pipeline import build
+from elm_wikitext.publish import hub
 from elm_wikitext.publish.output import expected_features
 
 TOKEN = "hf_secretTOKENvalue1234567890"

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from elm_wikitext.errors import BuildError
 from elm_wikitext.publish.output import (MANIFEST_FILE, OUTPUT_ENTRIES, make_work_folder, output_lock, read_output,
-                                 recover_output, write_output)
+                                         recover_output, write_output)
 
 
 def test_output_holds_data_card_manifest_and_histogram(embedded_output):

@@ -8,8 +8,9 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from elm_wikitext.options import BuildOptions
+from elm_wikitext.text.paragraphs import (build_paragraphs, clean_text, line_kinds, prepare_paragraphs, quality_reason,
+                                          visible_text)
 from elm_wikitext.text.source import load_lines
-from elm_wikitext.text.paragraphs import build_paragraphs, clean_text, line_kinds, prepare_paragraphs, quality_reason, visible_text
 
 
 @pytest.mark.parametrize("raw, clean", [

@@ -8,8 +8,8 @@ import pytest
 from datasets import load_from_disk
 from huggingface_hub import DatasetCard
 
-from elm_wikitext.training.embedder import Embedder
 from elm_wikitext.errors import BuildError
+from elm_wikitext.training.embedder import Embedder
 
 
 def stored(output, name: str = "test") -> tuple[list[str], np.ndarray]:

@@ -12,7 +12,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 from torch.utils.data import DataLoader
 
 from elm_wikitext.training.loading import (arrow_batch_to_torch, lerp, shuffled_batches, slerp, split_statistics,
-                                  statistics)
+                                           statistics)
 
 DIM = 64
 ROWS = {"train": 300, "validation": 40, "test": 45}  # 300 = 4 x 64 + 44: the last batch is short
