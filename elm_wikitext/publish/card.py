@@ -21,7 +21,8 @@ from elm_wikitext.options import SPLIT_NAMES
 from elm_wikitext.publish.output import (CARD_FILE, HISTOGRAM_FILE, expected_features, hub_data_files, hub_shard, make_hub_folder,
                      read_output)
 
-CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"  # package data: ships in the wheel
+# The top-level dataset_card.md, through the package's link to it (package data: the wheel holds a copy).
+CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"
 HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
 # The Hub's advice for parquet files: at most about 500 MB each (the viewer and readers fetch
 # whole files). Parquet of these rows is no larger than their Arrow form, which sizes the shards.

@@ -92,3 +92,26 @@ def test_sharded_hub_layout_loads_back_identically(embedded_output, tmp_path):
         assert len(list((folder / "data").glob(f"{name}-*"))) == -(-local[name].data.nbytes // limit)
         assert hub[name].features == local[name].features
         assert hub[name].to_dict() == local[name].to_dict()  # same rows, same order, same vectors
+
+
+def test_the_wheel_ships_the_top_level_card_template(tmp_path):
+    """The card's template is dataset_card.md at the top of the checkout; a built wheel carries it
+    where card.py reads it (elm_wikitext/dataset_card.md), byte for byte. Built from a copy, so
+    nothing is written into the checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    checkout = Path(__file__).resolve().parents[2]
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for name in ("pyproject.toml", "README.md", "dataset_card.md"):
+        shutil.copy(checkout / name, copy / name)
+    shutil.copytree(checkout / "elm_wikitext", copy / "elm_wikitext", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(copy), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("elm_wikitext-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("elm_wikitext/dataset_card.md") == (checkout / "dataset_card.md").read_bytes()
