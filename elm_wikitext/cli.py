@@ -61,19 +61,20 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def summary(stats: dict, output: str, log_path: Path) -> str:
-    """The run's closing table: rows and tokens per split, drops, time and speed, where it is."""
-    text, embed = stats.get("text", {}), stats.get("embed")
+def summary(stats: dict, output: str, log_path: Path, column: str = "embedding") -> str:
+    """The run's closing table: rows and tokens per split, drops, time and speed of the column
+    this run embedded, where it is."""
+    text, embed = stats.get("text", {}), (stats.get("embed") or {}).get(column)
     lines = [f"{'split':<12}{'rows':>10}{'tokens':>14}"]
     lines += [f"{name:<12}{rows:>10,}{text.get('tokens', {}).get(name, 0):>14,}"
               for name, rows in text.get("splits", {}).items()]
     lines.append("dropped:    " + ", ".join(f"{reason} {count:,}" for reason, count in text.get("dropped", {}).items()))
     timing = f"time:       text {text.get('seconds', 0):.1f} s"
     if embed and embed.get("reused"):
-        timing += f", embed {embed['seconds']:.1f} s (the output was up to date: its vectors were reused)"
+        timing += f", embed {embed['seconds']:.1f} s (the output was up to date: its {column} vectors were reused)"
     elif embed:
         compiled = ", compiled" if embed["compiled"] else ""
-        timing += (f", embed {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
+        timing += (f", embed {column} {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
                    f"here in {embed['embedding_seconds']:.1f} s of batches, padding {embed['padding_share']:.1%}, "
                    f"{embed['processes']} process(es) on {embed['device']}{compiled})")
     lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(stats, indent=2))
         print(f"log: {log_path}")
     else:
-        print(summary(stats, options.output, log_path))
+        print(summary(stats, options.output, log_path, options.column))
     return 0
 
 
@@ -151,7 +152,7 @@ def run(options) -> dict | None:
 
     if options.verify:  # --model, if given, points at the weights where they are now
         model = options.model if options.model != BuildOptions().model else None
-        return verify(options.verify, model, option="--verify")
+        return verify(options.verify, model, option="--verify", column=options.column)
     return build(options)
 
 

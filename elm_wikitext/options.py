@@ -12,6 +12,8 @@ from typing import Optional, get_args, get_type_hints
 from elm_wikitext.errors import BuildError
 
 SPLIT_NAMES = ("train", "validation", "test")
+# The text stage's columns (publish/output.py's TEXT_FEATURES) and its token ids: no embedding's name.
+RESERVED_COLUMNS = ("text_id", "text", "article_id", "article", "section", "token_count", "char_count", "input_ids")
 
 
 def _opt(default, help: str, **metadata):
@@ -53,6 +55,11 @@ class BuildOptions:
     dim: Optional[int] = _opt(
         None, "Embedding size to keep (Matryoshka: the first N values, re-normalized), 32 to "
         "the model's hidden size. Default: the hidden size (2560 for Qwen3-Embedding-4B).")
+    column: str = _opt(
+        "embedding", "The column the embed stage writes. Another name adds another model's vectors "
+        "beside those already there, which stay as they are: --stage embed --model B --column "
+        "embedding_b. A column that exists is reused if the same model, recipe and text made it, "
+        "else refused.")
     max_batch_tokens: int = _opt(
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
@@ -119,6 +126,10 @@ class BuildOptions:
                              "more, or leave it out to work in-process")
         if self.plan_gpus < 1:
             raise BuildError(f"--plan-gpus {self.plan_gpus} is not a number of GPUs: pass 1 or more")
+        if not self.column.isidentifier() or self.column in RESERVED_COLUMNS:
+            raise BuildError(f"--column {self.column!r} is not a free column name: pass letters, digits "
+                             "and underscores, not starting with a digit, other than "
+                             f"{', '.join(RESERVED_COLUMNS)}, e.g. --column embedding_b")
         if self.push and self.stage == "text":
             raise BuildError("--push publishes embeddings, which --stage text does not make: "
                              "use --stage all, or --stage embed on this output")

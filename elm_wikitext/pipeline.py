@@ -10,7 +10,8 @@ from huggingface_hub import HfApi
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
 from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
-from elm_wikitext.embed.tokens import load_tokenizer
+from elm_wikitext.embed.recipe import model_recipe
+from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import resolved
 from elm_wikitext.options import BuildOptions
@@ -103,13 +104,19 @@ def _build(options: BuildOptions, api) -> dict | None:
         text = manifest.stats.text
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
-    if options.stage != "text":  # a model the pooling does not fit is refused before the text stage
+    if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
         dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
-    repo_id = preflight(options, api, expected_features(dim)) if options.push and processes.is_main() else None
+        check_tokenizer(tokenizer, model_recipe(options.model, options.model_revision), options.model)
+    others = {}  # the embedding columns already there, which this run keeps as they are
+    if options.stage == "embed":
+        others = {column: stats for column, stats in (manifest.stats.embed or {}).items() if column != options.column}
+    if options.push and processes.is_main():
+        dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
+        repo_id = preflight(options, api, expected_features(dims))
+    else:
+        repo_id = None
     if options.stage == "embed":
         earlier = (splits, manifest)
-        if "embedding" in splits["train"].column_names:  # embedding again, perhaps with other settings
-            splits = splits.remove_columns("embedding")
     else:
         earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
         with processes.main_first():  # the others reuse the main process's cached maps
@@ -120,8 +127,9 @@ def _build(options: BuildOptions, api) -> dict | None:
     if not processes.is_main():
         return None
     if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
-        check_vectors_before_writing(splits, embed.dim, options.output)
-    manifest = new_manifest(options, text, embed)
+        check_vectors_before_writing(splits, options.column, embed, options.output)
+    columns = {**others, options.column: embed} if embed is not None else None
+    manifest = new_manifest(options, text, columns)
     write_output(splits, manifest, options.output, card=write_card if embed is not None else None)
     stats = manifest.stats.to_json()
     if options.push:
@@ -139,8 +147,8 @@ def earlier_output(output: str) -> tuple | None:
         return None
 
 
-def check_vectors_before_writing(splits, dim: int, output: str) -> None:
-    problems = check_vectors(splits, dim)
+def check_vectors_before_writing(splits, column: str, embed, output: str) -> None:
+    problems = check_vectors(splits, column, embed)
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
         remove_work_folder(embed_work_folder(output))
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "

@@ -13,8 +13,9 @@ import argparse
 import os
 
 import torch
-from tokenizers import processors
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (BertConfig, BertModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model, T5Config,
+                          T5EncoderModel)
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
 ENDOFTEXT = "<|endoftext|>"
@@ -53,6 +54,47 @@ def make_tiny_model(directory: str, hidden_size: int = 64, layers: int = 2, seed
     torch.manual_seed(seed)
     Qwen3Model(tiny_qwen3_config(hidden_size, layers)).save_pretrained(directory)
     build_qwen_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def make_tiny_bert(directory: str, texts: list[str], seed: int = 0) -> str:
+    """A random-weight BERT (hidden 32) with a WordPiece tokenizer trained on `texts`, as BERT's
+    own: lower-cased, `[CLS] text [SEP]`, 512 positions."""
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(name, wordpiece.token_to_id(name)) for name in ("[CLS]", "[SEP]")])
+    wordpiece.decoder = decoders.WordPiece()
+    PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=512).save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(directory)
+    return directory
+
+
+def make_tiny_t5(directory: str, texts: list[str], seed: int = 0) -> str:
+    """A random-weight T5 encoder (d_model 32) with a Unigram tokenizer trained on `texts`, as
+    T5's own: `text </s>`, no start token."""
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(texts, trainers.UnigramTrainer(
+        vocab_size=1000, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    unigram.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", unigram.token_to_id("</s>"))])
+    unigram.decoder = decoders.Metaspace()
+    PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                            model_max_length=512).save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=unigram.get_vocab_size(), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                      num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5EncoderModel(config).save_pretrained(directory)
     return directory
 
 

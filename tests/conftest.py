@@ -126,3 +126,32 @@ def hub_folder(embedded_output, tmp_path_factory) -> Path:
 
     return stage_hub_folder(str(embedded_output), tmp_path_factory.mktemp("hub") / "hub",
                             "someone/elm-wikitext2", "v1.0.0")
+
+
+def save_sentence_transformer(plain: str, directory: Path, pooling: str, normalize: bool, **transformer) -> str:
+    """`plain` (a transformers model folder) as sentence-transformers saves a model of its
+    modules: Transformer -> Pooling(`pooling`) [-> Normalize], with its real files."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    module = Transformer(plain, **transformer)
+    modules = [module, Pooling(module.get_embedding_dimension(), pooling_mode=pooling)] + ([Normalize()] if normalize else [])
+    SentenceTransformer(modules=modules, device="cpu").save(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def st_models(tiny_model, sample_dir, tmp_path_factory) -> dict[str, str]:
+    """A tiny random model of each kind this build reproduces, saved with sentence-transformers:
+    Qwen3 last-token (padding on the left, as Qwen3-Embedding's), BERT mean (not normalized),
+    BERT CLS, and a T5 encoder with mean pooling."""
+    from elm_wikitext.tiny import make_tiny_bert, make_tiny_t5
+
+    root = tmp_path_factory.mktemp("st-models")
+    texts = (sample_dir / "wiki.train.raw").read_text(encoding="utf-8").splitlines()
+    bert, t5 = make_tiny_bert(str(root / "plain-bert"), texts), make_tiny_t5(str(root / "plain-t5"), texts)
+    return {"qwen3-lasttoken": save_sentence_transformer(tiny_model, root / "qwen3", "lasttoken", True,
+                                                         processor_kwargs={"padding_side": "left"}),
+            "bert-mean": save_sentence_transformer(bert, root / "bert-mean", "mean", False),
+            "bert-cls": save_sentence_transformer(bert, root / "bert-cls", "cls", True),
+            "t5-mean": save_sentence_transformer(t5, root / "t5-mean", "mean", True)}

@@ -439,7 +439,7 @@ def test_embed_stage_takes_the_text_stages_settings_and_the_card_rebuilds_it(tex
     text = json.loads((text_output_copy / MANIFEST_FILE).read_text())["config"]
     assert main(["--stage", "embed", "--output", str(text_output_copy)]) == 0  # no --model: the text stage's
     manifest = json.loads((text_output_copy / MANIFEST_FILE).read_text())
-    assert manifest["config"]["model"] == text["model"] and manifest["stats"]["embed"]["model"] == text["model"]
+    assert manifest["config"]["model"] == text["model"] and manifest["stats"]["embed"]["embedding"]["model"] == text["model"]
     command = manifest["command"].split()
     assert command[:2] == ["python", "build.py"] and "--stage" not in command
     again = dataclasses.asdict(parse_options(command[2:]))

@@ -1,4 +1,5 @@
-"""Embed stage: add an `embedding` column, List(float32, length=dim), to every split.
+"""Embed stage: add an embedding column (`--column`, default `embedding`), List(float32, length=dim),
+to every split, beside any the output already holds.
 
 The paragraphs are sorted by length and cut into chunks of about `--chunk-tokens` tokens. The chunks
 do not depend on how many processes run; each process embeds every n-th unfinished chunk and
@@ -24,12 +25,13 @@ from tqdm.auto import tqdm
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, check_model_config, compile_layers,
                                        compiles, embed_rows, load_encoder, model_identity, token_batches)
-from elm_wikitext.embed.tokens import token_ids
+from elm_wikitext.embed.recipe import Recipe, model_recipe
+from elm_wikitext.embed.tokens import check_tokenizer, token_ids
 from elm_wikitext.errors import BuildError, writing
 from elm_wikitext.keys import step_fingerprint
 from elm_wikitext.options import SPLIT_NAMES
 from elm_wikitext.publish.manifest import EmbedStats, Manifest
-from elm_wikitext.publish.output import embed_work_folder, make_work_folder
+from elm_wikitext.publish.output import TEXT_COLUMNS, embed_work_folder, make_work_folder
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +91,13 @@ class ChunkStore:
             temporary.unlink(missing_ok=True)
 
 
-def work_key(options, weights: str, dim: int, effective_dtype: str, text_ids: pa.ChunkedArray) -> str:
+def work_key(options, weights: str, dim: int, effective_dtype: str, recipe: Recipe, text_ids: pa.ChunkedArray) -> str:
     """What the vectors depend on: other weights (another model or revision, or new files under
-    the same name: `weights` is their `model_identity`), dtype, dim, text, chunking or embedding
-    code never reuse them."""
+    the same name: `weights` is their `model_identity`), dtype, dim, pooling recipe, text,
+    chunking or embedding code never reuse them."""
     texts = joined_digest(text_ids)
-    return Hasher.hash([CHUNKS_VERSION, EMBED_VERSION, options.model, weights, effective_dtype, dim,
+    pooling = [recipe.pooling, recipe.normalize, recipe.prompt]
+    return Hasher.hash([CHUNKS_VERSION, EMBED_VERSION, options.model, weights, effective_dtype, dim, pooling,
                         options.max_tokens, options.chunk_tokens, texts])[:16]
 
 
@@ -126,30 +129,36 @@ def embed_chunk(encoder: Encoder, ids: list[list[int]], budget: int, counts: dic
     return vectors
 
 
-def tokenize(batch: dict, tokenizer) -> dict:
-    return {"input_ids": token_ids(batch["text"], tokenizer)}
+def tokenize(batch: dict, tokenizer, prompt: str) -> dict:
+    return {"input_ids": token_ids(batch["text"], tokenizer, prompt)}
 
 
-def with_token_ids(paragraphs: Dataset, tokenizer, options) -> Dataset:
-    """The text stage's token ids when it ran in this process; else tokenize once, here."""
-    if "input_ids" in paragraphs.column_names:
+def with_token_ids(paragraphs: Dataset, tokenizer, options, prompt: str) -> Dataset:
+    """The text stage's token ids when it ran in this process (its model, no prompt); else
+    tokenize once, here, with the model's document prompt."""
+    if "input_ids" in paragraphs.column_names and not prompt:
         return paragraphs
+    paragraphs = paragraphs.select_columns(TEXT_COLUMNS)
     return paragraphs.map(
-        tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer}, desc="Tokenizing",
+        tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer, "prompt": prompt}, desc="Tokenizing",
         features=Features({**paragraphs.features, "input_ids": List(Value("int32"))}),
         keep_in_memory=True,  # no cache files inside an earlier output that is being read
         new_fingerprint=step_fingerprint(paragraphs, tokenize, EMBED_VERSION, options.model,
-                                         options.model_revision))
+                                         options.model_revision, prompt))
 
 
-def check_same_counts(paragraphs: Dataset, lengths: np.ndarray, model: str) -> None:
-    """The text stage kept paragraphs by its tokenizer's counts: a --stage embed model whose
-    tokenizer counts otherwise would pair its vectors with a filter it did not make."""
+def check_lengths(paragraphs: Dataset, lengths: np.ndarray, recipe: Recipe, model: str) -> None:
+    """The model reads every kept paragraph whole (a truncated one would get another text's
+    vector); the length filter stays the text stage's, in its tokenizer's counts."""
+    longest = int(lengths.max(initial=0))
+    if recipe.max_length is not None and longest > recipe.max_length:
+        raise BuildError(f"--model {model} reads at most {recipe.max_length} tokens, and the longest kept "
+                         f"paragraph is {longest} of its tokens: rebuild the text stage with a lower "
+                         "--max-tokens (its filter, in the text stage's tokens), or pick a model that reads longer texts")
     differ = int((paragraphs.data.column("token_count").to_numpy() != lengths).sum())
     if differ:
-        raise BuildError(f"--model {model} counts tokens otherwise than the text stage's model "
-                         f"({differ} of {len(lengths)} paragraphs differ): leave --model out to embed with "
-                         "the text stage's model, or rebuild with --stage all")
+        log.info("--model %s counts otherwise than the text stage's tokenizer in %d of %d paragraphs: "
+                 "the length filter stays the text stage's", model, differ, len(lengths))
 
 
 def compute_chunks(encoder: Encoder, paragraphs: Dataset, lengths: np.ndarray,
@@ -192,68 +201,86 @@ def assemble(store: ChunkStore, chunks: list[np.ndarray], rows: int) -> tuple[Pa
     return path, recomputed
 
 
-def attach_vectors(table: pa.Table, indices: list[int], vectors_path: str, offset: int) -> pa.Table:
+def attach_vectors(table: pa.Table, indices: list[int], vectors_path: str, offset: int, column: str) -> pa.Table:
     vectors = np.load(vectors_path, mmap_mode="r")[np.asarray(indices) + offset]
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
-    return table.append_column("embedding", column)
+    return table.append_column(column, pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]))
 
 
-def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key: str) -> DatasetDict:
+def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key: str, column: str) -> DatasetDict:
     out, offset = {}, 0
     for name in SPLIT_NAMES:
         split = splits[name]
         out[name] = split.with_format("arrow").map(
             attach_vectors, batched=True, with_indices=True, desc=f"Adding vectors to {name}",
-            fn_kwargs={"vectors_path": str(vectors_path), "offset": offset},
-            features=Features({**split.features, "embedding": List(Value("float32"), length=dim)}),
+            fn_kwargs={"vectors_path": str(vectors_path), "offset": offset, "column": column},
+            features=Features({**split.features, column: List(Value("float32"), length=dim)}),
             cache_file_name=str(vectors_path.parent / f"{name}.arrow"),  # in the work dir, not the output
-            new_fingerprint=step_fingerprint(split, attach_vectors, EMBED_VERSION, key)).with_format(None)
+            new_fingerprint=step_fingerprint(split, attach_vectors, EMBED_VERSION, key, column)).with_format(None)
         offset += len(split)
     return DatasetDict(out)
 
 
-def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, Manifest] | None, key: str,
+def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, Manifest] | None, key: str, column: str,
                   started: float) -> tuple[DatasetDict, EmbedStats] | None:
-    """`splits` with the earlier output's vectors, where that output was embedded under `key`
-    (same weights, dtype, dim, and every text_id in the same order) and its splits have as many
-    rows as these: the key's texts then fix which rows each split holds."""
+    """`splits` with the earlier output's `column`, where that output embedded it under `key`
+    (same weights, dtype, dim, recipe, and every text_id in the same order) and its splits have
+    as many rows as these: the key's texts then fix which rows each split holds."""
     if earlier is None:
         return None
     vectors, manifest = earlier
-    stats = manifest.stats.embed
+    stats = (manifest.stats.embed or {}).get(column)
     if (stats is None or stats.key != key
-            or any("embedding" not in vectors[name].column_names or len(vectors[name]) != len(splits[name])
+            or any(column not in vectors[name].column_names or len(vectors[name]) != len(splits[name])
                    for name in SPLIT_NAMES)):
         return None
-    log.info("the output already holds the vectors of this model and text (key %s): reusing them", key)
+    log.info("the output already holds %r made by this model, recipe and text (key %s): reusing it", column, key)
+    if all(column in splits[name].column_names for name in SPLIT_NAMES):  # --stage embed: the output's own
+        return splits, stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2))
     out = DatasetDict({name: concatenate_datasets(
-        [splits[name].flatten_indices(), vectors[name].select_columns(["embedding"])], axis=1)
-        for name in SPLIT_NAMES})
+        [splits[name].flatten_indices(), vectors[name].select_columns([column])], axis=1) for name in SPLIT_NAMES})
     return out, stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2))
+
+
+def check_column_free(splits: DatasetDict, column: str, output: str) -> None:
+    """A column another recipe made is never replaced: its vectors may be what a user compares against."""
+    if column in splits["train"].column_names:
+        raise BuildError(f"--output {output} already has a column {column!r}, made with another model, "
+                         "recipe or text: pass another --column to add these vectors beside it, or "
+                         "rebuild with --stage all")
 
 
 def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[DatasetDict, Manifest] | None = None
                  ) -> tuple[DatasetDict | None, EmbedStats | None]:
-    """Every process computes its share; the main process returns the splits with an
-    `embedding` column and the stage's statistics (the others None, None). `earlier` is the output
-    already at --output, with its manifest: where its vectors were made under this run's key,
-    they are taken as they are and no model is loaded."""
+    """Every process computes its share; the main process returns the splits with the
+    `options.column` column added and the stage's statistics (the others None, None). `earlier`
+    is the output already at --output, with its manifest: where its column was made under this
+    run's key, it is taken as it is and no model is loaded. Other columns are kept as they are."""
     started = time.perf_counter()
-    everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer, options)
+    recipe = model_recipe(options.model, options.model_revision)
+    check_tokenizer(tokenizer, recipe, options.model)
+    if recipe.origin == "sentence-transformers":
+        log.info("embedding %r with %s's sentence-transformers recipe: %s pooling%s, prompt %r", options.column,
+                 options.model, recipe.pooling, ", normalized" if recipe.normalize else "", recipe.prompt)
+    else:
+        log.info("embedding %r with %s, which has no sentence-transformers files (modules.json): the last "
+                 "token's state, L2-normalized, as Qwen3-Embedding does", options.column, options.model)
+    everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer,
+                                options, recipe.prompt)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
-    check_same_counts(everything, lengths, options.model)
+    check_lengths(everything, lengths, recipe, options.model)
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     # What the vectors depend on, known before any weight is loaded: dim from the config, dtype
     # from the device (load_encoder: --dtype on a GPU, float32 on a CPU).
     dim = check_model_config(options.model, options.model_revision, options.dim)
     effective_dtype = options.dtype if processes.device().type == "cuda" else "float32"
     weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
-    key = work_key(options, weights, dim, effective_dtype, everything.data.column("text_id"))
-    reused = reuse_vectors(splits, earlier, key, started)
+    key = work_key(options, weights, dim, effective_dtype, recipe, everything.data.column("text_id"))
+    reused = reuse_vectors(splits, earlier, key, options.column, started)
     if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
         return reused if processes.is_main() else (None, None)
+    check_column_free(splits, options.column, options.output)
     encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
-                           tokenizer.pad_token_id, processes.device())
+                           tokenizer.pad_token_id, processes.device(), recipe)
     compiled = compiles(options.compile, encoder.device)
     if compiled:
         compiled = compile_layers(encoder, required=options.compile == "yes")
@@ -280,6 +307,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[Dataset
         embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
         tokens_per_second=round(totals["tokens"] / embedding_seconds),
         seconds=round(time.perf_counter() - started, 2),
-        padding_share=round(totals["padded_tokens"] / computed, 4) if computed else 0.0)
+        padding_share=round(totals["padded_tokens"] / computed, 4) if computed else 0.0,
+        pooling=recipe.to_json())
     with writing(f"the embedding column in {store.directory}"):
-        return add_embedding_column(splits, vectors_path, encoder.dim, key), stats
+        return add_embedding_column(splits, vectors_path, encoder.dim, key, options.column), stats

@@ -1,8 +1,10 @@
-"""The embedding model and its pooling, as Qwen3-Embedding's authors specify them.
+"""The embedding model and its pooling, as the model's own recipe (recipe.py) specifies them.
 
-Documents get no instruction; the tokenizer appends `<|endoftext|>`; the vector is the last
-layer's hidden state at that appended token, L2-normalized (and, for `dim` below the hidden size,
-cut to the first `dim` values and normalized again: the model is trained for that, Matryoshka-style).
+Qwen3-Embedding's, the default: documents get no instruction; the tokenizer appends
+`<|endoftext|>`; the vector is the last layer's hidden state at that appended token, L2-normalized
+(and, for `dim` below the hidden size, cut to the first `dim` values and normalized again: the
+model is trained for that, Matryoshka-style). Encoder models (BERT-like, T5's encoder) run the
+same batches with an attention mask and pool as their sentence-transformers files say.
 
 Nothing here knows about datasets or processes: it maps lists of token ids to vectors.
 """
@@ -20,9 +22,11 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from torch.nn.attention import SDPBackend, sdpa_kernel
+import transformers
 from transformers import AutoConfig, AutoModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from elm_wikitext.embed.recipe import Recipe, model_recipe
 from elm_wikitext.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -41,12 +45,18 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+# Encoder-decoder models whose encoder alone embeds (as sentence-transformers loads them).
+ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
 @dataclass
 class Encoder:
     model: torch.nn.Module
     pad_id: int
     dim: int
     device: torch.device
+    recipe: Recipe = Recipe()
+    causal: bool = True  # a decoder: no padding to mask (see embed_ids)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -82,21 +92,37 @@ def check_model_config(model: str, revision: str | None, dim: int | None, tokeni
     except (OSError, ValueError) as err:  # no config.json, or one without a known model_type
         raise BuildError(f"--model {model} has no model config that transformers can read ({err}): "
                          "pass a complete model directory (config.json and weights) or a Hub model id") from None
-    kind = config.model_type
-    if (getattr(config, "is_encoder_decoder", False) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-            or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
-        raise BuildError(f"--model {model} is a {kind} model, not a decoder-only one: last-token "
-                         "pooling needs a causal decoder such as Qwen/Qwen3-Embedding-4B")
+    architecture(config, model)
     vocabulary = getattr(config, "vocab_size", None)
     if tokenizer is not None and isinstance(vocabulary, int) and len(tokenizer) > vocabulary:
         raise BuildError(f"--model {model} has a vocabulary of {vocabulary} tokens, but its tokenizer "
                          f"makes ids up to {len(tokenizer) - 1}: its config.json and tokenizer belong to "
                          "different models; download the model again")
-    dim = dim or config.hidden_size
-    if not 32 <= dim <= config.hidden_size:
-        raise BuildError(f"--dim {dim} is outside 32..{config.hidden_size} (the hidden size of "
+    hidden = hidden_size(config)
+    dim = dim or hidden
+    if not 32 <= dim <= hidden:
+        raise BuildError(f"--dim {dim} is outside 32..{hidden} (the hidden size of "
                          f"{model}): pass a --dim in that range")
     return dim
+
+
+def hidden_size(config) -> int:
+    return getattr(config, "hidden_size", None) or config.d_model  # T5 names it d_model
+
+
+def architecture(config, model: str) -> str:
+    """'decoder' (causal: pads without a mask), 'encoder' (attends both ways: needs the mask),
+    or the class that loads an encoder-decoder model's encoder alone; refuse anything else."""
+    kind = config.model_type
+    if kind in ENCODER_ONLY_CLASSES:  # its config says encoder-decoder, or not, as it was saved
+        return ENCODER_ONLY_CLASSES[kind]
+    if getattr(config, "is_encoder_decoder", False):
+        raise BuildError(f"--model {model} is a {kind} encoder-decoder model, whose encoder this build "
+                         f"cannot load alone (it can for {', '.join(ENCODER_ONLY_CLASSES)}): pick "
+                         "an encoder or decoder embedding model")
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "decoder"
+    return "encoder"
 
 
 # Dense float16/bfloat16 peaks (FLOP/s) by GPU name, and the share of it this build reached on an
@@ -110,12 +136,19 @@ CPU_FLOPS = 1e11
 def row_flops(model: str, revision: str | None, lengths: np.ndarray) -> np.ndarray:
     """The FLOPs of embedding each row, from the model's config (no weights)."""
     config = AutoConfig.from_pretrained(model, revision=revision)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    per_layer = config.hidden_size * (2 * q + 2 * kv) + 3 * config.hidden_size * config.intermediate_size
+    hidden = hidden_size(config)
+    heads = getattr(config, "num_attention_heads", None) or config.num_heads  # T5: num_heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or hidden // heads
+    q = heads * head_dim
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    mlp = getattr(config, "intermediate_size", None) or config.d_ff
+    gated = architecture(config, model) == "decoder"  # Qwen3's SwiGLU: three MLP matrices, else two
+    per_layer = hidden * (2 * q + 2 * kv) + (3 if gated else 2) * hidden * mlp
+    layers = getattr(config, "num_hidden_layers", None) or config.num_layers
     lengths = lengths.astype(np.float64)
-    # 2 FLOPs per weight per token, plus causal attention: QK^T and AV over half the context.
-    return config.num_hidden_layers * (2 * per_layer * lengths + 2 * q * lengths ** 2)
+    # 2 FLOPs per weight per token, plus attention: QK^T and AV, over half the context if causal.
+    attention = (2 if gated else 4) * q * lengths ** 2
+    return layers * (2 * per_layer * lengths + attention)
 
 
 def gpu_peak(name: str) -> float:
@@ -160,15 +193,20 @@ def estimate_embedding(flops: np.ndarray, chunks: list[np.ndarray], setting: str
 
 
 def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, pad_id: int | None,
-                 device: torch.device | None = None) -> Encoder:
-    """Load the model once, in float32 on CPU or `dtype` on GPU, and check it before any work."""
+                 device: torch.device | None = None, recipe: Recipe | None = None) -> Encoder:
+    """Load the model once, in float32 on CPU or `dtype` on GPU, and check it before any work;
+    it pools by `recipe` (default: the model's own, `recipe.model_recipe`)."""
     device = device or pick_device()
     dim = check_model_config(model, revision, dim)
+    recipe = recipe or model_recipe(model, revision)
+    kind = architecture(AutoConfig.from_pretrained(model, revision=revision), model)
     torch_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
+    # A decoder runs its fused causal kernels (see _attention); an encoder transformers' default.
+    attention = {"attn_implementation": _attention(device, torch_dtype)} if kind == "decoder" else {}
+    loader = AutoModel if kind in ("decoder", "encoder") else getattr(transformers, kind)
     try:
-        loaded, info = AutoModel.from_pretrained(
-            model, revision=revision, dtype=torch_dtype, attn_implementation=_attention(device, torch_dtype),
-            output_loading_info=True)
+        loaded, info = loader.from_pretrained(model, revision=revision, dtype=torch_dtype,
+                                              output_loading_info=True, **attention)
     except (OSError, SafetensorError) as err:  # no weight files, or damaged ones
         raise BuildError(f"cannot load the weights of --model {model} ({err}): download the model "
                          "again, or pass a complete model directory") from None
@@ -176,15 +214,20 @@ def load_encoder(model: str, revision: str | None, dtype: str, dim: int | None, 
         reason = str(err).splitlines()[0][:200]
         raise BuildError(f"the weights of --model {model} have other sizes than its config.json says "
                          f"({reason}): its config and weights belong to different models; download it again") from None
-    check_weight_names(model, info)
-    log.info("model %s on %s in %s, dim %d", model, device, torch_dtype, dim)
+    check_weight_names(model, info, kind)
+    log.info("model %s (%s) on %s in %s, dim %d, %s pooling%s", model, kind, device, torch_dtype, dim,
+             recipe.pooling, ", normalized" if recipe.normalize else "")
     pad_id = 0 if pad_id is None else pad_id  # no attention reaches the padding, so any id does
-    return Encoder(loaded.to(device).eval(), pad_id, dim, device)
+    return Encoder(loaded.to(device).eval(), pad_id, dim, device, recipe, causal=kind == "decoder")
 
 
-def check_weight_names(model: str, info: dict) -> None:
+def check_weight_names(model: str, info: dict, loaded_as: str = "decoder") -> None:
     """The checkpoint holds exactly the weights the config's model class has: a missing one
-    would be random, an unexpected one (Qwen3's q_norm under another model_type) ignored."""
+    would be random, an unexpected one (Qwen3's q_norm under another model_type) ignored. (The
+    decoder of an encoder-decoder checkpoint is unexpected for its encoder class: left out.)"""
+    if loaded_as in ENCODER_ONLY_CLASSES.values():
+        info = {**info, "unexpected_keys": [name for name in info.get("unexpected_keys") or []
+                                            if not str(name).startswith(("decoder.", "lm_head."))]}
     for kind, what in (("missing_keys", "lacks {n} weights"), ("unexpected_keys", "holds {n} weights its model class does not use"),
                        ("mismatched_keys", "holds {n} weights of other sizes than its config says")):
         names = sorted(str(name) for name in info.get(kind) or [])
@@ -291,24 +334,39 @@ def right_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.inference_mode()
 def embed_ids(encoder: Encoder, ids: list[list[int]]) -> torch.Tensor:
-    """Normalized float32 vectors (rows, dim), on the CPU, of token-id rows that each end in
-    end-of-text.
+    """Float32 vectors (rows, dim), on the CPU, of token-id rows, pooled by the encoder's recipe
+    (and unit rows where it normalizes).
 
-    The authors pad on the left so that the end-of-text token is last in every row. Padding on the
-    right and reading each row at its own last token gives the same vectors: under the causal
-    mask no real token can see the padding that follows it, so no attention mask is needed, and
-    SDPA runs its fused causal kernel instead of a masked one.
+    Qwen3-Embedding's authors pad on the left so that the end-of-text token is last in every row.
+    Padding on the right and reading each row at its own last token gives the same vectors: under
+    the causal mask no real token can see the padding that follows it, so a decoder needs no
+    attention mask, and SDPA runs its fused causal kernel instead of a masked one. An encoder
+    attends both ways and gets the mask.
     """
     input_ids, lengths = right_pad(ids, encoder.pad_id)
-    input_ids, ends = input_ids.to(encoder.device, non_blocking=True), lengths.to(encoder.device) - 1
+    input_ids, lengths = input_ids.to(encoder.device, non_blocking=True), lengths.to(encoder.device)
+    real = torch.arange(input_ids.shape[1], device=encoder.device) < lengths[:, None]
     # use_cache=False: a key/value cache only serves generation, and filling it costs copies.
+    inputs = {"use_cache": False} if encoder.causal else {"attention_mask": real.long()}
     with sdpa_kernel(SDPA_BACKENDS):
-        hidden = encoder.model(input_ids=input_ids, use_cache=False).last_hidden_state
-    last = hidden[torch.arange(len(ids), device=hidden.device), ends]
-    vectors = F.normalize(last.float(), dim=-1)
+        hidden = encoder.model(input_ids=input_ids, **inputs).last_hidden_state
+    vectors = pool(hidden, real, lengths, encoder.recipe.pooling)
+    if encoder.recipe.normalize:
+        vectors = F.normalize(vectors, dim=-1)
     if encoder.dim < vectors.shape[-1]:
-        vectors = F.normalize(vectors[:, :encoder.dim], dim=-1)
+        vectors = vectors[:, :encoder.dim]
+        vectors = F.normalize(vectors, dim=-1) if encoder.recipe.normalize else vectors
     return vectors.cpu()
+
+
+def pool(hidden: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One float32 vector per row of right-padded states; `real` marks the tokens that are not padding."""
+    if pooling == "lasttoken":
+        return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1].float()
+    if pooling == "cls":
+        return hidden[:, 0].float()
+    mask = real.unsqueeze(-1).float()
+    return (hidden.float() * mask).sum(dim=1) / lengths[:, None].float()
 
 
 @torch.inference_mode()

@@ -37,17 +37,25 @@ def load_tokenizer(model: str, revision: str | None = None):
                              "run once online to cache it, or pass a local model directory") from None
         raise BuildError(f"cannot load a tokenizer from --model {model} ({err}): pass a Hub model id "
                          "or a directory with tokenizer.json / tokenizer_config.json") from None
-    probe = tokenizer("probe")["input_ids"]
-    if probe == tokenizer("probe", add_special_tokens=False)["input_ids"]:
-        raise BuildError(f"the tokenizer of {model} does not append an end-of-text token, which "
-                         "last-token pooling reads: use the embedding model's own tokenizer")
     return tokenizer
 
 
-def token_ids(texts: list[str], tokenizer) -> list[list[int]]:
-    """Each text's token ids as the model consumes them, end-of-text appended; the same as
-    `tokenizer(texts)["input_ids"]`, in about half the time: the Rust tokenizer's batch call that
-    skips the character offsets, which nothing here reads."""
+def check_tokenizer(tokenizer, recipe, model: str) -> None:
+    """Last-token pooling reads the end-of-text token the tokenizer appends: refuse one that adds none."""
+    probe = tokenizer("probe")["input_ids"]
+    if recipe.pooling == "lasttoken" and probe == tokenizer("probe", add_special_tokens=False)["input_ids"]:
+        raise BuildError(f"the tokenizer of {model} does not append an end-of-text token, which "
+                         "last-token pooling reads: use the embedding model's own tokenizer")
+
+
+def token_ids(texts: list[str], tokenizer, prompt: str = "") -> list[list[int]]:
+    """Each text's token ids as the model consumes them, `prompt` put before it (the model's
+    document prompt, as sentence-transformers puts it) and the special tokens added (Qwen3's
+    end-of-text, BERT's [CLS] and [SEP]); the same as `tokenizer(texts)["input_ids"]`, in about
+    half the time: the Rust tokenizer's batch call that skips the character offsets, which
+    nothing here reads."""
+    if prompt:
+        texts = [prompt + text for text in texts]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # a tokenizer written in Python
         return tokenizer(texts, add_special_tokens=True)["input_ids"]

@@ -55,11 +55,12 @@ def save_histogram(splits: DatasetDict, path: Path) -> None:
     pyplot.close(figure)
 
 
-def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str,
-                  recipe: dict | None = None) -> DatasetCardData:
+def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty_name: str,
+                  recipes: dict[str, dict] | None = None) -> DatasetCardData:
     """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
     `load_dataset` reads, made by datasets' own helpers so they match the data; and the
-    embedding's recipe, so that a copy of the Hub folder alone can embed new text the same way."""
+    embedding's recipe per column (`embedding: {column: recipe}`), so that a copy of the Hub
+    folder alone can embed new text the same way."""
     rows = sum(len(split) for split in splits.values())
     card_data = DatasetCardData(
         license=["cc-by-sa-3.0", "gfdl"], language=["en"], pretty_name=pretty_name,
@@ -67,10 +68,10 @@ def card_metadata(splits: DatasetDict, dim: int, source: str, pretty_name: str,
         size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
                          "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
         source_datasets=[source] if on_hub(source) else None,  # a local copy: unknown
-        tags=["embeddings", "elm", "wikitext"], embedding=recipe)
+        tags=["embeddings", "elm", "wikitext"], embedding=recipes)
     # num_bytes: each split's size in Arrow, as datasets records it when it writes a split.
     sizes = {name: split.data.nbytes for name, split in splits.items()}
-    info = DatasetInfo(features=expected_features(dim), dataset_size=sum(sizes.values()), splits=SplitDict(
+    info = DatasetInfo(features=expected_features(dims), dataset_size=sum(sizes.values()), splits=SplitDict(
         {name: SplitInfo(name=name, num_examples=len(split), num_bytes=sizes[name])
          for name, split in splits.items()}))
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
@@ -83,16 +84,18 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
                 version: str = "v1.0.0") -> DatasetCard:
     # The text stage's facts come from its own statistics: a later `--stage embed` run's options
     # say nothing of the source or the length limits the text was made with.
-    text, embed = manifest.stats.text, manifest.stats.embed
+    text, columns = manifest.stats.text, manifest.stats.embed
+    embed = next(iter(columns.values()))  # the first column's model names the card
     config = text.source_config  # for a local folder too: it chose the .raw or .tokens files
     from_hub = on_hub(text.source) and config.startswith("wikitext-")
     corpus = "WikiText-" + config.split("-")[1] if from_hub else "WikiText"
     pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed.model).name} vectors"
     return DatasetCard.from_template(
-        card_metadata(splits, embed.dim, text.source, pretty_name, embed.recipe()),
+        card_metadata(splits, manifest.stats.dims(), text.source, pretty_name,
+                      {column: stats.recipe() for column, stats in columns.items()}),
         template_path=str(CARD_TEMPLATE),
         pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
-        model=embed.model,
+        model=embed.model, columns=[column_facts(name, stats) for name, stats in columns.items()],
         model_revision=(embed.model_revision or "main") if on_hub(embed.model) else None,
         dim=embed.dim, dim_cut=manifest.config["dim"] is not None, dtype=embed.dtype,
         recomputed=embed.recomputed_float32, max_tokens=text.max_tokens, source=text.source,
@@ -101,6 +104,15 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
         command=manifest.command, versions=manifest.versions, created=manifest.created,
         splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
                 for name, split in splits.items()])
+
+
+def column_facts(name: str, stats) -> dict:
+    """What the card says of one embedding column: its model and recipe, in words."""
+    recipe = stats.recipe()
+    pooling = {"lasttoken": "last token", "mean": "mean of the tokens", "cls": "first token ([CLS])"}[recipe["pooling"]]
+    return {"name": name, "model": stats.model, "dim": stats.dim, "dtype": stats.dtype,
+            "pooling": pooling + (", L2-normalized" if recipe["normalize"] else ", not normalized"),
+            "prompt": recipe["prompt"], "normalized": recipe["normalize"], "origin": recipe["origin"]}
 
 
 def write_card(splits: DatasetDict, manifest: Manifest, directory: Path, **hub) -> None:

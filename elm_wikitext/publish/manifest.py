@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 # Only a build writes a manifest with this key: it is what makes a directory ours to replace.
 OUTPUT_MARKER = "elm_wikitext_output"
 OUTPUT_FORMAT = 1
-POOLING = "last_token_l2"  # encode.py's: the appended end-of-text token's state, L2-normalized
+DEFAULT_COLUMN = "embedding"  # the column of builds from before there could be several
 
 
 class Record:
@@ -112,30 +112,51 @@ class EmbedStats(Record):
     seconds: float
     padding_share: float
     reused: bool = False  # the vectors were taken from the output already there
+    pooling: dict | None = None  # embed.recipe.Recipe as JSON; None in builds from before it was recorded
 
     def recipe(self) -> dict:
         """How the vectors were made, as `elm_wikitext.training.embedder.Embedder.from_dataset` reads it
         back from the manifest or from the card: model, its weights' identity (a Hub commit, or the
-        SHA-256 of a local directory's files), dtype, dim and pooling."""
+        SHA-256 of a local directory's files), dtype, dim, and the pooling recipe (recipe.Recipe:
+        pooling, normalize, prompt, max_length; the last token's, L2-normalized, before it was recorded)."""
+        from elm_wikitext.embed.recipe import Recipe  # torch-free, but kept off the CLI's import path
+
         return {"model": self.model, "model_revision": self.model_revision, "model_weights": self.model_weights,
-                "dtype": self.dtype, "dim": self.dim, "pooling": POOLING}
+                "dtype": self.dtype, "dim": self.dim, **Recipe.from_json(self.pooling or {}).to_json()}
 
 
 @dataclasses.dataclass
 class Stats(Record):
     text: TextStats
-    embed: EmbedStats | None = None  # a `--stage text` output has none
+    # Each embedding column's record, in the columns' order; a `--stage text` output has none.
+    embed: dict[str, EmbedStats] | None = None
 
     @classmethod
     def read_field(cls, name: str, value):
         if name == "text":
             return TextStats.from_json(value)
-        return EmbedStats.from_json(value) if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            return None
+        if "key" in value:  # one column's record, as builds wrote it before there could be several
+            return {DEFAULT_COLUMN: EmbedStats.from_json(value)}
+        return {column: EmbedStats.from_json(record) for column, record in value.items()}
+
+    def dims(self) -> dict[str, int]:
+        """Each embedding column's size, in the columns' order."""
+        return {column: stats.dim for column, stats in (self.embed or {}).items()}
+
+    @classmethod
+    def from_json(cls, data: dict):
+        record = super().from_json(data)
+        record._one_column = "key" in (data.get("embed") or {})  # written back in the shape it was read
+        return record
 
     def to_json(self) -> dict:
         data = super().to_json()
-        if self.embed is None:  # as a text stage writes it: no "embed" at all
+        if not self.embed:  # as a text stage writes it: no "embed" at all
             data.pop("embed", None)
+        elif getattr(self, "_one_column", False) and self.embed.keys() == {DEFAULT_COLUMN}:
+            data["embed"] = data["embed"][DEFAULT_COLUMN]
         return data
 
 

@@ -37,13 +37,16 @@ HUB_LAYOUT = ".hub"
 HUB_DATA = "data"  # the Hub layout's folder of parquet shards
 
 
-def expected_features(dim: int | None) -> Features:
-    features = {"text_id": Value("string"), "text": Value("string"), "article_id": Value("int32"),
-                "article": Value("string"),
-                "section": Value("string"), "token_count": Value("int32"), "char_count": Value("int32")}
-    if dim is not None:
-        features["embedding"] = List(Value("float32"), length=dim)
-    return Features(features)
+TEXT_FEATURES = {"text_id": Value("string"), "text": Value("string"), "article_id": Value("int32"),
+                 "article": Value("string"), "section": Value("string"), "token_count": Value("int32"),
+                 "char_count": Value("int32")}
+TEXT_COLUMNS = list(TEXT_FEATURES)
+
+
+def expected_features(dims: dict[str, int] | None = None) -> Features:
+    """The published schema: the text columns, then each embedding column (name: its dim)."""
+    return Features({**TEXT_FEATURES, **{column: List(Value("float32"), length=dim)
+                                         for column, dim in (dims or {}).items()}})
 
 
 # What a build writes at the top of an output; anything else there belongs to someone else.
@@ -217,7 +220,8 @@ def output_lock(output: str):
 
 def publishable(splits: DatasetDict) -> DatasetDict:
     """The published columns, in their order (the token ids stay behind)."""
-    columns = list(expected_features(None)) + (["embedding"] if "embedding" in splits["train"].column_names else [])
+    columns = TEXT_COLUMNS + [name for name in splits["train"].column_names
+                              if name not in TEXT_FEATURES and name != "input_ids"]  # the embeddings
     return splits.select_columns(columns)
 
 
@@ -354,5 +358,5 @@ def _manifest_problem(manifest) -> str | None:
 def _columns_problem(splits: DatasetDict) -> str | None:
     if list(splits) != list(SPLIT_NAMES):
         return f"its splits are {list(splits)}, not {list(SPLIT_NAMES)}"
-    missing = [name for name in expected_features(None) if name not in splits["train"].column_names]
+    missing = [name for name in TEXT_COLUMNS if name not in splits["train"].column_names]
     return f"it lacks the columns {missing}" if missing else None

@@ -10,10 +10,11 @@ import pyarrow.compute as pc
 from datasets import DatasetDict
 
 from elm_wikitext.embed.encode import embed_ids, load_encoder
+from elm_wikitext.embed.recipe import Recipe
 from elm_wikitext.embed.tokens import load_tokenizer, token_ids
 from elm_wikitext.errors import BuildError
 from elm_wikitext.keys import text_id
-from elm_wikitext.publish.manifest import Manifest, SplitEntry
+from elm_wikitext.publish.manifest import DEFAULT_COLUMN, EmbedStats, Manifest, SplitEntry
 from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ NORM_TOLERANCE = 1e-3
 MIN_COSINE = 0.999
 SAMPLE_ROWS = 8
 # What `verify` checks, in order; an output passes only when every gate ran and found nothing.
+# "vectors" and the sample run for every embedding column, with its own recipe.
 GATES = ("schema", "counts", "files", "vectors", "uniqueness",
-         f"re-embedded sample ({SAMPLE_ROWS} rows a split, cosine >= {MIN_COSINE})")
+         f"re-embedded sample ({SAMPLE_ROWS} rows a split and column, cosine >= {MIN_COSINE})")
 
 
 def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
@@ -32,9 +34,9 @@ def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
 
 
 def check_schema(splits: DatasetDict, manifest: Manifest) -> list[str]:
-    dim = manifest.stats.embed.dim
+    expected = expected_features(manifest.stats.dims())
     return [f"{name}: features {dict(split.features)} differ from the published schema"
-            for name, split in splits.items() if split.features != expected_features(dim)]
+            for name, split in splits.items() if split.features != expected]
 
 
 def check_counts(splits: DatasetDict, manifest: Manifest) -> list[str]:
@@ -46,23 +48,28 @@ def check_counts(splits: DatasetDict, manifest: Manifest) -> list[str]:
     return problems
 
 
-def check_vectors(splits: DatasetDict, dim: int) -> list[str]:
-    problems = []
+def check_vectors(splits: DatasetDict, column: str, embed: EmbedStats) -> list[str]:
+    """Every row of `column` holds `embed.dim` finite values, of unit norm where its recipe normalizes."""
+    problems, dim = [], embed.dim
+    normalized = Recipe.from_json(embed.pooling or {}).normalize
     for name, split in splits.items():
-        if "embedding" not in split.column_names:
+        if column not in split.column_names:
             continue  # the schema gate reports it
-        column = split.data.column("embedding")
-        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        values = split.data.column(column)
+        lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()
         if (lengths != dim).any():  # missing or of another size: nothing more to check
-            problems.append(f"{name}: rows without a vector of {dim} values: {_ids(split, lengths != dim)}")
+            problems.append(f"{name}: rows without a {column} of {dim} values: {_ids(split, lengths != dim)}")
             continue
-        vectors = pc.list_flatten(column).to_numpy().reshape(len(split), dim)
+        vectors = pc.list_flatten(values).to_numpy().reshape(len(split), dim)
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
-            problems.append(f"{name}: non-finite vectors in rows {_ids(split, ~finite)}")
-        bad_norm = finite & (np.abs(np.linalg.norm(vectors, axis=1) - 1) > NORM_TOLERANCE)
+            problems.append(f"{name}: non-finite {column} vectors in rows {_ids(split, ~finite)}")
+        norms = np.linalg.norm(vectors, axis=1)
+        # A recipe without Normalize gives vectors of any norm, but never 0 (no direction at all).
+        bad_norm = finite & ((np.abs(norms - 1) > NORM_TOLERANCE) if normalized else (norms == 0))
         if bad_norm.any():
-            problems.append(f"{name}: vectors without unit norm in rows {_ids(split, bad_norm)}")
+            problems.append(f"{name}: {column} vectors without {'unit' if normalized else 'any'} norm "
+                            f"in rows {_ids(split, bad_norm)}")
     return problems
 
 
@@ -109,48 +116,56 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     return problems
 
 
-def check_sample(splits: DatasetDict, manifest: Manifest, model: str | None, seed: int,
+def check_sample(splits: DatasetDict, column: str, embed: EmbedStats, model: str | None, seed: int,
                  cosines: list | None = None) -> list[str]:
-    """Re-embed a random sample one paragraph at a time and compare with the stored vectors;
-    each row's cosine is added to `cosines`, where given."""
-    embed = manifest.stats.embed
+    """Re-embed a random sample of `column` one paragraph at a time, by its recipe, and compare
+    with the stored vectors; each row's cosine is added to `cosines`, where given."""
     model = model or embed.model
+    recipe = Recipe.from_json(embed.pooling or {})
     tokenizer = load_tokenizer(model, embed.model_revision)
-    encoder = load_encoder(model, embed.model_revision, embed.dtype, embed.dim, tokenizer.pad_token_id)
+    encoder = load_encoder(model, embed.model_revision, embed.dtype, embed.dim, tokenizer.pad_token_id, recipe=recipe)
     rng = np.random.default_rng(seed)
     problems = []
     for name, split in splits.items():
         for index in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
             row = split[int(index)]
-            fresh = embed_ids(encoder, token_ids([row["text"]], tokenizer)).numpy()[0]
-            cosine = float(fresh @ np.asarray(row["embedding"], dtype=np.float32))
+            fresh = embed_ids(encoder, token_ids([row["text"]], tokenizer, recipe.prompt)).numpy()[0]
+            stored = np.asarray(row[column], dtype=np.float32)
+            cosine = float(fresh @ stored / (np.linalg.norm(fresh) * np.linalg.norm(stored)))
             if cosines is not None:
                 cosines.append(cosine)
             if cosine < MIN_COSINE:
-                problems.append(f"{name}: row {row['text_id']} re-embeds with cosine {cosine:.5f}")
+                problems.append(f"{name}: row {row['text_id']} re-embeds its {column} with cosine {cosine:.5f}")
     return problems
 
 
-def verify(output: str, model: str | None = None, option: str = "--output", seed: int | None = None) -> dict:
-    """Run every gate; raise BuildError listing what failed, else return what was checked.
-    `model` points at the weights where they are now (the manifest's path, by default); the
-    re-embedded sample is drawn afresh each run unless `seed` is given."""
+def verify(output: str, model: str | None = None, option: str = "--output", seed: int | None = None,
+           column: str = DEFAULT_COLUMN) -> dict:
+    """Run every gate, on every embedding column; raise BuildError listing what failed, else
+    return what was checked. `model` points at `column`'s weights where they are now (the
+    manifest's path, by default); the re-embedded sample is drawn afresh each run unless `seed`
+    is given."""
     splits, manifest = read_output(output, option)
     stats = manifest.stats
-    if stats.embed is None:
+    if not stats.embed:
         raise BuildError(f"{output} has no embeddings to verify: run the embed stage first")
+    if model is not None and column not in stats.embed:
+        raise BuildError(f"--model {model} is for --column {column}, which {output} does not have: "
+                         f"pass --column, one of {', '.join(stats.embed)}")
     seed = secrets.randbits(32) if seed is None else seed
     problems, cosines = check_schema(splits, manifest), []
     if not problems:  # the other gates read the columns the schema promises
-        problems += (check_counts(splits, manifest) + check_files(splits, manifest, output)
-                     + check_vectors(splits, stats.embed.dim)
-                     + check_uniqueness(splits, stats.text.split_by))
+        problems += check_counts(splits, manifest) + check_files(splits, manifest, output)
+        for name, embed in stats.embed.items():
+            problems += check_vectors(splits, name, embed)
+        problems += check_uniqueness(splits, stats.text.split_by)
     if not problems:  # the slow gate only for an output that passed the others
         log.info("re-embedding a sample drawn with seed %d", seed)
-        problems += check_sample(splits, manifest, model, seed, cosines=cosines)
+        for name, embed in stats.embed.items():
+            problems += check_sample(splits, name, embed, model if name == column else None, seed, cosines=cosines)
     if problems:
         raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
     log.info("verified %s", output)
     return {"verified": output, "rows": {name: len(split) for name, split in splits.items()},
-            "gates": list(GATES), "sample_rows": len(cosines), "sample_seed": seed,
+            "columns": list(stats.embed), "gates": list(GATES), "sample_rows": len(cosines), "sample_seed": seed,
             "lowest_sample_cosine": round(min(cosines), 6), "min_cosine_allowed": MIN_COSINE}

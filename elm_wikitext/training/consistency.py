@@ -6,6 +6,7 @@ paragraphs of one corpus are far from orthogonal), so the same text is also comp
 vector of a random other row of the same split, seeded: the baseline an unrelated target gets.
 
     python -m elm_wikitext.training.consistency --dataset data/elm-wikitext2 --predictions preds.jsonl
+    python -m elm_wikitext.training.consistency ... --column embedding_b   # another model's space
 
 The predictions file holds one JSON object per line: {"text_id": "...", "text": "what the model wrote"}.
 """
@@ -84,20 +85,25 @@ def summary(cosines: np.ndarray) -> dict:
 
 
 def semantic_consistency(splits, predictions: list[dict], embedder: Embedder, split: Optional[str] = None,
-                         seed: int = 0) -> dict:
-    """Cosine of each generated text's vector to its target row's vector, and to a random other
-    row's vector of the same split (the baseline): mean, median and histogram of each."""
+                         seed: int = 0, column: str = "embedding") -> dict:
+    """Cosine of each generated text's vector to its target row's vector in `column`, and to a
+    random other row's vector of the same split (the baseline): mean, median and histogram of
+    each. (Cosines: vectors of a recipe without Normalize are normalized here.)"""
     places = target_rows(splits, [p["text_id"] for p in predictions], split)
-    generated = embedder.embed([p["text"] for p in predictions])
+    generated = unit_rows(embedder.embed([p["text"] for p in predictions]))
     rng = np.random.default_rng(seed)
     target, baseline = np.empty(len(predictions)), np.empty(len(predictions))
     for name in sorted({name for name, _ in places}):
         mine = np.array([i for i, (where, _) in enumerate(places) if where == name])
         rows = np.array([places[i][1] for i in mine])
-        vectors = as_matrix(splits[name].data.column("embedding").combine_chunks())
+        vectors = unit_rows(as_matrix(splits[name].data.column(column).combine_chunks()))
         target[mine] = (generated[mine] * vectors[rows]).sum(axis=1)
         baseline[mine] = (generated[mine] * vectors[other_rows(rows, len(vectors), rng)]).sum(axis=1)
     return {"predictions": len(predictions), "consistency": summary(target), "baseline": summary(baseline)}
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def report_lines(report: dict) -> list[str]:
@@ -121,6 +127,7 @@ class ConsistencyArgs:
     predictions: str = field(metadata={"help": 'JSON lines of {"text_id": ..., "text": generated text}.'})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --dataset."})
     split: Optional[str] = field(default=None, metadata={"help": "The split the text_ids come from (default: any)."})
+    column: str = field(default="embedding", metadata={"help": "The embedding column to score against, embedded by its own recipe."})
     seed: int = field(default=0, metadata={"help": "Seed of the baseline's random rows."})
     json: bool = field(default=False, metadata={"help": "Print the report as JSON."})
 
@@ -144,11 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parse_args(argv)
         # Every input is checked before the model loads (minutes for Qwen3-Embedding-4B).
         predictions = read_predictions(args.predictions)
-        read_recipe(args.dataset, args.revision)  # a dataset without one is refused here
+        read_recipe(args.dataset, args.revision, args.column)  # a dataset without one is refused here
         splits = load_splits(args.dataset, args.revision)
         target_rows(splits, [p["text_id"] for p in predictions], args.split)
-        embedder = Embedder.from_dataset(args.dataset, args.revision)
-        report = semantic_consistency(splits, predictions, embedder, args.split, args.seed)
+        embedder = Embedder.from_dataset(args.dataset, args.revision, column=args.column)
+        report = semantic_consistency(splits, predictions, embedder, args.split, args.seed, args.column)
     except BuildError as err:
         print("error:", " ".join(str(err).split()), file=sys.stderr)
         return 2

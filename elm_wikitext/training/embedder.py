@@ -2,14 +2,16 @@
 
 An ELM is judged by embedding what it wrote and comparing that with the vector it was given, which
 means something only when the new text goes through the dataset's own recipe: the same model and
-weights, dtype, dim, pooling (the appended end-of-text token's state, L2-normalized) and batching.
+weights, dtype, dim, pooling (by default the appended end-of-text token's state, L2-normalized),
+document prompt and batching.
 
     embedder = Embedder.from_dataset("data/elm-wikitext2")      # build.py's --output
     embedder = Embedder.from_dataset("org/elm-wikitext2", revision="v1.0.0")
-    vectors = embedder.embed(["A paragraph.", "Another one."])   # (2, dim) float32, unit rows
+    embedder = Embedder.from_dataset("data/elm-wikitext2", column="embedding_b")  # a second model's column
+    vectors = embedder.embed(["A paragraph.", "Another one."])   # (2, dim) float32 (unit rows if it normalizes)
 
 The recipe comes from the output's manifest.json, or from the `embedding:` block of the dataset
-card (README.md) of a Hub repo or of a downloaded copy of one.
+card (README.md) of a Hub repo or of a downloaded copy of one: one recipe per embedding column.
 """
 
 import logging
@@ -22,10 +24,11 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from tqdm.auto import tqdm
 
 from elm_wikitext.embed.encode import DTYPES, embed_rows, load_encoder, model_identity, token_batches
-from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+from elm_wikitext.embed.recipe import POOLINGS, Recipe, model_recipe
+from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, token_ids
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import is_local, looks_like_path
-from elm_wikitext.publish.manifest import POOLING
+from elm_wikitext.publish.manifest import DEFAULT_COLUMN
 from elm_wikitext.publish.output import CARD_FILE, MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
@@ -39,12 +42,15 @@ class Embedder:
 
     def __init__(self, model: str = "Qwen/Qwen3-Embedding-4B", dim: int | None = None,
                  dtype: str = "float16", revision: str | None = None, max_batch_tokens: int = 65536,
-                 device=None):
+                 device=None, recipe: Recipe | None = None):
+        """`recipe`: the pooling, normalization and prompt (default: the model's own, as the build reads it)."""
         if dtype not in DTYPES:
             raise BuildError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}: pass one of them")
         self.model, self.revision, self.max_batch_tokens = model, revision, max_batch_tokens
         self.tokenizer = load_tokenizer(model, revision)
-        self.encoder = load_encoder(model, revision, dtype, dim, self.tokenizer.pad_token_id, device)
+        self.recipe = recipe or model_recipe(model, revision)
+        check_tokenizer(self.tokenizer, self.recipe, model)
+        self.encoder = load_encoder(model, revision, dtype, dim, self.tokenizer.pad_token_id, device, self.recipe)
 
     @property
     def dim(self) -> int:
@@ -52,14 +58,15 @@ class Embedder:
 
     @classmethod
     def from_dataset(cls, dataset: str, revision: str | None = None, model: str | None = None,
-                     device=None) -> "Embedder":
-        """The embedder that made `dataset` (build.py's --output, a Hub dataset id at `revision`,
-        or a downloaded copy of the Hub repo). `model`: a local copy of the embedding model, for
-        a dataset embedded with a model directory that is not on this machine; its weights must
-        be the ones the dataset was embedded with."""
-        recipe = read_recipe(dataset, revision)
+                     device=None, column: str = DEFAULT_COLUMN) -> "Embedder":
+        """The embedder that made `dataset`'s `column` (build.py's --output, a Hub dataset id at
+        `revision`, or a downloaded copy of the Hub repo). `model`: a local copy of the embedding
+        model, for a dataset embedded with a model directory that is not on this machine; its
+        weights must be the ones the dataset was embedded with."""
+        recipe = read_recipe(dataset, revision, column)
         model_path, model_revision = _model_to_load(recipe, dataset, model)
-        embedder = cls(model_path, recipe["dim"], recipe["dtype"], model_revision, device=device)
+        embedder = cls(model_path, recipe["dim"], recipe["dtype"], model_revision, device=device,
+                       recipe=Recipe.from_json(recipe))
         _check_weights(recipe, model_path, model_revision, dataset)
         if str(embedder.encoder.dtype).removeprefix("torch.") != recipe["dtype"]:
             log.warning("%s was embedded in %s and this embedder computes in %s (on a CPU, always "
@@ -73,7 +80,7 @@ class Embedder:
         texts = list(texts)
         if not texts:  # the tokenizer refuses an empty batch
             return np.empty((0, self.dim), dtype=np.float32)
-        ids = token_ids(texts, self.tokenizer)  # appends end-of-text
+        ids = token_ids(texts, self.tokenizer, self.recipe.prompt)  # as the build tokenizes
         lengths = np.array([len(row) for row in ids], dtype=np.int64)
         vectors = np.empty((len(ids), self.dim), dtype=np.float32)
         # A text longer than the budget gets a batch of its own rather than a refusal.
@@ -88,9 +95,17 @@ class Embedder:
         return vectors
 
 
-def read_recipe(dataset: str, revision: str | None = None) -> dict:
-    """The embedding recipe of a build output (manifest.json), a folder in the Hub's layout or a
-    Hub dataset id (the card's `embedding:` block); refused in one line where there is none."""
+def read_recipe(dataset: str, revision: str | None = None, column: str = DEFAULT_COLUMN) -> dict:
+    """The embedding recipe of `column` of a build output (manifest.json), a folder in the Hub's
+    layout or a Hub dataset id (the card's `embedding:` block); refused in one line where there is none."""
+    recipes = read_recipes(dataset, revision)
+    if column not in recipes:
+        raise BuildError(f"{dataset} has no embedding column {column!r}: pass column= one of {', '.join(recipes)}")
+    return _checked(recipes[column], dataset)
+
+
+def read_recipes(dataset: str, revision: str | None = None) -> dict[str, dict]:
+    """Every embedding column's recipe, by column."""
     path = Path(dataset)
     if path.is_dir():
         if revision is not None:
@@ -108,21 +123,23 @@ def read_recipe(dataset: str, revision: str | None = None) -> dict:
     return _recipe_from_card(_download_card(dataset, revision), dataset)
 
 
-def _recipe_from_manifest(directory: Path) -> dict:
+def _recipe_from_manifest(directory: Path) -> dict[str, dict]:
     embed = read_manifest(directory).stats.embed
-    if embed is None:
+    if not embed:
         raise BuildError(f"{directory} holds no embeddings (a --stage text output): run "
                          f"`python build.py --stage embed --output {directory}` first")
-    return _checked(embed.recipe(), str(directory))
+    return {column: stats.recipe() for column, stats in embed.items()}
 
 
-def _recipe_from_card(card_path: Path | str, dataset: str) -> dict:
-    recipe = DatasetCard.load(card_path, repo_type="dataset").data.to_dict().get("embedding")
-    if not isinstance(recipe, dict):
+def _recipe_from_card(card_path: Path | str, dataset: str) -> dict[str, dict]:
+    recipes = DatasetCard.load(card_path, repo_type="dataset").data.to_dict().get("embedding")
+    if not isinstance(recipes, dict):
         raise BuildError(f"the card of {dataset} has no `embedding:` recipe (a dataset published "
                          "before the recipe was recorded, or not by elm-wikitext): use Embedder(model=..., "
                          "dim=..., dtype=...) with the model, dim and dtype the card names")
-    return _checked(recipe, dataset)
+    if "model" in recipes:  # one column's recipe, as cards had it before there could be several
+        return {DEFAULT_COLUMN: recipes}
+    return {column: recipe for column, recipe in recipes.items() if isinstance(recipe, dict)}
 
 
 def _download_card(repo_id: str, revision: str | None) -> str:
@@ -146,9 +163,10 @@ def _checked(recipe: dict, dataset: str) -> dict:
     if missing:
         raise BuildError(f"the embedding recipe of {dataset} lacks {', '.join(missing)}: it is damaged; "
                          "use Embedder(model=..., dim=..., dtype=...) explicitly")
-    if recipe["pooling"] != POOLING or recipe["dtype"] not in DTYPES:
+    pooling = Recipe.from_json(recipe).pooling
+    if pooling not in POOLINGS or recipe["dtype"] not in DTYPES:
         raise BuildError(f"{dataset} was embedded with pooling {recipe['pooling']!r} in {recipe['dtype']}, "
-                         f"which this version of elm-wikitext cannot reproduce (it pools {POOLING!r}): "
+                         f"which this version of elm-wikitext cannot reproduce (it pools {', '.join(POOLINGS)}): "
                          "use the elm-wikitext version that built it")
     return recipe
 

@@ -68,7 +68,7 @@ def vectors(output: Path) -> dict[str, np.ndarray]:
 
 
 def embed_stats(output: Path) -> dict:
-    return json.loads((output / "manifest.json").read_text())["stats"]["embed"]
+    return json.loads((output / "manifest.json").read_text())["stats"]["embed"]["embedding"]
 
 
 def run_main(*args: str, capsys) -> tuple[int, str]:

@@ -211,3 +211,25 @@ def test_vectors_changed_only_with_embed_version(tmp_path):
     assert np.shape(values) == np.shape(EMBED_REFERENCE) and np.allclose(values, EMBED_REFERENCE, atol=2e-4), (
         f"the vectors changed: bump EMBED_VERSION in elm_wikitext/embed/encode.py, then set "
         f"EMBED_REFERENCE_VERSION = {EMBED_VERSION + 1} and EMBED_REFERENCE = {values}")
+
+
+@pytest.mark.parametrize("kind", ["qwen3-lasttoken", "bert-mean", "bert-cls", "t5-mean"])
+def test_every_model_kind_equals_sentence_transformers_encode(st_models, kind, sample_dir):
+    """The model's own recipe, through the build's batches (right padding, a mask for encoders):
+    the vectors sentence-transformers' encode_document gives, row for row."""
+    from sentence_transformers import SentenceTransformer
+
+    from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+
+    texts = [line for line in (sample_dir / "wiki.train.raw").read_text(encoding="utf-8").splitlines()
+             if len(line) > 80][:12]
+    tokenizer = load_tokenizer(st_models[kind])
+    encoder = load_encoder(st_models[kind], None, "float32", None, tokenizer.pad_token_id)
+    ids = token_ids(texts, tokenizer, encoder.recipe.prompt)
+    ours = np.concatenate([embed_ids(encoder, [ids[i] for i in batch]).numpy()
+                           for batch in token_batches(np.array([len(row) for row in ids]), 2048)])
+    order = np.concatenate(token_batches(np.array([len(row) for row in ids]), 2048))
+    reference = SentenceTransformer(st_models[kind], device="cpu").encode_document(texts, batch_size=5)[order]
+    cosine = (ours * reference).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.99999, cosine
+    assert np.allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(reference, axis=1), rtol=1e-4)  # normalized or not, alike

@@ -1,7 +1,8 @@
 import pytest
 from datasets import load_from_disk
 
-from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+from elm_wikitext.embed.recipe import Recipe
+from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, token_ids
 from elm_wikitext.errors import BuildError
 
 
@@ -30,7 +31,8 @@ def test_refuses_a_tokenizer_without_appended_end_token(tiny_model, tmp_path):
     tokenizer["post_processor"] = None  # nothing appended
     (plain / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(BuildError, match="does not append an end-of-text token"):
-        load_tokenizer(str(plain))
+        check_tokenizer(load_tokenizer(str(plain)), Recipe(), str(plain))
+    check_tokenizer(load_tokenizer(str(plain)), Recipe(pooling="mean"), str(plain))  # mean pooling reads no such token
 
 
 def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeypatch):

@@ -36,7 +36,7 @@ def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, 
 def test_the_card_names_the_corpus_and_model_it_was_built_from(embedded_output):
     manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
     manifest["stats"]["text"].update(source="Salesforce/wikitext", source_config="wikitext-103-raw-v1")
-    manifest["stats"]["embed"].update(model="Qwen/Qwen3-Embedding-0.6B", model_revision=None)
+    manifest["stats"]["embed"]["embedding"].update(model="Qwen/Qwen3-Embedding-0.6B", model_revision=None)
     card = render_card(load_from_disk(str(embedded_output)), Manifest.from_json(manifest))
     assert card.data.pretty_name == "ELM WikiText-103: paragraphs and their Qwen3-Embedding-0.6B vectors"
     assert card.data.source_datasets == ["Salesforce/wikitext"]

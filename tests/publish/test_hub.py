@@ -103,7 +103,7 @@ def test_push_uploads_one_commit_then_tags_it(push_options, embedded_copy, capsy
     assert api.uploaded == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
                             "data/validation-00000-of-00001.parquet", "token_lengths.png"]
     assert stats["published"] == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
-    assert stats["embed"]["reused"] is True
+    assert stats["embed"]["embedding"]["reused"] is True
     assert sorted(p.name for p in embedded_copy.parent.iterdir()) == ["embedded"]  # the staged folder is gone
     # The token is never printed, logged or written.
     written = "".join(p.read_text(errors="ignore") for p in embedded_copy.rglob("*") if p.suffix in (".json", ".md"))
@@ -168,7 +168,7 @@ def test_a_build_whose_push_fails_keeps_its_vectors_for_the_rerun(push_options, 
     rerun = StandInApi()
     stats = build(push_options, api=rerun)
     assert rerun.tags == [("v1.0.0", "abc123")] and rerun.calls.count("upload_folder") == 1
-    assert stats["embed"]["reused"] is True
+    assert stats["embed"]["embedding"]["reused"] is True
 
 
 def test_a_tag_whose_answer_was_lost_is_not_reported_as_failed(hub_folder, no_waiting):

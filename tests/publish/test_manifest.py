@@ -9,8 +9,10 @@ from elm_wikitext.publish.output import MANIFEST_FILE
 def test_a_manifest_reads_back_as_the_json_it_was(embedded_output):
     written = json.loads((embedded_output / MANIFEST_FILE).read_text())
     manifest = Manifest.from_json(written)
-    assert isinstance(manifest.stats.text, TextStats) and isinstance(manifest.stats.embed, EmbedStats)
-    assert manifest.stats.embed.dim == 64 and manifest.stats.embed.key == written["stats"]["embed"]["key"]
+    embed = manifest.stats.embed["embedding"]  # one record per embedding column
+    assert isinstance(manifest.stats.text, TextStats) and isinstance(embed, EmbedStats)
+    assert embed.dim == 64 and embed.key == written["stats"]["embed"]["embedding"]["key"]
+    assert embed.recipe()["pooling"] == "lasttoken" and embed.recipe()["normalize"] is True
     assert manifest.splits["train"].rows == written["splits"]["train"]["rows"]
     assert manifest.to_json() == written
 
@@ -26,3 +28,14 @@ def test_an_older_manifest_keeps_what_it_lacked_and_what_this_version_does_not_k
     assert manifest.splits["train"].files is None
     assert manifest.to_json() == written
     assert text.replaced(seconds=1.0).to_json() == {**written["stats"]["text"], "seconds": 1.0}
+
+
+def test_a_manifest_of_one_column_from_before_columns_reads_as_the_embedding_column(embedded_output):
+    written = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    record = written["stats"]["embed"].pop("embedding")
+    del record["pooling"]  # as builds wrote it before the recipe held the pooling
+    written["stats"]["embed"] = record
+    manifest = Manifest.from_json(written)
+    assert list(manifest.stats.embed) == ["embedding"] and manifest.stats.dims() == {"embedding": 64}
+    assert manifest.stats.embed["embedding"].recipe()["pooling"] == "lasttoken"  # its only pooling then
+    assert manifest.to_json() == written  # written back in the shape it was read (its checksum holds)

@@ -160,7 +160,7 @@ def test_verify_from_elsewhere_and_with_moved_weights(text_output_copy, tiny_mod
     monkeypatch.chdir(work)  # a relative --model, as a user types it
     assert main(["--stage", "embed", "--model", "model", "--output", str(text_output_copy)]) == 0
     manifest = json.loads((text_output_copy / MANIFEST_FILE).read_text())
-    assert manifest["stats"]["embed"]["model"] == str(work / "model")  # stored resolved
+    assert manifest["stats"]["embed"]["embedding"]["model"] == str(work / "model")  # stored resolved
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert main(["--verify", str(text_output_copy)]) == 0  # found from another directory
