@@ -60,7 +60,10 @@ EMBED_REFUSALS = {
     "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
     "a text-stage option that contradicts it": (["--min-tokens", "150"],
                                                 "--min-tokens 150 contradicts the text stage of --output"),
-    "a model whose tokenizer counts otherwise": (["--model", "{other_tokenizer}"], "counts tokens otherwise than the text stage's"),
+    "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max', which this build cannot reproduce"),
+    "a model that reads fewer tokens than the longest paragraph": (
+        ["--model", "{short_context}"], "reads at most 64 tokens, and the longest kept paragraph is"),
+    "a column name of the text stage's": (["--column", "text"], "--column 'text' is not a free column name"),
 }
 
 
@@ -113,14 +116,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
 def broken_models(tiny_model, tmp_path_factory) -> dict:
     """Model directories with the tokenizer in place and the model wrong or incomplete (read-only:
     shared by the tests that refuse them)."""
-    from transformers import BertConfig, BertModel
-
     tmp_path = tmp_path_factory.mktemp("broken-models")
     tokenizer_files = shutil.ignore_patterns("config.json", "*.safetensors")
-    bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(bert)
-    shutil.copytree(tiny_model, bert, ignore=tokenizer_files, dirs_exist_ok=True)  # a tokenizer that fits, on the wrong model
     tokenizer_only = shutil.copytree(tiny_model, tmp_path / "tokenizer-only", ignore=tokenizer_files)
     no_weights, truncated = tmp_path / "no-weights", tmp_path / "truncated"
     shutil.copytree(tiny_model, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -131,13 +128,14 @@ def broken_models(tiny_model, tmp_path_factory) -> dict:
     (corrupt_config / "config.json").write_text('{"model_type": "qwen3", ')  # cut off
     list_config = model_with_config(tiny_model, tmp_path / "list-config")
     (list_config / "config.json").write_text("[1, 2]")
-    return {"bert": bert, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated,
+    return {"tokenizer_only": tokenizer_only, "no_weights": no_weights, "truncated": truncated,
             "corrupt_config": corrupt_config, "list_config": list_config, "zero_weights": zero_weights(tiny_model, tmp_path / "zeros"),
             "other_sizes": model_with_config(tiny_model, tmp_path / "other-sizes", intermediate_size=200),
             "small_vocabulary": model_with_config(tiny_model, tmp_path / "small-vocabulary", vocab_size=1000),
             "llama_config": model_with_config(tiny_model, tmp_path / "llama", model_type="llama",
                                               architectures=["LlamaModel"]),
-            "other_tokenizer": with_another_tokenizer(tiny_model, tmp_path / "other-tokenizer")}
+            "max_pooling": with_max_pooling(tiny_model, tmp_path / "max-pooling"),
+            "short_context": model_with_config(tiny_model, tmp_path / "short-context", max_position_embeddings=64)}
 
 
 def model_with_config(tiny_model: str, directory: Path, **changes) -> Path:
@@ -160,14 +158,14 @@ def zero_weights(tiny_model: str, directory: Path) -> Path:
     return directory
 
 
-def with_another_tokenizer(tiny_model: str, directory: Path) -> Path:
-    """The tiny model with a tokenizer that appends end-of-text twice: one token more per text."""
+def with_max_pooling(tiny_model: str, directory: Path) -> Path:
+    """The tiny model with sentence-transformers files that pool by the maximum of each dimension."""
     model_with_config(tiny_model, directory)
-    tokenizer = json.loads((directory / "tokenizer.json").read_text())
-    single = tokenizer["post_processor"]["single"]
-    single.append(single[-1])
-    (directory / "tokenizer.json").unlink()
-    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "max"}))
     return directory
 
 
@@ -187,10 +185,10 @@ def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
         raise AssertionError("the text stage ran before the model was checked")
 
     monkeypatch.setattr("elm_wikitext.pipeline.text_stage", text_stage)
-    status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["bert"],
+    status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["max_pooling"],
                                          "--output", tmp_path / "out"]])
     err = capsys.readouterr().err
-    assert status == 2 and "is a bert model, not a decoder-only one" in err.splitlines()[-1]
+    assert status == 2 and "pools with 'max', which this build cannot reproduce" in err.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 
@@ -231,7 +229,7 @@ def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
     # `text_output` is `build.py --stage text` on the sample (see conftest.py).
     splits = load_from_disk(str(text_output))
     assert list(splits) == list(SPLIT_NAMES)
-    assert all(split.features == expected_features(None) for split in splits.values())  # no vector yet
+    assert all(split.features == expected_features() for split in splits.values())  # no vector yet
     stats = json.loads((text_output / MANIFEST_FILE).read_text())["stats"]["text"]
     # The sample's 63 paragraphs less the 6 it drops (test_text.py), split by article 0.8/0.1/0.1.
     assert {name: len(split) for name, split in splits.items()} == stats["splits"] == {

@@ -48,10 +48,12 @@ def retried(call, *args, **kwargs):
 
 
 def check_features(card_data, features: Features, repo_id: str) -> None:
-    """An existing repo's published columns must be the ones this build makes (a new --dim, say,
-    belongs in a new repo: readers of the old versions expect their vector size)."""
+    """An existing repo's published columns must all be in this build, of the same types (a new
+    --dim, say, belongs in a new repo: readers of the old versions expect their vector size); a
+    new column (another model's `--column`) may join them."""
     published = DatasetInfosDict.from_dataset_card_data(card_data or {}).get("default")
-    if published is not None and published.features is not None and published.features != features:
+    if published is not None and published.features is not None and any(
+            features.get(name) != kind for name, kind in published.features.items()):
         raise BuildError(f"{repo_id} holds other columns ({dict(published.features)}) than this build "
                          "makes: pass another --repo-id, or the options the repo was built with")
 

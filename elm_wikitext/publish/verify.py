@@ -58,7 +58,7 @@ def check_vectors(splits: DatasetDict, column: str, embed: EmbedStats) -> list[s
         values = split.data.column(column)
         lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()
         if (lengths != dim).any():  # missing or of another size: nothing more to check
-            problems.append(f"{name}: rows without a {column} of {dim} values: {_ids(split, lengths != dim)}")
+            problems.append(f"{name}: rows whose {column} is not {dim} values: {_ids(split, lengths != dim)}")
             continue
         vectors = pc.list_flatten(values).to_numpy().reshape(len(split), dim)
         finite = np.isfinite(vectors).all(axis=1)

@@ -382,3 +382,67 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(where, text_outpu
     work = Path(f"{text_output_copy}.embed-work")
     left = [p.name for p in work.rglob("*") if p.suffix == ".tmp" or p.name.startswith("tmp")]
     assert left == []
+
+
+@pytest.fixture(scope="module")
+def two_columns(embedded_output, st_models, tmp_path_factory) -> Path:
+    """The full build with a second model's column added: `--stage embed --model BERT-mean
+    --column embedding_b` (a tokenizer that counts otherwise, a recipe without Normalize)."""
+    output = tmp_path_factory.mktemp("two-columns") / "out"
+    shutil.copytree(embedded_output, output)
+    done = run_build("--stage", "embed", "--model", st_models["bert-mean"], "--column", "embedding_b",
+                     "--output", str(output), cwd=output.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "counts otherwise than the text stage's tokenizer" in done.stderr  # the filter stays the text stage's
+    return output
+
+
+def test_a_second_model_adds_its_column_and_leaves_the_first_as_it_was(embedded_output, two_columns, st_models):
+    splits = load_from_disk(str(two_columns))
+    assert splits["train"].column_names[-2:] == ["embedding", "embedding_b"]
+    assert splits["train"].features["embedding_b"] == List(Value("float32"), length=32)
+    for name, array in vectors(embedded_output).items():
+        np.testing.assert_array_equal(splits[name].with_format("numpy")["embedding"][:], array)  # untouched
+    manifest = json.loads((two_columns / "manifest.json").read_text())
+    first, second = manifest["stats"]["embed"]["embedding"], manifest["stats"]["embed"]["embedding_b"]
+    assert first == embed_stats(embedded_output)  # its record kept as it was
+    assert second["model"] == st_models["bert-mean"]
+    assert (second["pooling"]["pooling"], second["pooling"]["normalize"]) == ("mean", False)
+
+
+def test_each_column_is_verified_and_re_embedded_by_its_own_recipe(two_columns, capsys):
+    from elm_wikitext.training.embedder import Embedder
+
+    status, err = run_main("--verify", two_columns, capsys=capsys)
+    assert status == 0, err[-2000:]
+    split = load_from_disk(str(two_columns))["validation"].with_format("numpy")
+    for column in ("embedding", "embedding_b"):
+        fresh = Embedder.from_dataset(str(two_columns), column=column).embed(list(split["text"][:]))
+        stored = split[column][:]
+        cosine = (fresh * stored).sum(axis=1) / np.linalg.norm(fresh, axis=1) / np.linalg.norm(stored, axis=1)
+        assert cosine.min() >= 0.99999, (column, cosine)
+
+
+def test_the_card_names_every_column_with_its_recipe(two_columns):
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(two_columns / "README.md", repo_type="dataset")
+    recipes = card.data.to_dict()["embedding"]
+    assert list(recipes) == ["embedding", "embedding_b"]
+    assert (recipes["embedding_b"]["pooling"], recipes["embedding_b"]["normalize"]) == ("mean", False)
+    assert "| `embedding_b` | 32 x float32 |" in card.text and "mean of the tokens, not normalized" in card.text
+
+
+def test_a_column_is_reused_for_the_same_recipe_and_refused_for_another(two_columns, st_models, tmp_path, capsys):
+    output = tmp_path / "out"
+    shutil.copytree(two_columns, output)
+    before = vectors(output)
+    status, err = run_main("--stage", "embed", "--model", st_models["bert-mean"], "--column", "embedding_b",
+                           "--output", output, capsys=capsys)
+    assert status == 0 and "reusing it" in err
+    status, err = run_main("--stage", "embed", "--model", st_models["bert-cls"], "--column", "embedding_b",
+                           "--output", output, capsys=capsys)
+    assert status == 2 and "already has a column 'embedding_b'" in err.splitlines()[-1]
+    assert "pass another --column" in err
+    for name, array in vectors(output).items():
+        np.testing.assert_array_equal(array, before[name])

@@ -86,7 +86,7 @@ def publish(api, hub_folder, repo_id=None) -> str:
     """What a build with --push does on the Hub (pipeline.py): the preflight, then the upload
     of the staged folder (the shared one of the sample's full build) and the tag."""
     options = BuildOptions(push=True, repo_id=repo_id, version="v1.0.0")
-    return hub.push(hub_folder, hub.preflight(options, api, expected_features(64)), options.version, False, api)
+    return hub.push(hub_folder, hub.preflight(options, api, expected_features({"embedding": 64})), options.version, False, api)
 
 
 def snapshot(path: Path) -> dict:
@@ -190,7 +190,7 @@ def published_card(dim: int):
     from huggingface_hub import DatasetCardData
 
     card = DatasetCardData()
-    DatasetInfosDict({"default": DatasetInfo(features=expected_features(dim))}).to_dataset_card_data(card)
+    DatasetInfosDict({"default": DatasetInfo(features=expected_features({"embedding": dim}))}).to_dataset_card_data(card)
     return card
 
 

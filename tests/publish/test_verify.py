@@ -56,7 +56,7 @@ def test_a_vector_without_unit_norm_fails(embedded_copy):
         splits["test"] = splits["test"].map(scale, with_indices=True, features=splits["test"].features)
         return splits
 
-    with pytest.raises(BuildError, match="test: vectors without unit norm in rows"):
+    with pytest.raises(BuildError, match="test: embedding vectors without unit norm in rows"):
         verify(str(rewrite(embedded_copy, scale_first)))
 
 
@@ -80,7 +80,7 @@ def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
                 "embedding", rolled, feature=splits[name].features["embedding"])
         return splits
 
-    with pytest.raises(BuildError, match="re-embeds with cosine"):
+    with pytest.raises(BuildError, match="re-embeds its embedding with cosine"):
         verify(str(rewrite(embedded_copy, shuffle_vectors)))
 
 
@@ -117,7 +117,7 @@ def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
             test.column_names.index("embedding"), "embedding", column), info=test.info)
         return splits
 
-    with pytest.raises(BuildError, match="test: rows without a vector of 64 values"):
+    with pytest.raises(BuildError, match="test: rows whose embedding is not 64 values"):
         verify(str(rewrite(embedded_copy, drop_vector)))
 
 

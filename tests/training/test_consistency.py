@@ -98,6 +98,7 @@ def test_a_staged_hub_folder_is_scored_like_the_output(hub_folder, splits, perfe
     ([""], [], "holds no predictions"),
     (["FIRST"], ["--split", "dev"], "--split dev is not a split of the dataset: pass one of train"),
     (["FIRST"], ["--bogus"], "unrecognized arguments|--bogus"),
+    (["FIRST"], ["--column", "embedding_b"], "has no embedding column 'embedding_b': pass column= one of embedding"),
 ])
 def test_bad_input_is_one_line_and_exit_2(embedded_output, splits, tmp_path, capsys, lines, extra, message):
     first = json.dumps({"text_id": splits["test"][0]["text_id"], "text": "x"})
