@@ -16,10 +16,10 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from elm_wikitext.locations import on_hub
-from elm_wikitext.publish.manifest import Manifest
 from elm_wikitext.options import SPLIT_NAMES
-from elm_wikitext.publish.output import (CARD_FILE, HISTOGRAM_FILE, expected_features, hub_data_files, hub_shard, make_hub_folder,
-                     read_output)
+from elm_wikitext.publish.manifest import Manifest
+from elm_wikitext.publish.output import (CARD_FILE, HISTOGRAM_FILE, expected_features, hub_data_files, hub_shard,
+                                         make_hub_folder, read_output)
 
 # The top-level dataset_card.md, through the package's link to it (package data: the wheel holds a copy).
 CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"

@@ -10,21 +10,21 @@ beside it, which is then swapped in, so a failed or interrupted run never leaves
 output and never damages an earlier one.
 """
 
-from contextlib import contextmanager
 import hashlib
 import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from datasets import DatasetDict, Features, List, Value, load_from_disk
+from filelock import FileLock, Timeout
 
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import is_local
-from elm_wikitext.publish.manifest import OUTPUT_MARKER, Manifest, SplitEntry
 from elm_wikitext.options import SPLIT_NAMES
+from elm_wikitext.publish.manifest import OUTPUT_MARKER, Manifest, SplitEntry
 
 log = logging.getLogger(__name__)
 
