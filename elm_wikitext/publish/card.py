@@ -19,8 +19,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from elm_wikitext.locations import on_hub
 from elm_wikitext.publish.manifest import Manifest
 from elm_wikitext.options import SPLIT_NAMES
-from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE, expected_features, hub_data_files,
-                                         hub_shard, make_hub_folder, read_output)
+from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE, expected_features,
+                                         hub_data_files, hub_shard, make_hub_folder, read_output)
 from elm_wikitext.publish.visuals import nearest_neighbours, save_embedding_map
 
 # The top-level dataset_card.md, through the package's link to it (package data: the wheel holds a copy).

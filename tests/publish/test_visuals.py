@@ -4,8 +4,8 @@ sets whose answers are known, and on the sample's full build."""
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 
-from elm_wikitext.publish.visuals import (largest_articles, nearest_neighbours, pca_2d, save_embedding_map,
-                                          table_cell, unit_vectors)
+from elm_wikitext.publish.visuals import (largest_articles, nearest_neighbours, pca_2d, save_embedding_map, table_cell,
+                                          unit_vectors)
 
 
 def tiny_splits(vectors: np.ndarray, articles: list[int], column: str = "embedding") -> DatasetDict:
