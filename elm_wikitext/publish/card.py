@@ -1,7 +1,8 @@
 """The dataset card: rendered from the manifest and the data, and the Hub layout it goes up with.
 
 The card is a template beside the code (dataset_card.md), filled from the run: what the text
-stage kept and dropped, the vectors' recipe, a token-length histogram, and the YAML that
+stage kept and dropped, the vectors' recipe, a token-length histogram, a PCA map of the vectors
+and a few paragraphs with their nearest neighbours (visuals.py), and the YAML that
 `load_dataset` and the Hub read. The Hub layout is the output as parquet shards under data/ with
 the card as README.md: the folder that hub.py uploads as one commit.
 """
@@ -18,8 +19,9 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from elm_wikitext.locations import on_hub
 from elm_wikitext.options import SPLIT_NAMES
 from elm_wikitext.publish.manifest import Manifest
-from elm_wikitext.publish.output import (CARD_FILE, HISTOGRAM_FILE, expected_features, hub_data_files, hub_shard,
-                                         make_hub_folder, read_output)
+from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE, expected_features,
+                                         hub_data_files, hub_shard, make_hub_folder, read_output)
+from elm_wikitext.publish.visuals import nearest_neighbours, save_embedding_map
 
 # The top-level dataset_card.md, through the package's link to it (package data: the wheel holds a copy).
 CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"
@@ -82,10 +84,12 @@ def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty
 
 def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-name>/elm-wikitext2",
                 version: str = "v1.0.0") -> DatasetCard:
+    """The card; its neighbours table (and write_card's map) shows the first embedding column."""
     # The text stage's facts come from its own statistics: a later `--stage embed` run's options
     # say nothing of the source or the length limits the text was made with.
     text, columns = manifest.stats.text, manifest.stats.embed
-    embed = next(iter(columns.values()))  # the first column's model names the card
+    first = next(iter(columns))  # the first column's model names the card
+    embed = columns[first]
     config = text.source_config  # for a local folder too: it chose the .raw or .tokens files
     from_hub = on_hub(text.source) and config.startswith("wikitext-")
     corpus = "WikiText-" + config.split("-")[1] if from_hub else "WikiText"
@@ -101,6 +105,7 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
         recomputed=embed.recomputed_float32, max_tokens=text.max_tokens, source=text.source,
         source_config=config, raw=text.raw, text=text,
         histogram=token_histogram(splits, text.min_tokens, text.max_tokens),
+        neighbours=nearest_neighbours(splits, first), map_column=first,
         command=manifest.command, versions=manifest.versions, created=manifest.created,
         splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
                 for name, split in splits.items()])
@@ -116,14 +121,17 @@ def column_facts(name: str, stats) -> dict:
 
 
 def write_card(splits: DatasetDict, manifest: Manifest, directory: Path, **hub) -> None:
-    """The card and its histogram, into an output or a Hub layout being written."""
+    """The card, its histogram and its map of the first embedding column, into an output or a Hub
+    layout being written."""
+    column = next(iter(manifest.stats.embed))
     render_card(splits, manifest, **hub).save(directory / CARD_FILE)
     save_histogram(splits, directory / HISTOGRAM_FILE)
+    save_embedding_map(splits, directory / EMBEDDING_MAP_FILE, column)
 
 
 def stage_hub_folder(output: str, folder: Path, repo_id: str, version: str,
                      max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, histogram.
+    """The Hub layout of `output`: data/{split}-NNNNN-of-NNNNN.parquet, README.md, its two plots.
     Each split is cut into contiguous shards of equal rows, as many as its Arrow bytes over
     `max_shard_bytes` (rows differ little in size: the vector dominates); the card's
     `data/{split}-*` patterns find them all."""

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
 HISTOGRAM_FILE = "token_lengths.png"
+EMBEDDING_MAP_FILE = "embedding_map.png"  # the vectors' PCA map, coloured by article
 # The work folders beside OUTPUT: the embedding's chunks, and the Hub layout being uploaded.
 EMBED_WORK = ".embed-work"
 HUB_LAYOUT = ".hub"
@@ -50,10 +51,10 @@ def expected_features(dims: dict[str, int] | None = None) -> Features:
 
 
 # What a build writes at the top of an output; anything else there belongs to someone else.
-OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, CARD_FILE, HISTOGRAM_FILE, *SPLIT_NAMES}
+OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, CARD_FILE, HISTOGRAM_FILE, EMBEDDING_MAP_FILE, *SPLIT_NAMES}
 # A file that marks the work folders a build makes (the embedding's chunks, a staging output).
 WORK_MARKER = ".elm-wikitext-work"
-HUB_ENTRIES = {HUB_DATA, CARD_FILE, HISTOGRAM_FILE}
+HUB_ENTRIES = {HUB_DATA, CARD_FILE, HISTOGRAM_FILE, EMBEDDING_MAP_FILE}
 
 
 def output_path(output: str) -> Path:
@@ -166,7 +167,7 @@ def _is_work_folder(folder: Path) -> bool:
 
 
 def _is_hub_folder(folder: Path) -> bool:
-    # The Hub layout holds only what stage_hub_folder writes: parquet shards, the card, the plot.
+    # The Hub layout holds only what stage_hub_folder writes: parquet shards, the card, its plots.
     return (folder.is_dir() and {path.name for path in folder.iterdir()} <= HUB_ENTRIES
             and all(path.suffix == ".parquet" for path in (folder / HUB_DATA).glob("*")))
 

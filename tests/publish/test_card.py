@@ -10,7 +10,8 @@ from huggingface_hub import DatasetCard
 
 from elm_wikitext.publish.card import render_card, stage_hub_folder
 from elm_wikitext.publish.manifest import Manifest
-from elm_wikitext.publish.output import MANIFEST_FILE
+from elm_wikitext.publish.output import EMBEDDING_MAP_FILE, HISTOGRAM_FILE, MANIFEST_FILE
+from elm_wikitext.publish.visuals import nearest_neighbours, table_cell
 
 
 def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, tiny_model, tmp_path):
@@ -52,6 +53,46 @@ def test_the_card_of_a_tokenized_build_counts_its_unknown_words(embedded_output)
     card = render_card(load_from_disk(str(embedded_output)), Manifest.from_json(manifest)).text
     assert "config `wikitext-2-v1` (the tokenized text, with `<unk>` for rare words)" in card
     assert "1,234 of them in 56 kept paragraphs" in card and "rare words read `<unk>`" in card
+
+
+def neighbour_rows(card_text: str) -> list[list[str]]:
+    """The cells of the card's neighbours table, one list per row."""
+    table = card_text.split("| paragraph | nearest neighbour | cosine |")[1].split("\n\n")[0]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in table.splitlines()[2:]]
+
+
+def test_the_card_shows_the_vectors_map_and_nearest_neighbours(embedded_output, hub_folder):
+    """In the output and in the Hub folder: both plots are PNG images the card links to, and the
+    table shows three paragraphs, each with its closest other row and their cosine."""
+    import matplotlib.image
+
+    splits = load_from_disk(str(embedded_output))
+    pairs = nearest_neighbours(splits)
+    for folder in (embedded_output, hub_folder):
+        card = DatasetCard.load(folder / "README.md")
+        for image in (HISTOGRAM_FILE, EMBEDDING_MAP_FILE):
+            assert (folder / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            pixels = matplotlib.image.imread(folder / image)  # decodes: not just a PNG's first bytes
+            assert pixels.ndim == 3 and min(pixels.shape[:2]) >= 300 and pixels.std() > 0
+            assert f"]({image})" in card.text
+        rows = neighbour_rows(card.text)
+        assert len(rows) == 3
+        texts = [text for split in splits.values() for text in split["text"]]
+        for (query, neighbour, cosine), pair in zip(rows, pairs):
+            assert query.endswith(table_cell(texts[pair["row"]]))
+            assert neighbour.endswith(table_cell(texts[pair["neighbour"]]))
+            assert cosine == f"{pair['cosine']:.3f}"
+
+
+def test_the_card_parses_back_with_huggingface_hub(embedded_output):
+    """The card's YAML and text survive a save and load with huggingface_hub's DatasetCard (its
+    validate() needs the network, so the parse is what is checked here)."""
+    path = embedded_output / "README.md"
+    card = DatasetCard.load(path)
+    again = DatasetCard(str(card))
+    assert again.data.to_dict() == card.data.to_dict() and again.text == card.text
+    assert card.data.to_dict() == DatasetCard(path.read_text()).data.to_dict()
+    assert card.data.embedding["embedding"]["dim"] == 64 and card.data.configs[0]["config_name"] == "default"
 
 
 def test_hub_layout_loads_with_load_dataset(embedded_output, tmp_path):

@@ -101,7 +101,7 @@ def test_push_uploads_one_commit_then_tags_it(push_options, embedded_copy, capsy
     assert api.calls == ["whoami", "repo_exists", "create_repo", "upload_folder", "create_tag"]
     assert api.tags == [("v1.0.0", "abc123")]
     assert api.uploaded == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
-                            "data/validation-00000-of-00001.parquet", "token_lengths.png"]
+                            "data/validation-00000-of-00001.parquet", "embedding_map.png", "token_lengths.png"]
     assert stats["published"] == 'load_dataset("someone/elm-wikitext2", revision="v1.0.0")'
     assert stats["embed"]["embedding"]["reused"] is True
     assert sorted(p.name for p in embedded_copy.parent.iterdir()) == ["embedded"]  # the staged folder is gone

@@ -27,6 +27,7 @@ def test_output_holds_data_card_manifest_and_histogram(embedded_output):
     assert "duplicate | 1" in card.text and "low_quality | 2" in card.text
     assert "load_dataset(" in card.text and "Merity" in card.text
     assert (embedded_output / "token_lengths.png").read_bytes()[:4] == b"\x89PNG"
+    assert (embedded_output / "embedding_map.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_torch_dataloader_yields_embedding_tensors(embedded_output):

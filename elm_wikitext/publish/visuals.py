@@ -1,0 +1,110 @@
+"""The card's pictures of the vectors: a 2D map (PCA) coloured by article, and a few paragraphs
+with their nearest neighbours in the set.
+
+Both read one embedding column (`column`: a build may carry several), all splits together, and
+use numpy alone: PCA is a centred covariance and its two leading eigenvectors, and a neighbour
+search over a few query rows is one matrix product.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict, concatenate_datasets
+
+MAP_ARTICLES = 8  # the largest articles get a colour each; more would be hard to tell apart
+NEIGHBOUR_QUERIES = 3
+CELL_CHARS = 120
+# matplotlib's tab10 without its grey, which is the other articles' colour.
+ARTICLE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+
+
+def unit_vectors(splits: DatasetDict, column: str = "embedding") -> np.ndarray:
+    """Every row's vector, splits in order, scaled to unit length: the stored ones should be, but
+    a cosine computed on them must not depend on it."""
+    vectors = np.concatenate([split.with_format("numpy", columns=[column])[column] for split in splits.values()])
+    vectors = vectors.astype(np.float32, copy=False)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors /= np.where(norms > 0, norms, 1)  # in place: the real set is ~300 MB of float32
+    return vectors
+
+
+def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows projected on their two principal components, and the share of the variance each
+    explains. The covariance (dim x dim) is small beside the rows, so eigh of it is cheaper than
+    an SVD of the centred rows."""
+    centred = vectors - vectors.mean(axis=0, dtype=np.float64).astype(vectors.dtype)
+    covariance = (centred.T @ centred).astype(np.float64) / max(len(vectors) - 1, 1)
+    variances, components = np.linalg.eigh(covariance)  # ascending
+    top = components[:, ::-1][:, :2]
+    # A component's sign is arbitrary: fix it so that the map does not flip between runs.
+    top *= np.where(top[np.abs(top).argmax(axis=0), [0, 1]] < 0, -1, 1)
+    share = variances[::-1][:2] / max(variances.sum(), np.finfo(np.float64).tiny)
+    return centred @ top.astype(vectors.dtype), share
+
+
+def largest_articles(splits: DatasetDict, count: int = MAP_ARTICLES) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Each row's article_id (splits in order) and the `count` articles with most rows as
+    (article_id, title), most rows first. By id: titles can repeat."""
+    ids = np.concatenate([split.data.column("article_id").to_numpy() for split in splits.values()])
+    titles = {}
+    for split in splits.values():
+        titles.update(zip(split["article_id"], split["article"]))
+    found, rows = np.unique(ids, return_counts=True)
+    order = sorted(range(len(found)), key=lambda i: (-rows[i], found[i]))[:count]  # ties: the earlier article
+    return ids, [(int(found[i]), titles[int(found[i])]) for i in order]
+
+
+def save_embedding_map(splits: DatasetDict, path: Path, column: str = "embedding") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the file
+    from matplotlib import pyplot
+
+    points, share = pca_2d(unit_vectors(splits, column))
+    ids, articles = largest_articles(splits)
+    size = float(np.clip(3000 / len(points), 2, 16))  # ~30k rows want dots, a sample wants marks
+    figure, axes = pyplot.subplots(figsize=(7, 5.5), dpi=100)
+    rest = ~np.isin(ids, [article_id for article_id, _ in articles])
+    axes.scatter(points[rest, 0], points[rest, 1], s=size, color="#d3d3d3", linewidths=0, rasterized=True,
+                 label="other articles")
+    for colour, (article_id, title) in zip(ARTICLE_COLOURS, articles):
+        mine = ids == article_id
+        axes.scatter(points[mine, 0], points[mine, 1], s=size * 1.5, color=colour, linewidths=0,
+                     label=f"{title[:40]} ({int(mine.sum())} rows)")
+    axes.set(xlabel=f"first principal component ({share[0]:.1%} of the variance)",
+             ylabel=f"second principal component ({share[1]:.1%})",
+             title=f"{column} vectors by PCA, all splits; the {len(articles)} largest articles in colour")
+    axes.legend(fontsize=7, markerscale=1.5, loc="best", framealpha=0.8)
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def nearest_neighbours(splits: DatasetDict, column: str = "embedding",
+                       queries: int = NEIGHBOUR_QUERIES) -> list[dict]:
+    """`queries` rows spread evenly over the set (splits in order: the same rows every build of
+    the same data), each with its nearest other row by cosine. Only queries x rows cosines are
+    held, never rows x rows."""
+    vectors = unit_vectors(splits, column)
+    if len(vectors) < 2:  # no other row to be a neighbour
+        return []
+    chosen = np.unique(np.linspace(0, len(vectors) - 1, min(queries, len(vectors))).round().astype(int))
+    cosines = vectors[chosen] @ vectors.T
+    cosines[np.arange(len(chosen)), chosen] = -np.inf  # a row is not its own neighbour
+    nearest = cosines.argmax(axis=1)
+    every = concatenate_datasets(list(splits.values())).select_columns(["text", "article"])  # no copy
+    # "row", "neighbour": places in the splits taken in order, for a reader to find them again.
+    return [{"row": int(query), "neighbour": int(other), "cosine": float(cosines[i, other]),
+             **_cells(every[int(query)], every[int(other)])} for i, (query, other) in enumerate(zip(chosen, nearest))]
+
+
+def _cells(query: dict, neighbour: dict) -> dict:
+    return {"text": table_cell(query["text"]), "article": table_cell(query["article"]),
+            "neighbour_text": table_cell(neighbour["text"]), "neighbour_article": table_cell(neighbour["article"])}
+
+
+def table_cell(text: str, chars: int = CELL_CHARS) -> str:
+    """The first `chars` characters of `text`, safe inside a markdown table row: a `|` would end
+    the cell, a newline the row, and `<` could open an HTML tag (`<unk>` would vanish)."""
+    cut = text[:chars] + ("…" if len(text) > chars else "")
+    return " ".join(cut.split()).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
