@@ -41,7 +41,7 @@ MAX_PADDING = 0.03
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # PyTorch's SDPA prefers cuDNN's attention on H100s, which builds a plan for each new shape of
 # (rows, length), and nearly every batch here is one: a quarter of a build's embedding time on an
-# H100 (README). Its other fused kernels have no such cost.
+# H100 (benchmarks/README.md). Its other fused kernels have no such cost.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -261,7 +261,7 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
 
     Between its matmuls a Qwen3 layer runs many small element-wise kernels (float32 RMSNorm,
     rotary, SwiGLU, residual adds); compiling fuses them: 1.5x the tokens/s of eager layers in a
-    build on an H100 (README). The layers share one compiled graph for batches of several rows
+    build on an H100 (benchmarks/README.md). The layers share one compiled graph for batches of several rows
     and one for a single row, whatever their length: no batch compiles again.
     """
     layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole

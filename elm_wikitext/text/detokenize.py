@@ -13,7 +13,7 @@ spaced hyphen, ` ... `), the space stays.
 Why rules of our own rather than a general detokenizer: sacremoses' Moses detokenizer, measured
 on a held-out set of WikiText-format lines with their original prose, left WikiText's times,
 ranges, degrees, curly quotes and plural possessives spaced or wrongly attached (figures in
-README.md, "The text"); it also runs a Python loop per token, where these are a few compiled
+docs/text.md, "Readable prose"); it also runs a Python loop per token, where these are a few compiled
 regular expressions per line plus a short pass over the lines that hold quote marks.
 """
 

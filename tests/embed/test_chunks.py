@@ -188,7 +188,7 @@ def test_new_weights_under_the_same_path_never_reuse_old_vectors(text_output_cop
 
 
 def two_machines(args: list[str], scripts: tuple[Path, Path], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Machines 0 and 1 of two, one CPU process each, launched on this host with the README's
+    """Machines 0 and 1 of two, one CPU process each, launched on this host with docs/scaling.md's
     `accelerate launch --num_machines 2` command; `scripts` are what each one runs."""
     with socket.socket() as probe:  # a free port for the main process
         probe.bind(("127.0.0.1", 0))
