@@ -9,6 +9,7 @@ search over a few query rows is one matrix product.
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 from datasets import DatasetDict, concatenate_datasets
 
 MAP_ARTICLES = 8  # the largest articles get a colour each; more would be hard to tell apart
@@ -21,8 +22,9 @@ ARTICLE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
 def unit_vectors(splits: DatasetDict, column: str = "embedding") -> np.ndarray:
     """Every row's vector, splits in order, scaled to unit length: the stored ones should be, but
     a cosine computed on them must not depend on it."""
-    vectors = np.concatenate([split.with_format("numpy", columns=[column])[column] for split in splits.values()])
-    vectors = vectors.astype(np.float32, copy=False)
+    # Straight from Arrow, as verify.py reads them: 0.3 s for 30k x 2560, against 4.5 s numpy-formatted.
+    vectors = np.concatenate([pc.list_flatten(split.data.column(column)).to_numpy().reshape(len(split), -1)
+                              for split in splits.values()]).astype(np.float32, copy=False)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors /= np.where(norms > 0, norms, 1)  # in place: the real set is ~300 MB of float32
     return vectors
