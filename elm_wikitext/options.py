@@ -60,6 +60,11 @@ class BuildOptions:
         "beside those already there, which stay as they are: --stage embed --model B --column "
         "embedding_b. A column that exists is reused if the same model, recipe and text made it, "
         "else refused.")
+    drop_columns: bool = _opt(
+        False, "Let a rebuild (--stage all or text) drop the output's columns it cannot keep: those "
+        "embedded from a text that these options change, or all of an output whose manifest cannot be "
+        "trusted. Without it such a rebuild is refused, naming the columns; columns of an unchanged "
+        "text are always kept.")
     max_batch_tokens: int = _opt(
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
@@ -130,9 +135,29 @@ class BuildOptions:
             raise BuildError(f"--column {self.column!r} is not a free column name: pass letters, digits "
                              "and underscores, not starting with a digit, other than "
                              f"{', '.join(RESERVED_COLUMNS)}, e.g. --column embedding_b")
+        if self.push:
+            self.check_push_options()
         if self.push and self.stage == "text":
             raise BuildError("--push publishes embeddings, which --stage text does not make: "
                              "use --stage all, or --stage embed on this output")
+
+    def check_push_options(self) -> None:
+        """--version and --repo-id, by the Hub's rules, before any model or network work."""
+        import re
+
+        if not re.fullmatch(r"v\d+\.\d+\.\d+", self.version):
+            raise BuildError(f"--version {self.version!r} is not a tag like v1.0.0: pass --version vMAJOR.MINOR.PATCH")
+        if self.repo_id is not None:
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                if self.repo_id.count("/") != 1:
+                    raise HFValidationError("not owner/name")
+                validate_repo_id(self.repo_id)
+            except HFValidationError:
+                raise BuildError(f"--repo-id {self.repo_id!r} is not of the form owner/name that the Hub accepts "
+                                 "(letters, digits, '-', '_', '.'): pass e.g. --repo-id your-name/elm-wikitext2") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

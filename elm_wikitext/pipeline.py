@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import time
 
+from datasets import DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
@@ -14,12 +15,13 @@ from elm_wikitext.embed.recipe import model_recipe
 from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import resolved
-from elm_wikitext.options import BuildOptions
-from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
+from elm_wikitext.options import SPLIT_NAMES, BuildOptions
+from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import preflight, push
 from elm_wikitext.publish.manifest import TextStats, new_manifest
-from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder,
-                                         output_lock, read_output, recover_output, remove_work_folder, write_output)
+from elm_wikitext.publish.output import (check_output_location, check_writable_beside, columns_on_disk,
+                                         expected_features, hub_folder, NotWhole, output_lock, read_output, recover_output,
+                                         remove_finished_work, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
 from elm_wikitext.text.source import is_raw, load_lines
@@ -89,6 +91,7 @@ def build(options: BuildOptions, api=None) -> dict | None:
     check_output_location(options.output, **{"--source": options.source, "--model": options.model})
     if options.dry_run:  # one plan, from the main process
         return plan(options) if processes.is_main() else None
+    check_before_work(options)
     # One build per output at a time; the lock goes with the process, even after kill -9.
     with output_lock(options.output) if processes.is_main() else contextlib.nullcontext():
         return _build(options, api or HfApi())
@@ -107,20 +110,19 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
         dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
         check_tokenizer(tokenizer, model_recipe(options.model, options.model_revision), options.model)
-    others = {}  # the embedding columns already there, which this run keeps as they are
-    if options.stage == "embed":
-        others = {column: stats for column, stats in (manifest.stats.embed or {}).items() if column != options.column}
+    # The output already there, whose columns this run keeps: all but the one it embeds.
+    earlier = (splits, manifest) if options.stage == "embed" else earlier_output(options)
+    others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
+              if column != options.column or options.stage == "text"} if earlier else {}
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
         repo_id = preflight(options, api, expected_features(dims))
     else:
         repo_id = None
-    if options.stage == "embed":
-        earlier = (splits, manifest)
-    else:
-        earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
+    if options.stage != "embed":
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
+        splits, others = keep_columns(splits, earlier, others, options)  # before any weights load
     embed = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
         splits, embed = embed_splits(splits, tokenizer, options, earlier)
@@ -128,29 +130,75 @@ def _build(options: BuildOptions, api) -> dict | None:
         return None
     if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
         check_vectors_before_writing(splits, options.column, embed, options.output)
-    columns = {**others, options.column: embed} if embed is not None else None
-    manifest = new_manifest(options, text, columns)
-    write_output(splits, manifest, options.output, card=write_card if embed is not None else None)
+    columns = {**others, options.column: embed} if embed is not None else others
+    manifest = new_manifest(options, text, columns or None)
+    write_output(splits, manifest, options.output, card=write_card if columns else None)
     stats = manifest.stats.to_json()
     if options.push:
         stats["published"] = publish(options, repo_id, api)
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
-        remove_work_folder(embed_work_folder(options.output))
+        remove_finished_work(options.output, embed.key)
     return stats
 
 
-def earlier_output(output: str) -> tuple | None:
-    """The output a rerun finds at --output, if it is a whole one of this build."""
+def check_before_work(options: BuildOptions) -> None:
+    """What can be checked without the text or the model, each with its own remedy."""
+    if options.push:
+        options.check_push_options()
+    check_writable_beside(options.output)
+    check_card_template()
+
+
+def earlier_output(options: BuildOptions) -> tuple | None:
+    """The output a rerun finds at --output, if it is a whole one of this build. One it cannot
+    read whole (a manifest edited since, damaged files) holds columns that cannot be kept: the
+    rebuild is refused unless --drop-columns lets it go without them."""
     try:
-        return read_output(output)
-    except BuildError:  # none yet, or an unfinished one: nothing to reuse
+        return read_output(options.output)
+    except NotWhole as err:  # one that cannot be trusted: nothing to reuse
+        problem = err.problem
+    except BuildError:  # none yet
         return None
+    lost = columns_on_disk(options.output)
+    lost = lost if lost is None else [column for column in lost if column != options.column or options.stage == "text"]
+    if lost != [] and not options.drop_columns:
+        held = f"its columns {', '.join(lost)}" if lost else "the columns it holds"
+        raise BuildError(f"--output {options.output} cannot be read whole ({problem}), so this rebuild cannot "
+                         f"keep {held}: pass --drop-columns to rebuild it without them (then add each again "
+                         "with --stage embed --column NAME), or pass another --output")
+    return None
+
+
+def keep_columns(splits, earlier: tuple | None, others: dict, options: BuildOptions) -> tuple:
+    """The new text's splits with the earlier output's `others` columns, where the text is the same
+    paragraphs in the same order (their text key): those vectors are then still the text's.
+    Where the text changed, the rebuild is refused, naming them, unless --drop-columns."""
+    if not others:
+        return splits, {}
+    vectors = earlier[0]
+    if all(_text_ids(vectors[name]).equals(_text_ids(splits[name])) for name in SPLIT_NAMES):
+        log.info("the text is unchanged: keeping the columns %s of %s", ", ".join(others), options.output)
+        return DatasetDict({name: concatenate_datasets(
+            [splits[name].flatten_indices(), vectors[name].select_columns(list(others))], axis=1)
+            for name in SPLIT_NAMES}), others
+    if options.drop_columns:
+        log.warning("the text changed: dropping the columns %s of %s (--drop-columns)", ", ".join(others), options.output)
+        return splits, {}
+    again = "; ".join(f"python build.py --stage embed --output {options.output} --column {column} --model {stats.model}"
+                      for column, stats in others.items())
+    raise BuildError(f"these options change the text of --output {options.output}, and its columns "
+                     f"{', '.join(others)} were embedded from the old text: pass --drop-columns to rebuild "
+                     f"without them, then embed them again ({again}); or keep the options it was built with")
+
+
+def _text_ids(split):
+    return split.select_columns(["text_id"]).with_format("arrow")[:].column("text_id")  # in the split's order
 
 
 def check_vectors_before_writing(splits, column: str, embed, output: str) -> None:
     problems = check_vectors(splits, column, embed)
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
-        remove_work_folder(embed_work_folder(output))
+        remove_finished_work(output, embed.key)
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
 

@@ -40,6 +40,11 @@ REFUSALS = {
     "push without embeddings": (["--push"], "use --stage all, or --stage embed on this output"),
     "no GPUs to plan for": (["--dry-run", "--plan-gpus", "0"], "--plan-gpus 0 is not a number of GPUs: pass 1 or more"),
     "a GPU of unknown peak": (["--dry-run", "--plan-gpu", "B200"], "pass one of H100, H200, A100"),
+    "a --repo-id with a space": (["--push", "--repo-id", "bad name/x"], "is not of the form owner/name that the Hub"),
+    "a --repo-id without an owner": (["--push", "--repo-id", "elm"], "pass e.g. --repo-id your-name/elm-wikitext2"),
+    "a --repo-id of three parts": (["--push", "--repo-id", "a/b/c"], "is not of the form owner/name that the Hub"),
+    "a --version that is not a tag": (["--push", "--version", "1.0"], "pass --version vMAJOR.MINOR.PATCH"),
+    "an --output beneath a file": (["--output", "{a_file}/out"], "make it writable, or pass an --output elsewhere"),
 }
 
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.
@@ -74,7 +79,8 @@ def paths(tmp_path, tiny_model) -> dict:
     config_only.mkdir()
     shutil.copy(Path(tiny_model) / "config.json", config_only)
     empty.mkdir()
-    return {"tmp": tmp_path, "config_only_model": config_only, "empty_model": empty}
+    (tmp_path / "a-file").write_text("")
+    return {"tmp": tmp_path, "config_only_model": config_only, "empty_model": empty, "a_file": tmp_path / "a-file"}
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
@@ -472,3 +478,127 @@ def test_a_stopped_build_says_how_to_resume_and_leaves_nothing_half_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "out.embed-work"]  # no staging
     assert not [p for p in work.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("tmp")]
     assert "Traceback" in next((tmp_path / "logs").iterdir()).read_text()  # the details, in the log
+
+
+def edit_manifest(output: Path, how: str) -> None:
+    """A hand edit of the manifest, as a user (or a script) would make it."""
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
+    if how == "its checksum deleted":
+        del manifest["manifest_sha256"]
+    elif how == "a setting changed":
+        manifest["config"]["seed"] = 7
+    elif how == "the recorded command changed":
+        manifest["command"] += " --max-tokens 900"
+    elif how == "a column's record changed":
+        manifest["stats"]["embed"]["embedding"]["pooling"]["pooling"] = "mean"
+    elif how == "a user's file listed as the build's":
+        manifest["files"].append("notes.txt")
+    elif how == "its checksum changed":
+        manifest["manifest_sha256"] = "0" * 64
+    (output / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
+MANIFEST_EDITS = ["its checksum deleted", "a setting changed", "the recorded command changed",
+                  "a column's record changed", "a user's file listed as the build's", "its checksum changed"]
+
+
+@pytest.mark.parametrize("mode", ["--verify", "--stage embed", "--push"])
+@pytest.mark.parametrize("how", MANIFEST_EDITS)
+def test_an_edited_manifest_is_refused_by_every_reader_with_a_recovery(how, mode, embedded_copy, tiny_model, capsys,
+                                                                       monkeypatch):
+    edit_manifest(embedded_copy, how)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # --push would need one: the manifest is refused first
+    before = snapshot(embedded_copy)
+    argv = ([mode, embedded_copy] if mode == "--verify" else
+            ["--stage", "embed", "--output", embedded_copy, *(["--push"] if mode == "--push" else [])])
+    status, error = run([*argv, "--model", tiny_model], capsys)
+    assert status == 2
+    assert ("was changed since the build" in error or "has no manifest_sha256" in error), error
+    assert f"python build.py --stage all --drop-columns --output {embedded_copy}" in error
+    assert snapshot(embedded_copy) == before
+
+
+@pytest.mark.parametrize("how", ["a setting changed", "a user's file listed as the build's", "a corrupt manifest"])
+def test_the_advice_on_an_edited_manifest_rebuilds_an_output_that_verifies(how, embedded_copy, sample_dir, tiny_model,
+                                                                           capsys):
+    """The line's command, followed literally with the options the output was built with."""
+    damage(embedded_copy, how) if how == "a corrupt manifest" else edit_manifest(embedded_copy, how)
+    status, error = run(["--verify", embedded_copy], capsys)
+    command = error[error.index("python build.py"):error.index(" with the --source")].split()
+    assert command[:2] == ["python", "build.py"]
+    assert main([*command[2:], "--source", str(sample_dir), "--model", tiny_model]) == 0
+    capsys.readouterr()
+    assert main(["--verify", str(embedded_copy)]) == 0
+    manifest = json.loads((embedded_copy / MANIFEST_FILE).read_text())
+    assert manifest["config"]["seed"] == 42 and "notes.txt" not in manifest["files"]  # recomputed, not taken
+
+
+def test_an_edited_manifest_cannot_make_a_users_file_the_builds(embedded_copy, sample_dir, tiny_model, capsys):
+    edit_manifest(embedded_copy, "a user's file listed as the build's")
+    (embedded_copy / "notes.txt").write_text("mine\n")
+    before = snapshot(embedded_copy)
+    status, error = run(["--stage", "all", "--drop-columns", "--source", sample_dir, "--model", tiny_model,
+                         "--output", embedded_copy], capsys)
+    assert status == 2 and "it holds notes.txt, which this build did not write" in error
+    assert snapshot(embedded_copy) == before
+
+
+def test_a_rebuild_over_an_untrusted_output_with_columns_needs_drop_columns(embedded_copy, sample_dir, tiny_model,
+                                                                             capsys):
+    edit_manifest(embedded_copy, "a setting changed")
+    before = snapshot(embedded_copy)
+    status, error = run(["--stage", "text", "--source", sample_dir, "--model", tiny_model,
+                         "--output", embedded_copy], capsys)
+    assert status == 2 and "cannot keep its columns embedding: pass --drop-columns" in error, error
+    assert snapshot(embedded_copy) == before
+
+
+# A card template as a checkout or an install can break it, and what the one line says.
+BROKEN_TEMPLATES = {
+    "missing": (None, "cannot be read"),
+    "a symlink checked out as its target's path": ("../dataset_card.md", "is not a card template"),
+    "a template that does not parse": ("---\n---\n{% for row in %}\n", "does not parse (line 3"),
+    "empty": ("", "is not a card template"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_TEMPLATES))
+def test_a_broken_card_template_is_one_line_before_any_work(case, sample_dir, tiny_model, tmp_path, monkeypatch,
+                                                            capsys):
+    content, says = BROKEN_TEMPLATES[case]
+    template = tmp_path / "dataset_card.md"
+    if content is not None:
+        template.write_text(content)
+    monkeypatch.setattr("elm_wikitext.publish.card.CARD_TEMPLATE", template)
+    monkeypatch.setattr("elm_wikitext.pipeline.load_tokenizer", lambda *a, **k: pytest.fail("work before the check"))
+    status, error = run(["--source", sample_dir, "--model", tiny_model, "--output", tmp_path / "out"], capsys)
+    assert status == 2 and "the card's template" in error and says in error, error
+    assert "restore elm_wikitext/dataset_card.md" in error and "space" not in error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.embed-work").exists()
+
+
+def test_a_template_that_does_not_render_is_one_line_and_the_rerun_resumes(text_output_copy, tiny_model, tmp_path,
+                                                                            monkeypatch, capsys):
+    from elm_wikitext.publish import card
+
+    template = tmp_path / "dataset_card.md"
+    template.write_text(card.CARD_TEMPLATE.read_text() + "\n{{ text.no_such_field.deeper }}\n")
+    monkeypatch.setattr(card, "CARD_TEMPLATE", template)
+    before = snapshot(text_output_copy)
+    status, error = run(["--stage", "embed", "--model", tiny_model, "--output", text_output_copy], capsys)
+    assert status == 2 and "does not render (UndefinedError" in error and "the vectors are kept" in error, error
+    assert snapshot(text_output_copy)[1] == before[1]
+    assert list(Path(f"{text_output_copy}.embed-work").rglob("chunk-*.npz"))
+    monkeypatch.undo()  # the template restored
+    assert main(["--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy)]) == 0
+    assert "1 of 1 were done before" in capsys.readouterr().err  # the chunk computed before the card failed
+
+
+def test_the_card_template_is_one_real_file_in_the_package():
+    from elm_wikitext.publish.card import CARD_TEMPLATE
+
+    checkout = Path(__file__).resolve().parents[1]
+    assert CARD_TEMPLATE == checkout / "elm_wikitext" / "dataset_card.md"
+    assert CARD_TEMPLATE.is_file() and not CARD_TEMPLATE.is_symlink()
+    copies = [p for p in checkout.rglob("dataset_card.md") if ".venv" not in p.parts and "build" not in p.parts]
+    assert copies == [CARD_TEMPLATE]  # no second copy to drift

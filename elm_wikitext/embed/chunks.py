@@ -93,11 +93,12 @@ class ChunkStore:
 
 def work_key(options, weights: str, dim: int, effective_dtype: str, recipe: Recipe, text_ids: pa.ChunkedArray) -> str:
     """What the vectors depend on: other weights (another model or revision, or new files under
-    the same name: `weights` is their `model_identity`), dtype, dim, pooling recipe, text,
-    chunking or embedding code never reuse them."""
+    the same name: `weights` is their `model_identity`, the content of the weights, tokenizer and
+    recipe files), dtype, dim, pooling recipe, text, chunking or embedding code never reuse them.
+    Where the model lies is not part of it: the same files moved elsewhere resume and reuse."""
     texts = joined_digest(text_ids)
     pooling = [recipe.pooling, recipe.normalize, recipe.prompt]
-    return Hasher.hash([CHUNKS_VERSION, EMBED_VERSION, options.model, weights, effective_dtype, dim, pooling,
+    return Hasher.hash([CHUNKS_VERSION, EMBED_VERSION, weights, effective_dtype, dim, pooling,
                         options.max_tokens, options.chunk_tokens, texts])[:16]
 
 
@@ -221,7 +222,7 @@ def add_embedding_column(splits: DatasetDict, vectors_path: Path, dim: int, key:
 
 
 def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, Manifest] | None, key: str, column: str,
-                  started: float) -> tuple[DatasetDict, EmbedStats] | None:
+                  started: float, model: str) -> tuple[DatasetDict, EmbedStats] | None:
     """`splits` with the earlier output's `column`, where that output embedded it under `key`
     (same weights, dtype, dim, recipe, and every text_id in the same order) and its splits have
     as many rows as these: the key's texts then fix which rows each split holds."""
@@ -234,11 +235,13 @@ def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, Manifest] | N
                    for name in SPLIT_NAMES)):
         return None
     log.info("the output already holds %r made by this model, recipe and text (key %s): reusing it", column, key)
+    # The same files may lie elsewhere now: the record names where they are.
+    stats = stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2), model=model)
     if all(column in splits[name].column_names for name in SPLIT_NAMES):  # --stage embed: the output's own
-        return splits, stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2))
+        return splits, stats
     out = DatasetDict({name: concatenate_datasets(
         [splits[name].flatten_indices(), vectors[name].select_columns([column])], axis=1) for name in SPLIT_NAMES})
-    return out, stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2))
+    return out, stats
 
 
 def check_column_free(splits: DatasetDict, column: str, output: str) -> None:
@@ -275,7 +278,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[Dataset
     effective_dtype = options.dtype if processes.device().type == "cuda" else "float32"
     weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
     key = work_key(options, weights, dim, effective_dtype, recipe, everything.data.column("text_id"))
-    reused = reuse_vectors(splits, earlier, key, options.column, started)
+    reused = reuse_vectors(splits, earlier, key, options.column, started, options.model)
     if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
         return reused if processes.is_main() else (None, None)
     check_column_free(splits, options.column, options.output)

@@ -7,6 +7,7 @@ and a few paragraphs with their nearest neighbours (visuals.py), and the YAML th
 the card as README.md: the folder that hub.py uploads as one commit.
 """
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import on_hub
 from elm_wikitext.options import SPLIT_NAMES
 from elm_wikitext.publish.manifest import Manifest
@@ -23,12 +25,31 @@ from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRA
                                          hub_data_files, hub_shard, make_hub_folder, read_output)
 from elm_wikitext.publish.visuals import nearest_neighbours, save_embedding_map
 
-# The top-level dataset_card.md, through the package's link to it (package data: the wheel holds a copy).
+# The card's template: one real file in the package (package data: the wheel holds it too).
 CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"
 HISTOGRAM_EDGES = [100, 150, 200, 300, 400, 600, 800, 1200, 2001]
 # The Hub's advice for parquet files: at most about 500 MB each (the viewer and readers fetch
 # whole files). Parquet of these rows is no larger than their Arrow form, which sizes the shards.
 MAX_SHARD_BYTES = 500_000_000
+
+
+def check_card_template() -> None:
+    """The card's template is there and parses, checked before any work: a checkout without
+    symlinks, or a broken install, would otherwise be found after the embedding."""
+    import jinja2
+
+    path = CARD_TEMPLATE
+    remedy = "reinstall elm-wikitext, or restore elm_wikitext/dataset_card.md from the repository (git checkout)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BuildError(f"the card's template {path} cannot be read ({err}): {remedy}") from None
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise BuildError(f"the card's template {path} does not parse (line {err.lineno}: {err.message}): {remedy}") from None
+    if not text.startswith("---\n") or "{{" not in text:  # e.g. a symlink checked out as its target's path
+        raise BuildError(f"the card's template {path} is not a card template (no YAML header or no fields): {remedy}")
 
 
 def token_counts(splits: DatasetDict) -> np.ndarray:
@@ -94,10 +115,7 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
     from_hub = on_hub(text.source) and config.startswith("wikitext-")
     corpus = "WikiText-" + config.split("-")[1] if from_hub else "WikiText"
     pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed.model).name} vectors"
-    return DatasetCard.from_template(
-        card_metadata(splits, manifest.stats.dims(), text.source, pretty_name,
-                      {column: stats.recipe() for column, stats in columns.items()}),
-        template_path=str(CARD_TEMPLATE),
+    fields = dict(
         pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
         model=embed.model, columns=[column_facts(name, stats) for name, stats in columns.items()],
         model_revision=(embed.model_revision or "main") if on_hub(embed.model) else None,
@@ -107,8 +125,27 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
         histogram=token_histogram(splits, text.min_tokens, text.max_tokens),
         neighbours=nearest_neighbours(splits, first), map_column=first,
         command=manifest.command, versions=manifest.versions, created=manifest.created,
-        splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
-                for name, split in splits.items()])
+        splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]} for name, split in splits.items()])
+    metadata = card_metadata(splits, manifest.stats.dims(), text.source, pretty_name,
+                             {column: stats.recipe() for column, stats in columns.items()})
+    check_card_template()
+    with template_errors():
+        return DatasetCard.from_template(metadata, template_path=str(CARD_TEMPLATE), **fields)
+
+
+@contextmanager
+def template_errors():
+    """A template that parses but does not render (a field or filter it names that the build does
+    not give) is one line, not a traceback; the vectors wait in the work folder for the rerun."""
+    import jinja2
+    import yaml
+
+    try:
+        yield
+    except (jinja2.TemplateError, yaml.YAMLError, ValueError) as err:  # rendering, or the YAML it gives
+        raise BuildError(f"the card's template {CARD_TEMPLATE} does not render ({type(err).__name__}: {err}): restore "
+                         "elm_wikitext/dataset_card.md from the repository, or fix the edit; then rerun (the vectors "
+                         "are kept)") from None
 
 
 def column_facts(name: str, stats) -> dict:

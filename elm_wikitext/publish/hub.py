@@ -19,6 +19,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from elm_wikitext.errors import BuildError
+from elm_wikitext.publish.output import WORK_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) ->
     try:
         commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
                                    commit_message=f"elm-wikitext {version}",
-                                   delete_patterns=["data/*"])  # a new version replaces every shard
+                                   delete_patterns=["data/*"],  # a new version replaces every shard
+                                   ignore_patterns=[WORK_MARKER])  # the staging folder's mark, not data
     except Exception as err:
         raise BuildError(f"uploading to {repo_id} failed ({err}); no tag was created and "
                          f"{version} is not published: rerun the same command") from None

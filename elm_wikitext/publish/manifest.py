@@ -179,6 +179,9 @@ class Manifest(Record):
     command: str
     created: str
     splits: dict[str, SplitEntry] = dataclasses.field(default_factory=dict)  # set when written
+    # Every file of the output but manifest.json, set when written: a later build replaces only
+    # these (and output.BY_DESIGN's). None in builds from before it was recorded.
+    files: list[str] | None = None
     manifest_sha256: str | None = None  # set when written
 
     @classmethod

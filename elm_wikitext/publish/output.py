@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,9 +54,43 @@ def expected_features(dims: dict[str, int] | None = None) -> Features:
 
 # What a build writes at the top of an output; anything else there belongs to someone else.
 OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, CARD_FILE, HISTOGRAM_FILE, EMBEDDING_MAP_FILE, *SPLIT_NAMES}
-# A file that marks the work folders a build makes (the embedding's chunks, a staging output).
+# A file that marks the folders a build makes beside its output (the embedding's chunks, the Hub
+# layout, an output being written): only a marked folder is ever deleted, and only if it holds
+# nothing but what its layout below allows.
 WORK_MARKER = ".elm-wikitext-work"
-HUB_ENTRIES = {HUB_DATA, CARD_FILE, HISTOGRAM_FILE, EMBEDDING_MAP_FILE}
+
+# What each folder the build owns may hold, as regular expressions of a path inside it (`/`
+# between names). A folder is replaced or deleted only when every path in it, at any depth, is
+# one of these; else the build stops and names the first other one.
+_SPLIT = "(" + "|".join(SPLIT_NAMES) + ")"
+_KEY = "[0-9a-f]{16}"  # chunks.work_key
+# The files a build records: an output's files are listed in its manifest (OUTPUT_LAYOUT is the
+# list's shape, for a manifest that cannot be trusted or is from before the list); a chunk's
+# name carries its SHA-256; the Hub layout is what stage_hub_folder writes.
+OUTPUT_LAYOUT = [*(re.escape(name) for name in OUTPUT_ENTRIES - set(SPLIT_NAMES)), _SPLIT,
+                 rf"{_SPLIT}/(state|dataset_info)\.json", rf"{_SPLIT}/data-\d{{5}}-of-\d{{5}}\.arrow"]
+WORK_LAYOUT = [_KEY, rf"{_KEY}/chunk-\d{{5}}-[0-9a-f]{{16}}\.npz"]
+HUB_LAYOUT_FILES = [re.escape(name) for name in (CARD_FILE, HISTOGRAM_FILE, EMBEDDING_MAP_FILE, HUB_DATA)] + [
+    rf"{HUB_DATA}/{_SPLIT}-\d{{5}}-of-\d{{5}}\.parquet"]
+# What the build's own machinery leaves in those folders by design, in one place: in an output,
+# datasets' cache of a user's `.map()` or `.filter()` on a loaded split, and the temporary file of
+# one that was stopped; in the work folder, a chunk being written when a run stopped, and the
+# column being assembled (its vectors, their Arrow files and datasets' temporary file).
+BY_DESIGN = {"output": [rf"{_SPLIT}/cache-[^/]+\.arrow", rf"{_SPLIT}/tmp[^/]+"],
+             "work": [rf"{_KEY}/\.chunk-\d{{5}}\.\d+\.tmp", rf"{_KEY}/vectors\.npy", rf"{_KEY}/{_SPLIT}\.arrow",
+                      rf"{_KEY}/tmp[^/]+"],
+             "hub": []}
+
+
+def first_foreign(folder: Path, allowed: list[str]) -> str | None:
+    """The first path in `folder`, at any depth, that none of `allowed` matches (a symlink, or
+    an entry that is neither file nor folder, always counts); None if there is none."""
+    pattern = re.compile("|".join(f"(?:{one})" for one in allowed))
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink() or not (path.is_file() or path.is_dir()) or not pattern.fullmatch(relative):
+            return relative
+    return None
 
 
 def output_path(output: str) -> Path:
@@ -107,10 +143,37 @@ def check_output_location(output: str, **inputs: str) -> None:
         if is_local(path):
             _check_apart(output, target, option, path)
     check_replaceable(target, output)
-    for folder, owned in ((embed_work_folder(output), _is_work_folder), (hub_folder(output), _is_hub_folder)):
-        if folder.exists() and not owned(folder):
-            raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
-                             "move it away, or pass another --output")
+    for folder, kind in ((embed_work_folder(output), "work"), (hub_folder(output), "hub")):
+        reason = not_our_folder(folder, kind) if folder.exists() else None
+        if reason:
+            raise BuildError(f"{folder} exists and was not made by this build ({reason}), and the build "
+                             "deletes its work folders: move it away, or pass another --output")
+
+
+def check_writable_beside(output: str) -> None:
+    """The build writes its output, and folders beside it, into --output's folder (made if missing):
+    tried now with a folder made and removed there, before any text or model work."""
+    folder = output_path(output).parent
+    while not folder.exists():  # the build makes the missing folders: the first that exists must take them
+        folder = folder.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".elm-wikitext-check-", dir=folder))
+    except OSError as err:
+        raise BuildError(f"cannot write beside --output {output}: {folder} is not a folder this build can "
+                         f"write in ({err.strerror or err}): make it writable, or pass an --output elsewhere") from None
+
+
+def columns_on_disk(output: str) -> list[str] | None:
+    """The columns beside the text's that an output holds, as its train split's own schema file
+    says (not its manifest); [] where there is no output, None where it cannot be told."""
+    target = output_path(output)
+    if not target.is_dir() or not any(target.iterdir()):
+        return []
+    try:
+        features = json.loads((target / "train" / "dataset_info.json").read_text())["features"]
+        return [name for name in features if name not in TEXT_FEATURES]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_apart(output: str, target: Path, option: str, path: str) -> None:
@@ -135,18 +198,31 @@ def check_replaceable(target: Path, output: str) -> None:
 
 def _not_ours(directory: Path) -> str | None:
     """Why `directory` is not an output this project wrote (None: it is one, or empty)."""
-    entries = sorted(path.name for path in directory.iterdir())
-    if not entries:
+    if not any(directory.iterdir()):
         return None
-    foreign = [name for name in entries if name not in OUTPUT_ENTRIES]
-    if foreign:
-        return f"it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}"
     manifest = _load_manifest(directory)
-    if not isinstance(manifest, dict) or not _is_our_manifest(manifest):
+    foreign = first_foreign(directory, owned_paths(manifest))
+    if foreign:
+        return f"it holds {foreign}, which this build did not write"
+    if not (directory / MANIFEST_FILE).is_file() or (isinstance(manifest, dict) and not _is_our_manifest(manifest)):
         return f"it has no {MANIFEST_FILE} written by this build"
-    if not (directory / "dataset_dict.json").is_file():
-        return "it has no dataset_dict.json"
-    return None
+    if not isinstance(manifest, dict) and not (directory / "dataset_dict.json").is_file():
+        return f"its {MANIFEST_FILE} is not JSON and it has no dataset_dict.json"  # too little to call it ours
+    return None  # ours, even with a damaged manifest (only the layout's names, then): a rebuild replaces it
+
+
+def owned_paths(manifest) -> list[str]:
+    """What an output may hold: the files its manifest lists, where that manifest is sealed (an
+    edited one could list a user's file); else only the layout's names. Both with BY_DESIGN's."""
+    files = manifest.get("files") if isinstance(manifest, dict) and _is_our_manifest(manifest) else None
+    if isinstance(files, list) and _sealed(manifest):
+        listed = [re.escape(name) for name in files if isinstance(name, str)]
+        return [re.escape(MANIFEST_FILE), _SPLIT, *listed, *BY_DESIGN["output"]]
+    return OUTPUT_LAYOUT + BY_DESIGN["output"]
+
+
+def _sealed(manifest: dict) -> bool:
+    return manifest.get("manifest_sha256") == manifest_checksum(manifest)
 
 
 def _load_manifest(directory: Path):
@@ -162,23 +238,30 @@ def _is_our_manifest(manifest: dict) -> bool:
     return OUTPUT_MARKER in manifest or (isinstance(versions, dict) and "elm-wikitext" in versions)
 
 
-def _is_work_folder(folder: Path) -> bool:
-    return (folder / WORK_MARKER).is_file()
-
-
-def _is_hub_folder(folder: Path) -> bool:
-    # The Hub layout holds only what stage_hub_folder writes: parquet shards, the card, its plots.
-    return (folder.is_dir() and {path.name for path in folder.iterdir()} <= HUB_ENTRIES
-            and all(path.suffix == ".parquet" for path in (folder / HUB_DATA).glob("*")))
+def not_our_folder(folder: Path, kind: str) -> str | None:
+    """Why `folder` is not a folder the build made beside its output (`kind`: "work" for the
+    embedding's chunks, "hub" for the Hub layout, "writing" for an output being written), or None:
+    it carries the marker, and every path in it is one its layout or BY_DESIGN allows."""
+    if not folder.is_dir() or folder.is_symlink():
+        return "it is not a folder"
+    if not (folder / WORK_MARKER).is_file():
+        return f"it has no {WORK_MARKER} marker"
+    layout = {"work": WORK_LAYOUT + BY_DESIGN["work"], "hub": HUB_LAYOUT_FILES + BY_DESIGN["hub"],
+              "writing": OUTPUT_LAYOUT + BY_DESIGN["output"]}[kind]
+    foreign = first_foreign(folder, [re.escape(WORK_MARKER), *layout])
+    return f"it holds {foreign}, which this build did not write" if foreign else None
 
 
 def make_hub_folder(folder: Path) -> None:
-    """An empty Hub layout at `folder`, replacing one an earlier upload left (and nothing else)."""
-    if folder.exists() and not _is_hub_folder(folder):
-        raise BuildError(f"{folder} exists and was not made by this build (the build would delete it): "
-                         "move it away, then rerun")
+    """An empty Hub layout at `folder`, marked as the build's, replacing one an earlier upload
+    left (and nothing else)."""
+    reason = not_our_folder(folder, "hub") if folder.exists() else None
+    if reason:
+        raise BuildError(f"{folder} exists and was not made by this build ({reason}), and the build would "
+                         "delete it: move it away, then rerun")
     shutil.rmtree(folder, ignore_errors=True)
     (folder / HUB_DATA).mkdir(parents=True)
+    (folder / WORK_MARKER).touch()
 
 
 def make_work_folder(folder: Path) -> Path:
@@ -188,12 +271,30 @@ def make_work_folder(folder: Path) -> Path:
     return folder
 
 
-def remove_work_folder(folder: Path) -> None:
-    """Delete a work folder the build made (marked, or in the Hub layout); leave anything else."""
-    if folder.is_dir() and (_is_work_folder(folder) or _is_hub_folder(folder)):
-        shutil.rmtree(folder, ignore_errors=True)
+def remove_work_folder(folder: Path, kind: str = "hub") -> None:
+    """Delete a work folder the build made (`kind` as not_our_folder); leave anything else."""
+    reason = not_our_folder(folder, kind) if folder.exists() else None
+    if reason:
+        log.warning("left %s in place: %s", folder, reason)
     elif folder.exists():
-        log.warning("left %s in place: it is not a work folder of this build", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_finished_work(output: str, key: str) -> None:
+    """Delete the chunks of one finished column (work key `key`); the work folder itself goes only
+    when no other run's chunks, unfinished, are left in it."""
+    folder = embed_work_folder(output)
+    reason = not_our_folder(folder, "work") if folder.exists() else None
+    if reason:
+        log.warning("left %s in place: %s", folder, reason)
+        return
+    shutil.rmtree(folder / key, ignore_errors=True)
+    left = sorted(path.name for path in folder.iterdir() if path.name != WORK_MARKER) if folder.exists() else None
+    if left == []:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif left:
+        log.info("kept %s: it holds the unfinished work of other runs (%s); rerun them to finish "
+                 "it, or delete the folder if they are abandoned", folder, ", ".join(left))
 
 
 @contextmanager
@@ -245,11 +346,14 @@ def write_output(splits: DatasetDict, manifest: Manifest, output: str, card=None
         splits = publishable(splits)
         splits.save_to_disk(str(staging))
         manifest.splits = {name: _split_entry(staging / name, len(split)) for name, split in splits.items()}
-        manifest.manifest_sha256 = manifest_checksum(manifest.to_json())
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         if card is not None:
             card(splits, manifest, staging)
-        (staging / WORK_MARKER).unlink()
+        # Every file, the card's too, so that a later build replaces only these (and BY_DESIGN's).
+        manifest.files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*")
+                                if path.is_file() and path.name != WORK_MARKER)
+        manifest.manifest_sha256 = manifest_checksum(manifest.to_json())
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        (staging / WORK_MARKER).unlink()  # last: a staging folder killed before is still marked
         _swap_into_place(staging, target, output)
     except OSError as err:  # a read-only or full location: the earlier output is still whole
         raise BuildError(f"cannot write {output} ({err}): make its folder writable or free some "
@@ -268,8 +372,9 @@ def manifest_checksum(manifest: dict) -> str:
 
 
 def manifest_intact(manifest: Manifest) -> bool:
-    """Whether the manifest matches its own checksum (one from before it was recorded does)."""
-    return not manifest.recorded("manifest_sha256") or manifest.manifest_sha256 == manifest_checksum(manifest.to_json())
+    """Whether the manifest has its checksum and matches it: a manifest without one, edited or
+    from before it was recorded, is trusted no more than one that does not match."""
+    return manifest.recorded("manifest_sha256") and manifest.manifest_sha256 == manifest_checksum(manifest.to_json())
 
 
 def _split_entry(directory: Path, rows: int) -> SplitEntry:
@@ -290,7 +395,7 @@ def recover_output(output: str) -> None:
         log.warning("restoring %s from %s, left by a build killed while writing", target, previous[-1])
         os.replace(previous[-1], target)
     for leftover in [*target.parent.glob(f".{target.name}.writing-*"), *previous]:
-        if leftover.exists() and (_is_work_folder(leftover) or _not_ours(leftover) is None):
+        if leftover.exists() and (not_our_folder(leftover, "writing") is None or _not_ours(leftover) is None):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -329,18 +434,37 @@ def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, Man
         else:
             problem = _columns_problem(splits)
     if problem:
-        raise BuildError(f"{option} {output} is not a whole output of this build ({problem}): rebuild "
-                         "it with python build.py --stage all, or pass another directory")
+        raise NotWhole(problem, f"{option} {output} is not a whole output of this build ({problem}): "
+                       + rebuild_advice(output, directory))
     return splits, Manifest.from_json(manifest)
 
 
+class NotWhole(BuildError):
+    """An output of this build that cannot be read whole; `problem` says why."""
+
+    def __init__(self, problem: str, message: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+def rebuild_advice(output: str, directory: Path) -> str:
+    """What to do with an output that cannot be read whole: rebuild it in place where it is ours
+    (the command works on it: a damaged output of the build is replaced), else go elsewhere."""
+    if _not_ours(directory) is not None:
+        return "pass the --output of an earlier build, or another directory"
+    return (f"nothing its {MANIFEST_FILE} says is trusted, so rebuild it from your own options: "
+            f"python build.py --stage all --drop-columns --output {output} with the --source, --model and "
+            "other options you built it with (this recomputes the text and the --column's vectors; "
+            "add other columns again with --stage embed --column NAME)")
+
+
 def read_manifest(directory: Path) -> Manifest:
-    """The manifest of an output this build wrote, or one line saying why it cannot be read."""
+    """The manifest of an output this build wrote, sealed, or one line saying why it cannot be read."""
     manifest = _load_manifest(directory)
     problem = _manifest_problem(manifest)
     if problem:
-        raise BuildError(f"{directory} is not a whole output of this build ({problem}): rebuild it "
-                         "with python build.py --stage all, or pass another directory")
+        raise BuildError(f"{directory} is not a whole output of this build ({problem}): "
+                         + rebuild_advice(str(directory), directory))
     return Manifest.from_json(manifest)
 
 
@@ -353,7 +477,13 @@ def _manifest_problem(manifest) -> str | None:
     if not wrong:  # the records inside, which Manifest.from_json reads as objects
         wrong = ["stats.text"] if not isinstance(manifest["stats"].get("text"), dict) else [
             f"splits.{name}" for name, entry in manifest["splits"].items() if not isinstance(entry, dict)]
-    return f"its {MANIFEST_FILE} lacks {wrong}" if wrong else None
+    if wrong:
+        return f"its {MANIFEST_FILE} lacks {wrong}"
+    if not isinstance(manifest.get("manifest_sha256"), str):
+        return f"its {MANIFEST_FILE} has no manifest_sha256, so an edit of it cannot be told"
+    if not _sealed(manifest):
+        return f"its {MANIFEST_FILE} was changed since the build: it does not match its manifest_sha256"
+    return None
 
 
 def _columns_problem(splits: DatasetDict) -> str | None:

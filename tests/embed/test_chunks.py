@@ -446,3 +446,95 @@ def test_a_column_is_reused_for_the_same_recipe_and_refused_for_another(two_colu
     assert "pass another --column" in err
     for name, array in vectors(output).items():
         np.testing.assert_array_equal(array, before[name])
+
+
+def all_vectors(output: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every embedding column of every split."""
+    splits = load_from_disk(str(output)).with_format("numpy")
+    columns = [name for name in splits["train"].column_names if name.startswith("embedding")]
+    return {column: {name: split[column][:] for name, split in splits.items()} for column in columns}
+
+
+# Rebuilds of a two-column output with its own text options: each keeps every column, reusing or
+# keeping the vectors, whichever column it names (the default one, or the second model's).
+KEEPING_REBUILDS = {
+    "--stage text": ["--stage", "text"],
+    "--stage all (the first column's model)": ["--stage", "all"],
+    "--stage all with the second model, --stage embed forgotten": ["--stage", "all", "--model", "{bert}",
+                                                                   "--column", "embedding_b"],
+}
+
+
+@pytest.mark.parametrize("case", list(KEEPING_REBUILDS))
+def test_a_rebuild_of_the_same_text_keeps_every_column(case, two_columns, st_models, tiny_model, sample_dir,
+                                                       tmp_path, capsys):
+    output = tmp_path / "out"
+    shutil.copytree(two_columns, output)
+    before, records = all_vectors(output), json.loads((output / "manifest.json").read_text())["stats"]["embed"]
+    args = [arg.format(bert=st_models["bert-mean"]) for arg in KEEPING_REBUILDS[case]]
+    if "--model" not in args:
+        args += ["--model", tiny_model]
+    status, err = run_main(*args, "--source", sample_dir, "--output", output, capsys=capsys)
+    assert status == 0, err[-3000:]
+    after = all_vectors(output)
+    assert list(after) == list(before) == ["embedding", "embedding_b"]
+    for column in before:
+        for name in before[column]:
+            np.testing.assert_array_equal(after[column][name], before[column][name])
+    kept = json.loads((output / "manifest.json").read_text())["stats"]["embed"]
+    assert {column: kept[column]["key"] for column in kept} == {column: records[column]["key"] for column in records}
+    assert "| `embedding_b` |" in (output / "README.md").read_text()  # the card names both still
+    status, err = run_main("--verify", output, capsys=capsys)
+    assert status == 0, err[-2000:]
+
+
+@pytest.mark.parametrize("stage", ["text", "all"])
+@pytest.mark.parametrize("change", [["--seed", "7"], ["--max-tokens", "900"], ["--split-by", "paragraph"]])
+def test_a_rebuild_that_changes_the_text_names_the_columns_it_would_drop(stage, change, two_columns, tiny_model,
+                                                                        sample_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    shutil.copytree(two_columns, output)
+    before = {str(p): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    with pytest.MonkeyPatch.context() as patch:  # refused before any weights load
+        patch.setattr("elm_wikitext.embed.chunks.load_encoder", lambda *a, **k: pytest.fail("weights loaded"))
+        status, err = run_main("--stage", stage, *change, "--source", sample_dir, "--model", tiny_model,
+                               "--output", output, capsys=capsys)
+    line = err.strip().splitlines()[-1]
+    named = "embedding, embedding_b" if stage == "text" else "embedding_b"  # --stage all rebuilds its own --column
+    assert status == 2 and f"its columns {named} were embedded from the old text: pass --drop-columns" in line, line
+    assert f"--stage embed --output {output} --column embedding_b --model " in line
+    assert {str(p): p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+    status, err = run_main("--stage", stage, *change, "--drop-columns", "--source", sample_dir, "--model", tiny_model,
+                           "--output", output, capsys=capsys)
+    assert status == 0, err[-2000:]
+    assert list(all_vectors(output)) == ([] if stage == "text" else ["embedding"])
+
+
+def test_one_columns_run_never_deletes_anothers_unfinished_chunks(killed_copy, st_models, tiny_model, capsys):
+    """A run of `embedding` stopped with two chunks done, then a finished run of another column:
+    the stopped run's chunks stay, and its rerun resumes from them."""
+    work = Path(f"{killed_copy}.embed-work")
+    chunks = sorted(p.name for p in work.rglob("chunk-*.npz"))
+    status, err = run_main("--stage", "embed", "--model", st_models["bert-mean"], "--column", "embedding_c",
+                           "--output", killed_copy, capsys=capsys)
+    assert status == 0, err[-2000:]
+    assert sorted(p.name for p in work.rglob("chunk-*.npz")) == chunks  # the other column's chunks only
+    assert "kept" in err and "unfinished work of other runs" in err
+    status, err = run_main("--stage", "embed", "--model", tiny_model, "--output", killed_copy, *SMALL_CHUNKS,
+                           capsys=capsys)
+    assert status == 0, err[-2000:]
+    assert f"{len(chunks)} of" in err.split("were done before")[0].splitlines()[-1]
+    assert not work.exists()  # nothing unfinished is left: the folder goes
+    assert list(all_vectors(killed_copy)) == ["embedding_c", "embedding"]
+
+
+def test_the_same_weights_at_another_path_resume_and_are_reused(killed_copy, tiny_model, tmp_path, capsys):
+    moved = tmp_path / "models" / "moved-tiny"
+    shutil.copytree(tiny_model, moved)
+    status, err = run_main("--stage", "embed", "--model", moved, "--output", killed_copy, *SMALL_CHUNKS, capsys=capsys)
+    assert status == 0, err[-2000:]
+    assert "2 of" in err.split("were done before")[0].splitlines()[-1]  # resumed from the first path's chunks
+    status, err = run_main("--stage", "all", "--source", json.loads((killed_copy / "manifest.json").read_text())[
+        "config"]["source"], "--model", tiny_model, "--output", killed_copy, *SMALL_CHUNKS, capsys=capsys)
+    assert status == 0 and "reusing it" in err
+    assert embed_stats(killed_copy)["model"] == tiny_model  # the record names where the weights are now

@@ -233,3 +233,26 @@ def test_every_model_kind_equals_sentence_transformers_encode(st_models, kind, s
     cosine = (ours * reference).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.99999, cosine
     assert np.allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(reference, axis=1), rtol=1e-4)  # normalized or not, alike
+
+
+def test_a_bert_checkpoint_without_pooler_weights_embeds_as_sentence_transformers_does(st_models, sample_dir, tmp_path):
+    """Many BERT checkpoints lack the pooler BertModel adds; nothing reads it (sentence-transformers
+    pools the last hidden states too, and loads such a checkpoint with a warning)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from sentence_transformers import SentenceTransformer
+
+    from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+
+    folder = shutil.copytree(st_models["bert-mean"], tmp_path / "no-pooler")
+    weights = load_file(folder / "model.safetensors")
+    assert any(name.startswith("pooler.") for name in weights)  # the fixture's checkpoint has one to drop
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    texts = [line for line in (sample_dir / "wiki.valid.raw").read_text(encoding="utf-8").splitlines() if len(line) > 80][:4]
+    tokenizer = load_tokenizer(str(folder))
+    encoder = load_encoder(str(folder), None, "float32", None, tokenizer.pad_token_id)
+    ours = np.concatenate([embed_ids(encoder, [row]).numpy() for row in token_ids(texts, tokenizer, encoder.recipe.prompt)])
+    reference = SentenceTransformer(str(folder), device="cpu").encode_document(texts)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)

@@ -135,10 +135,9 @@ def test_sharded_hub_layout_loads_back_identically(embedded_output, tmp_path):
         assert hub[name].to_dict() == local[name].to_dict()  # same rows, same order, same vectors
 
 
-def test_the_wheel_ships_the_top_level_card_template(tmp_path):
-    """The card's template is dataset_card.md at the top of the checkout; a built wheel carries it
-    where card.py reads it (elm_wikitext/dataset_card.md), byte for byte. Built from a copy, so
-    nothing is written into the checkout."""
+def test_the_wheel_ships_the_card_template(tmp_path):
+    """The card's template is one real file, elm_wikitext/dataset_card.md; a built wheel carries it
+    where card.py reads it, byte for byte. Built from a copy, so nothing is written into the checkout."""
     import shutil
     import subprocess
     import sys
@@ -147,7 +146,7 @@ def test_the_wheel_ships_the_top_level_card_template(tmp_path):
     checkout = Path(__file__).resolve().parents[2]
     copy = tmp_path / "checkout"
     copy.mkdir()
-    for name in ("pyproject.toml", "README.md", "dataset_card.md"):
+    for name in ("pyproject.toml", "README.md"):
         shutil.copy(checkout / name, copy / name)
     shutil.copytree(checkout / "elm_wikitext", copy / "elm_wikitext", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -155,4 +154,4 @@ def test_the_wheel_ships_the_top_level_card_template(tmp_path):
                     "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "wheel").glob("elm_wikitext-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("elm_wikitext/dataset_card.md") == (checkout / "dataset_card.md").read_bytes()
+        assert archive.read("elm_wikitext/dataset_card.md") == (checkout / "elm_wikitext" / "dataset_card.md").read_bytes()

@@ -59,9 +59,12 @@ class StandInApi:
     def create_repo(self, repo_id, repo_type, private, exist_ok):
         self._call("create_repo")
 
-    def upload_folder(self, repo_id, repo_type, folder_path, commit_message, delete_patterns):
+    def upload_folder(self, repo_id, repo_type, folder_path, commit_message, delete_patterns, ignore_patterns=()):
+        from fnmatch import fnmatch  # as huggingface_hub matches the patterns, on the path in the folder
+
         self._call("upload_folder")
-        self.uploaded = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        self.uploaded = sorted(name for name in (str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
+                                                 if p.is_file()) if not any(fnmatch(name, pattern) for pattern in ignore_patterns))
         return SimpleNamespace(oid="abc123")
 
     def create_tag(self, repo_id, repo_type, tag, revision, tag_message):

@@ -10,8 +10,8 @@ from huggingface_hub import DatasetCard
 from torch.utils.data import DataLoader
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.publish.output import (MANIFEST_FILE, OUTPUT_ENTRIES, make_work_folder, output_lock, read_output,
-                                         recover_output, write_output)
+from elm_wikitext.publish.output import (MANIFEST_FILE, OUTPUT_ENTRIES, _not_ours, make_hub_folder, make_work_folder,
+                                         output_lock, read_output, recover_output, write_output)
 
 
 def test_output_holds_data_card_manifest_and_histogram(embedded_output):
@@ -94,7 +94,7 @@ def user_places(sample_dir, tiny_model, tmp_path) -> dict:
 
 # --output values a build must refuse, and what the one line says.
 NOT_OURS = {
-    "a folder of notes": ("{notes}", "is not an earlier output of this build (it holds important.txt)"),
+    "a folder of notes": ("{notes}", "is not an earlier output of this build (it holds important.txt, which this build did not write)"),
     "the source folder": ("{source}", "is inside --source"),
     "a folder inside the source": ("{source}/built", "is inside --source"),
     "the model folder": ("{model}", "is inside --model"),
@@ -164,3 +164,125 @@ def test_the_output_lock_leaves_no_file_behind_and_still_excludes(tmp_path, monk
                 with output_lock(str(tmp_path / "out")):
                     pass
         assert list(locks.iterdir()) == []
+
+
+KEY = "0123456789abcdef"  # a work key's shape (chunks.work_key)
+
+
+def work_folder_beside(output: Path) -> Path:
+    """A work folder as a stopped embed stage leaves it: marked, one key's chunk, a chunk being written."""
+    folder = make_work_folder(Path(f"{output}.embed-work"))
+    (folder / KEY).mkdir()
+    (folder / KEY / "chunk-00000-fedcba9876543210.npz").write_bytes(b"chunk")
+    (folder / KEY / ".chunk-00001.123.tmp").write_bytes(b"half")
+    return folder
+
+
+def hub_folder_beside(output: Path) -> Path:
+    """A Hub layout as a failed upload leaves it (stage_hub_folder's names, and its marker)."""
+    folder = Path(f"{output}.hub")
+    make_hub_folder(folder)
+    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (folder / "README.md").write_text("---\n---\ncard\n")
+    return folder
+
+
+# A user's file or folder put anywhere in a folder the build owns: (which folder, its path there).
+FOREIGN = {
+    "a file at the output's top": ("output", "notes.txt"),
+    "a file inside a split": ("output", "train/notes.txt"),
+    "a folder deep inside a split": ("output", "validation/mine/deeper/notes.txt"),
+    "a hidden file inside a split": ("output", "test/.notes"),
+    "an Arrow file the build did not record": ("output", "train/data-00007-of-00009.arrow"),
+    "a copy of a build file under another name": ("output", "manifest.json.bak"),
+    "an empty folder of the user's": ("output", "train/empty/"),
+    "a symlink in a split": ("output", "test/link->"),
+    "a file at the work folder's top": ("work", "notes.txt"),
+    "a file beside the chunks": ("work", f"{KEY}/notes.txt"),
+    "a chunk-like file in a folder of the user's": ("work", "mine/chunk-00000-fedcba9876543210.npz"),
+    "a folder inside a key's folder": ("work", f"{KEY}/sub/vectors.npy"),
+    "a parquet file of the user's in the Hub layout": ("hub", "data/mine.parquet"),
+    "a folder of the user's in the Hub layout": ("hub", "notes/README.md"),
+    "a shard one folder too deep": ("hub", "data/old/train-00000-of-00001.parquet"),
+}
+
+
+def put(folder: Path, path: str) -> None:
+    if path.endswith("->"):
+        (folder / path[:-2]).symlink_to("/etc/hostname")
+    elif path.endswith("/"):
+        (folder / path).mkdir(parents=True)
+    else:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text("mine\n")
+
+
+@pytest.mark.parametrize("stage", ["text", "all"])
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_a_foreign_file_anywhere_in_what_the_build_owns_stops_it_and_survives(case, stage, embedded_copy, sample_dir,
+                                                                               tiny_model, capsys):
+    from build import main
+
+    kind, path = FOREIGN[case]
+    folders = {"output": embedded_copy, "work": work_folder_beside(embedded_copy), "hub": hub_folder_beside(embedded_copy)}
+    put(folders[kind], path)
+    before = tree(embedded_copy.parent)
+    status = main(["--stage", stage, "--source", str(sample_dir), "--model", tiny_model, "--output", str(embedded_copy)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and lines[-1].startswith("error: "), lines
+    # The first foreign path: the user's folder, where the file is inside one.
+    named = {"validation/mine/deeper/notes.txt": "validation/mine", "mine/chunk-00000-fedcba9876543210.npz": "mine",
+             f"{KEY}/sub/vectors.npy": f"{KEY}/sub", "notes/README.md": "notes",
+             "data/old/train-00000-of-00001.parquet": "data/old"}.get(path, path.rstrip("/").removesuffix("->"))
+    assert f"it holds {named}, which this build did not write" in lines[-1], lines[-1]
+    assert tree(embedded_copy.parent) == before  # nothing changed, the user's file included
+
+
+def test_a_hub_layout_without_the_builds_marker_is_not_the_builds(embedded_copy):
+    """A folder at the Hub staging path holding a user's card and shard, made by hand, as the build's would look."""
+    from elm_wikitext.publish.card import stage_hub_folder
+
+    folder = Path(f"{embedded_copy}.hub")
+    put(folder, "README.md")
+    put(folder, "data/train-00000-of-00001.parquet")
+    before = tree(folder)
+    with pytest.raises(BuildError, match="has no .elm-wikitext-work marker"):
+        stage_hub_folder(str(embedded_copy), folder, "someone/elm-wikitext2", "v1.0.0")
+    assert tree(folder) == before
+
+
+# What the build's own machinery leaves in what it owns, by design: a rebuild goes on over it.
+BY_DESIGN_FILES = {
+    "datasets' cache of a user's map": ("output", "train/cache-0123abcd.arrow"),
+    "datasets' temporary file of a stopped map": ("output", "validation/tmpk2j3h4"),
+    "a chunk being written when a run stopped": ("work", f"{KEY}/.chunk-00003.999.tmp"),
+    "the column being assembled": ("work", f"{KEY}/vectors.npy"),
+    "its Arrow file": ("work", f"{KEY}/test.arrow"),
+}
+
+
+@pytest.mark.parametrize("case", list(BY_DESIGN_FILES))
+def test_what_the_builds_machinery_leaves_by_design_is_the_builds(case, embedded_copy, sample_dir, tiny_model):
+    from build import main
+
+    kind, path = BY_DESIGN_FILES[case]
+    folders = {"output": embedded_copy, "work": work_folder_beside(embedded_copy)}
+    put(folders[kind], path)
+    assert main(["--stage", "text", "--source", str(sample_dir), "--model", tiny_model,
+                 "--output", str(embedded_copy)]) == 0
+    assert not (embedded_copy / path).exists()  # the output was replaced whole
+    assert load_from_disk(str(embedded_copy))["train"].column_names[-1] == "embedding"  # its column kept
+
+
+def test_a_users_map_on_a_loaded_split_leaves_only_by_design_files(embedded_copy):
+    split = load_from_disk(str(embedded_copy))["train"]
+    split.map(lambda row: {"n": len(row["text"])})  # datasets caches it beside the split's files
+    assert list((embedded_copy / "train").glob("cache-*.arrow"))
+    assert _not_ours(embedded_copy) is None
+
+
+def test_the_manifest_lists_every_file_of_the_output(embedded_output):
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    files = sorted(str(p.relative_to(embedded_output)) for p in embedded_output.rglob("*") if p.is_file())
+    assert manifest["files"] == [name for name in files if name != MANIFEST_FILE]
+    assert {"README.md", "token_lengths.png", "train/state.json"} <= set(manifest["files"])
