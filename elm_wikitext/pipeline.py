@@ -78,7 +78,8 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
         if given != getattr(defaults, option) and given != recorded:
             flag = "--" + option.replace("_", "-")
             raise BuildError(f"{flag} {given} contradicts the text stage of --output {options.output}, "
-                             f"made with {flag} {recorded}: leave {flag} out, or rebuild with --stage all")
+                             f"made with {flag} {recorded}: leave {flag} out, or rebuild the text with --stage all "
+                             f"{flag} {given} --drop-columns (the columns of the old text are dropped)")
         taken[option] = recorded
     return dataclasses.replace(options, **taken)
 
@@ -131,6 +132,10 @@ def _build(options: BuildOptions, api) -> dict | None:
     if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
         check_vectors_before_writing(splits, options.column, embed, options.output)
     columns = {**others, options.column: embed} if embed is not None else others
+    if earlier and columns:  # in the order the output had them: the card's first column stays first
+        order = [column for column in earlier[1].stats.embed or {} if column in columns]
+        columns = {column: columns[column] for column in order + [c for c in columns if c not in order]}
+        splits = splits.select_columns([c for c in splits["train"].column_names if c not in columns] + list(columns))
     manifest = new_manifest(options, text, columns or None)
     write_output(splits, manifest, options.output, card=write_card if columns else None)
     stats = manifest.stats.to_json()

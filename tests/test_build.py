@@ -581,15 +581,15 @@ def test_a_template_that_does_not_render_is_one_line_and_the_rerun_resumes(text_
                                                                             monkeypatch, capsys):
     from elm_wikitext.publish import card
 
-    template = tmp_path / "dataset_card.md"
-    template.write_text(card.CARD_TEMPLATE.read_text() + "\n{{ text.no_such_field.deeper }}\n")
+    template, original = tmp_path / "dataset_card.md", card.CARD_TEMPLATE
+    template.write_text(original.read_text() + "\n{{ text.no_such_field.deeper }}\n")
     monkeypatch.setattr(card, "CARD_TEMPLATE", template)
     before = snapshot(text_output_copy)
     status, error = run(["--stage", "embed", "--model", tiny_model, "--output", text_output_copy], capsys)
     assert status == 2 and "does not render (UndefinedError" in error and "the vectors are kept" in error, error
     assert snapshot(text_output_copy)[1] == before[1]
     assert list(Path(f"{text_output_copy}.embed-work").rglob("chunk-*.npz"))
-    monkeypatch.undo()  # the template restored
+    monkeypatch.setattr(card, "CARD_TEMPLATE", original)  # the template restored
     assert main(["--stage", "embed", "--model", tiny_model, "--output", str(text_output_copy)]) == 0
     assert "1 of 1 were done before" in capsys.readouterr().err  # the chunk computed before the card failed
 
@@ -602,3 +602,13 @@ def test_the_card_template_is_one_real_file_in_the_package():
     assert CARD_TEMPLATE.is_file() and not CARD_TEMPLATE.is_symlink()
     copies = [p for p in checkout.rglob("dataset_card.md") if ".venv" not in p.parts and "build" not in p.parts]
     assert copies == [CARD_TEMPLATE]  # no second copy to drift
+
+
+def test_the_advice_on_a_contradicting_text_option_rebuilds(text_output_copy, sample_dir, tiny_model, capsys):
+    status, error = run(["--stage", "embed", "--min-tokens", "150", "--model", tiny_model,
+                         "--output", text_output_copy], capsys)
+    assert status == 2
+    advice = error[error.index("rebuild the text with ") + len("rebuild the text with "):error.index(" (the columns")]
+    assert main([*advice.split(), "--source", str(sample_dir), "--model", tiny_model,
+                 "--output", str(text_output_copy)]) == 0
+    assert json.loads((text_output_copy / MANIFEST_FILE).read_text())["stats"]["text"]["min_tokens"] == 150

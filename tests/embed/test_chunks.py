@@ -446,6 +446,16 @@ def test_a_column_is_reused_for_the_same_recipe_and_refused_for_another(two_colu
     assert "pass another --column" in err
     for name, array in vectors(output).items():
         np.testing.assert_array_equal(array, before[name])
+    # Its other advice, "rebuild with --stage all", replaces that column and keeps the first.
+    source = json.loads((output / "manifest.json").read_text())["config"]["source"]
+    status, err = run_main("--stage", "all", "--source", source, "--model", st_models["bert-cls"], "--column",
+                           "embedding_b", "--output", output, capsys=capsys)
+    assert status == 0, err[-2000:]
+    assert embed_stats(output)["key"] == json.loads((two_columns / "manifest.json").read_text())["stats"]["embed"][
+        "embedding"]["key"] and json.loads((output / "manifest.json").read_text())["stats"]["embed"]["embedding_b"][
+        "pooling"]["pooling"] == "cls"
+    for name, array in vectors(output).items():
+        np.testing.assert_array_equal(array, before[name])
 
 
 def all_vectors(output: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -489,7 +499,7 @@ def test_a_rebuild_of_the_same_text_keeps_every_column(case, two_columns, st_mod
 
 
 @pytest.mark.parametrize("stage", ["text", "all"])
-@pytest.mark.parametrize("change", [["--seed", "7"], ["--max-tokens", "900"], ["--split-by", "paragraph"]])
+@pytest.mark.parametrize("change", [["--seed", "7"], ["--min-tokens", "150"], ["--split-by", "paragraph"]])
 def test_a_rebuild_that_changes_the_text_names_the_columns_it_would_drop(stage, change, two_columns, tiny_model,
                                                                         sample_dir, tmp_path, capsys):
     output = tmp_path / "out"
@@ -508,6 +518,11 @@ def test_a_rebuild_that_changes_the_text_names_the_columns_it_would_drop(stage, 
                            "--output", output, capsys=capsys)
     assert status == 0, err[-2000:]
     assert list(all_vectors(output)) == ([] if stage == "text" else ["embedding"])
+    if change == ["--seed", "7"]:  # the line's commands, followed literally, embed them again
+        for command in line[line.index("embed them again (") + 18:line.index("); or keep")].split("; "):
+            status, err = run_main(*command.split()[2:], capsys=capsys)
+            assert status == 0, err[-2000:]
+        assert sorted(all_vectors(output)) == ["embedding", "embedding_b"]
 
 
 def test_one_columns_run_never_deletes_anothers_unfinished_chunks(killed_copy, st_models, tiny_model, capsys):
