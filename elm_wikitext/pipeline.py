@@ -22,7 +22,7 @@ from elm_wikitext.publish.manifest import TextStats, new_manifest
 from elm_wikitext.publish.output import (check_output_location, check_writable_beside, columns_on_disk,
                                          expected_features, hub_folder, NotWhole, output_lock, read_output, recover_output,
                                          remove_finished_work, remove_work_folder, write_output)
-from elm_wikitext.publish.verify import check_vectors, verify
+from elm_wikitext.publish.verify import check_files, check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
 from elm_wikitext.text.source import is_raw, load_lines
 from elm_wikitext.text.split import make_splits
@@ -115,6 +115,8 @@ def _build(options: BuildOptions, api) -> dict | None:
     earlier = (splits, manifest) if options.stage == "embed" else earlier_output(options)
     others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
               if column != options.column or options.stage == "text"} if earlier else {}
+    if earlier and not untouched(earlier, others, options):  # nothing of it is reused; `others` dropped
+        earlier, others = None, {}
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
         repo_id = preflight(options, api, expected_features(dims))
@@ -172,6 +174,27 @@ def earlier_output(options: BuildOptions) -> tuple | None:
                          f"keep {held}: pass --drop-columns to rebuild it without them (then add each again "
                          "with --stage embed --column NAME), or pass another --output")
     return None
+
+
+def untouched(earlier: tuple, others: dict, options: BuildOptions) -> bool:
+    """Whether the output's files are as its build wrote them, so that its columns `others` can be
+    kept as the build's and its vectors reused (a changed file's would pass into a new manifest
+    unchecked). If not, the run is refused where it holds `others`, or goes on without reusing
+    anything of it (False): with --drop-columns, or where it has no other column."""
+    problems = check_files(*earlier, options.output)
+    if not problems:
+        return True
+    if options.stage == "embed":  # its text is this run's input: it is rebuilt, not trusted
+        raise BuildError(f"--output {options.output} changed since its build ({problems[0]}): rebuild it with "
+                         f"python build.py --stage all --drop-columns --output {options.output} and the options "
+                         "you built it with, then add its columns again with --stage embed --column NAME")
+    if not others or options.drop_columns:
+        log.warning("%s changed since its build (%s): nothing of it is reused%s", options.output, problems[0],
+                    f"; dropping its columns {', '.join(others)} (--drop-columns)" if others else "")
+        return False
+    raise BuildError(f"--output {options.output} changed since its build ({problems[0]}), so its columns "
+                     f"{', '.join(others)} cannot be kept as the build's: pass --drop-columns to go on without them "
+                     "(then embed each again with --stage embed --column NAME), or pass another --output")
 
 
 def keep_columns(splits, earlier: tuple | None, others: dict, options: BuildOptions) -> tuple:

@@ -553,3 +553,33 @@ def test_the_same_weights_at_another_path_resume_and_are_reused(killed_copy, tin
         "config"]["source"], "--model", tiny_model, "--output", killed_copy, *SMALL_CHUNKS, capsys=capsys)
     assert status == 0 and "reusing it" in err
     assert embed_stats(killed_copy)["model"] == tiny_model  # the record names where the weights are now
+
+
+@pytest.mark.parametrize("stage", ["text", "all", "embed"])
+def test_columns_whose_files_changed_since_the_build_are_not_kept_as_its_own(stage, two_columns, tiny_model, st_models,
+                                                                              sample_dir, tmp_path, capsys):
+    """A byte of a vector changed in place: a rebuild must not seal it into a new manifest unchecked."""
+    output = tmp_path / "out"
+    shutil.copytree(two_columns, output)
+    (arrow,) = (output / "validation").glob("data-*.arrow")
+    data = bytearray(arrow.read_bytes())
+    data[-200] ^= 0x40  # inside the last rows' vectors
+    arrow.write_bytes(bytes(data))
+    before = {str(p): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    args = (["--stage", "embed", "--model", st_models["bert-cls"], "--column", "embedding_c"] if stage == "embed" else
+            ["--stage", stage, "--source", sample_dir, "--model", tiny_model])
+    status, err = run_main(*args, "--output", output, capsys=capsys)
+    line = err.strip().splitlines()[-1]
+    assert status == 2 and "changed since its build (validation: its files differ" in line, line
+    assert {str(p): p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+    if stage == "embed":  # its text is the run's input: the line's command rebuilds it
+        command = line[line.index("python build.py"):line.index(" and the options")].split()
+        args = [*command[2:], "--source", sample_dir, "--model", tiny_model]
+    else:
+        assert "pass --drop-columns to go on without them" in line
+        args = [*args, "--drop-columns", "--output", output]
+    status, err = run_main(*args, capsys=capsys)
+    assert status == 0, err[-2000:]
+    assert list(all_vectors(output)) == ([] if stage == "text" else ["embedding"])
+    if stage != "text":  # recomputed, not reused from the changed file
+        assert "reusing it" not in err and run_main("--verify", output, capsys=capsys)[0] == 0
