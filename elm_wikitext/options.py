@@ -157,7 +157,8 @@ class BuildOptions:
                 validate_repo_id(self.repo_id)
             except HFValidationError:
                 raise BuildError(f"--repo-id {self.repo_id!r} is not of the form owner/name that the Hub accepts "
-                                 "(letters, digits, '-', '_', '.'): pass e.g. --repo-id your-name/elm-wikitext2") from None
+                                 "(letters, digits, '-', '_', '.'): pass e.g. --repo-id your-name/elm-wikitext2"
+                                 ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

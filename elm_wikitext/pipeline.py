@@ -19,8 +19,8 @@ from elm_wikitext.options import SPLIT_NAMES, BuildOptions
 from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import preflight, push
 from elm_wikitext.publish.manifest import TextStats, new_manifest
-from elm_wikitext.publish.output import (check_output_location, check_writable_beside, columns_on_disk,
-                                         expected_features, hub_folder, NotWhole, output_lock, read_output, recover_output,
+from elm_wikitext.publish.output import (NotWhole, check_output_location, check_writable_beside, columns_on_disk,
+                                         expected_features, hub_folder, output_lock, read_output, recover_output,
                                          remove_finished_work, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_files, check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
@@ -111,12 +111,7 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
         dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
         check_tokenizer(tokenizer, model_recipe(options.model, options.model_revision), options.model)
-    # The output already there, whose columns this run keeps: all but the one it embeds.
-    earlier = (splits, manifest) if options.stage == "embed" else earlier_output(options)
-    others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
-              if column != options.column or options.stage == "text"} if earlier else {}
-    if earlier and not untouched(earlier, others, options):  # nothing of it is reused; `others` dropped
-        earlier, others = None, {}
+    earlier, others = earlier_columns(options, (splits, manifest) if options.stage == "embed" else None)
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
         repo_id = preflight(options, api, expected_features(dims))
@@ -133,11 +128,8 @@ def _build(options: BuildOptions, api) -> dict | None:
         return None
     if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
         check_vectors_before_writing(splits, options.column, embed, options.output)
-    columns = {**others, options.column: embed} if embed is not None else others
-    if earlier and columns:  # in the order the output had them: the card's first column stays first
-        order = [column for column in earlier[1].stats.embed or {} if column in columns]
-        columns = {column: columns[column] for column in order + [c for c in columns if c not in order]}
-        splits = splits.select_columns([c for c in splits["train"].column_names if c not in columns] + list(columns))
+    splits, columns = in_earlier_order(splits, {**others, options.column: embed} if embed is not None else others,
+                                       earlier)
     manifest = new_manifest(options, text, columns or None)
     write_output(splits, manifest, options.output, card=write_card if columns else None)
     stats = manifest.stats.to_json()
@@ -146,6 +138,27 @@ def _build(options: BuildOptions, api) -> dict | None:
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_finished_work(options.output, embed.key)
     return stats
+
+
+def earlier_columns(options: BuildOptions, read: tuple | None) -> tuple:
+    """The output already there (`read` by --stage embed), whose vectors may be reused, and the
+    records of its columns that this run keeps: all but the one it embeds (a text stage: all)."""
+    earlier = read or earlier_output(options)
+    others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
+              if column != options.column or options.stage == "text"} if earlier else {}
+    if earlier and not untouched(earlier, others, options):  # nothing of it is reused; `others` dropped
+        return None, {}
+    return earlier, others
+
+
+def in_earlier_order(splits, columns: dict, earlier: tuple | None) -> tuple:
+    """The splits and column records with the columns in the order the output had them (a new
+    one last), so that the card's first column stays first."""
+    if not (earlier and columns):
+        return splits, columns
+    order = [column for column in earlier[1].stats.embed or {} if column in columns]
+    columns = {column: columns[column] for column in order + [c for c in columns if c not in order]}
+    return splits.select_columns([c for c in splits["train"].column_names if c not in columns] + list(columns)), columns
 
 
 def check_before_work(options: BuildOptions) -> None:
@@ -210,7 +223,8 @@ def keep_columns(splits, earlier: tuple | None, others: dict, options: BuildOpti
             [splits[name].flatten_indices(), vectors[name].select_columns(list(others))], axis=1)
             for name in SPLIT_NAMES}), others
     if options.drop_columns:
-        log.warning("the text changed: dropping the columns %s of %s (--drop-columns)", ", ".join(others), options.output)
+        log.warning("the text changed: dropping the columns %s of %s (--drop-columns)", ", ".join(others),
+                    options.output)
         return splits, {}
     again = "; ".join(f"python build.py --stage embed --output {options.output} --column {column} --model {stats.model}"
                       for column, stats in others.items())

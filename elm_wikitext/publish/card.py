@@ -47,7 +47,8 @@ def check_card_template() -> None:
     try:
         jinja2.Environment().parse(text)
     except jinja2.TemplateSyntaxError as err:
-        raise BuildError(f"the card's template {path} does not parse (line {err.lineno}: {err.message}): {remedy}") from None
+        raise BuildError(f"the card's template {path} does not parse (line {err.lineno}: {err.message}): "
+                         f"{remedy}") from None
     if not text.startswith("---\n") or "{{" not in text:  # e.g. a symlink checked out as its target's path
         raise BuildError(f"the card's template {path} is not a card template (no YAML header or no fields): {remedy}")
 
