@@ -81,7 +81,20 @@ def summary(stats: dict, output: str, log_path: Path, column: str = "embedding")
               f"log:        {log_path}"]
     if "published" in stats:
         lines.append(f"published:  {stats['published']}")
+    if "staged" in stats:
+        lines += staged_summary(stats["staged"])
     return "\n".join(lines)
+
+
+def staged_summary(staged: dict) -> list[str]:
+    """--hub-folder's closing lines: the folder, and how to publish it from another machine."""
+    folder, repo_id, version = staged["folder"], staged["repo_id"], staged["version"]
+    return [f"staged:     {folder}, what --push would upload as {repo_id} {version} "
+            f"(it loads as load_dataset({folder!r}))",
+            "To publish it, copy the folder unchanged to a machine with the Hub, log in (hf auth login), "
+            f"check that {repo_id} has no tag {version} yet (hf repos tag list {repo_id} --repo-type dataset), "
+            "then run:",
+            *(f"  {command}" for command in staged["commands"])]
 
 
 def duration(seconds: float | None) -> str:

@@ -73,9 +73,14 @@ class BuildOptions:
         "per process, and processes share the work chunk by chunk.")
     output: str = _opt("data/elm-wikitext2", "Output directory (a DatasetDict for load_from_disk).")
     push: bool = _opt(False, "After building and verifying, publish to the Hub as one commit and tag it.")
-    repo_id: Optional[str] = _opt(None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2).")
+    repo_id: Optional[str] = _opt(None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2) or --hub-folder.")
     version: str = _opt("v1.0.0", "Tag of the published version (vMAJOR.MINOR.PATCH); it must not exist yet.")
-    private: bool = _opt(False, "Create the Hub repo as private (with --push).")
+    private: bool = _opt(False, "Create the Hub repo as private (with --push or --hub-folder).")
+    hub_folder: Optional[str] = _opt(
+        None, "Publishing from another machine, for a build without the Hub: after building and "
+        "verifying, write what --push would upload (parquet shards, card, plots) to DIR, nothing looked "
+        "up or sent, and print the two `hf` commands that publish DIR unchanged where the Hub is "
+        "reachable. Needs --repo-id; --version names the tag.", metavar="DIR")
     verify: Optional[str] = _opt(
         None, "Only run the validation gates on an existing output DIR (schema, counts, unit "
         "vectors, no leaks, a re-embedded sample drawn afresh) and exit. --model, if given, points "
@@ -133,6 +138,20 @@ class BuildOptions:
         if self.push and self.stage == "text":
             raise BuildError("--push publishes embeddings, which --stage text does not make: "
                              "use --stage all, or --stage embed on this output")
+        self.validate_hub_folder()
+
+    def validate_hub_folder(self) -> None:
+        if self.hub_folder is None:
+            return
+        if self.push:
+            raise BuildError("--push and --hub-folder are two ways to publish: pass --push where the Hub "
+                             "is reachable, --hub-folder DIR where it is not")
+        if self.stage == "text":
+            raise BuildError("--hub-folder stages embeddings, which --stage text does not make: "
+                             "use --stage all, or --stage embed on this output")
+        if not self.repo_id:
+            raise BuildError("--hub-folder needs --repo-id OWNER/NAME (without the Hub, your user name "
+                             "cannot be looked up): pass e.g. --repo-id your-name/elm-wikitext2")
 
 
 def build_parser() -> argparse.ArgumentParser:

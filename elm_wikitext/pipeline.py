@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 from huggingface_hub import HfApi
 
@@ -16,9 +17,10 @@ from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import resolved
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
-from elm_wikitext.publish.hub import preflight, push
+from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
 from elm_wikitext.publish.manifest import TextStats, new_manifest
-from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder,
+from elm_wikitext.publish.output import (check_hub_folder_location, check_output_location, embed_work_folder,
+                                         expected_features, hub_folder,
                                          output_lock, read_output, recover_output, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
@@ -113,6 +115,9 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
         repo_id = preflight(options, api, expected_features(dims))
+    elif options.hub_folder and processes.is_main():
+        repo_id = offline_preflight(options)
+        check_hub_folder_location(options.hub_folder, options.output)
     else:
         repo_id = None
     if options.stage == "embed":
@@ -134,6 +139,10 @@ def _build(options: BuildOptions, api) -> dict | None:
     stats = manifest.stats.to_json()
     if options.push:
         stats["published"] = publish(options, repo_id, api)
+    elif options.hub_folder:
+        folder = stage_upload(options, repo_id, Path(options.hub_folder))
+        stats["staged"] = {"folder": str(folder), "repo_id": repo_id, "version": options.version,
+                           "commands": upload_commands(folder, repo_id, options.version, options.private)}
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_work_folder(embed_work_folder(options.output))
     return stats
@@ -171,8 +180,14 @@ def plan(options: BuildOptions) -> dict:
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:
     """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
-    verify(options.output, options.model)
-    folder = stage_hub_folder(options.output, hub_folder(options.output), repo_id, options.version)
+    folder = stage_upload(options, repo_id, hub_folder(options.output))
     line = push(folder, repo_id, options.version, options.private, api)
     remove_work_folder(folder)
     return line
+
+
+def stage_upload(options: BuildOptions, repo_id: str, folder: Path) -> Path:
+    """What --push uploads and --hub-folder leaves for `hf upload`, the same for both: the output,
+    through --verify's gates, in the Hub's layout, its card naming what the output records."""
+    verify(options.output, options.model)
+    return stage_hub_folder(options.output, folder, repo_id, options.version)
