@@ -12,9 +12,9 @@ from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
 from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
 from elm_wikitext.embed.recipe import model_recipe
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
+from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import resolved
+from elm_wikitext.locations import check_on_hub, resolved
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
@@ -24,7 +24,7 @@ from elm_wikitext.publish.output import (check_hub_folder_location, check_output
                                          output_lock, read_output, recover_output, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
-from elm_wikitext.text.source import is_raw, load_lines
+from elm_wikitext.text.source import is_raw, load_lines, source_on_hub
 from elm_wikitext.text.split import make_splits
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, manifest = read_output(options.output)
         options = with_text_settings(options, manifest.stats.text)
         text = manifest.stats.text
+    check_hub_ids(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
@@ -148,6 +149,12 @@ def _build(options: BuildOptions, api) -> dict | None:
     return stats
 
 
+def check_hub_ids(options: BuildOptions) -> None:
+    """The source (which an embed stage does not read) and the model, asked about together."""
+    source = source_on_hub(options.source, options.source_revision) if options.stage != "embed" else None
+    check_on_hub(*filter(None, [source, model_on_hub(options.model, options.model_revision)]))
+
+
 def earlier_output(output: str) -> tuple | None:
     """The output a rerun finds at --output, if it is a whole one of this build."""
     try:
@@ -167,6 +174,7 @@ def check_vectors_before_writing(splits, column: str, embed, output: str) -> Non
 def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
     gpu_peak(options.plan_gpu)  # a name it does not know is refused before the text stage
+    check_hub_ids(options)
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
     lengths = token_counts(splits)

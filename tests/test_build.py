@@ -332,6 +332,26 @@ def test_hub_id_without_a_reachable_hub_fails_fast_and_writes_nothing(
     assert run.stdout == ""
 
 
+def test_a_hub_out_of_reach_is_reported_for_the_source_and_the_model_in_one_line(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    class HubOutOfReach:
+        def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
+            asked.append(repo_id)
+            raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubOutOfReach)
+    monkeypatch.setattr("elm_wikitext.embed.tokens.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("elm_wikitext.text.source.datasets.config.HF_HUB_OFFLINE", False)
+    status, error = run(["--output", tmp_path / "out"], capsys)  # the defaults: both from the Hub
+    assert status == 2 and asked == ["Salesforce/wikitext", "Qwen/Qwen3-Embedding-4B"]
+    assert error.startswith("error: cannot reach --source Salesforce/wikitext and --model Qwen/Qwen3-Embedding-4B "
+                            "on the Hub (ConnectionRefusedError: connection refused): for --source, pass a local "
+                            "--source directory")
+    assert "for --model, pass a local model directory" in error and "README's offline trial" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_library_warnings_show_once_and_reach_the_log(tmp_path, monkeypatch, capsys):
     from build import start_logging
 

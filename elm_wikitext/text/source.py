@@ -12,7 +12,7 @@ import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import check_on_hub, looks_like_path
+from elm_wikitext.locations import HubId, check_on_hub, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,21 @@ def _check_utf8(file: Path) -> None:
                                  f"{err.start}): re-encode the file as UTF-8") from None
 
 
+HUB_REMEDY = "pass a local --source directory, or run once online and then set HF_DATASETS_OFFLINE=1 to use the cached copy"
+
+
+def source_on_hub(source: str, revision: str | None) -> HubId | None:
+    """`source` as a Hub id to ask about before loading it; None for a local one, or offline."""
+    if Path(source).expanduser().exists() or looks_like_path(source, file_like=True) or datasets.config.HF_HUB_OFFLINE:
+        return None
+    return HubId("--source", source, revision, "dataset", HUB_REMEDY)
+
+
 def _load_hub(source: str, config: str, revision: str | None) -> Dataset:
-    remedy = ("pass a local --source directory, or run once online and then set "
-              "HF_DATASETS_OFFLINE=1 to use the cached copy")
-    if not datasets.config.HF_HUB_OFFLINE:
-        check_on_hub("--source", source, revision, "dataset", remedy)
+    remedy = HUB_REMEDY
+    hub_id = source_on_hub(source, revision)
+    if hub_id:
+        check_on_hub(hub_id)
     try:
         splits = load_dataset(source, config, revision=revision)
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
