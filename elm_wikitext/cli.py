@@ -122,7 +122,9 @@ def plan_summary(plan: dict) -> str:
              f"tokens:     {plan['tokens']:,} in {chunks}",
              f"compute:    {plan['tflop']:.3g} TFLOP",
              f"{'here:':<12}{duration(plan['device_seconds'])} on {plan['device']}"
-             + ("" if plan["device"] == "cpu" else f" ({setting(plan['device_compiled'])})"),
+             + (f" (its matrix products at {plan['cpu_flops'] / 1e9:,.1f} GFLOP/s, this CPU's rate measured just "
+                "now; a small model's batches spend most of their time elsewhere)" if plan["device"] == "cpu"
+                else f" ({setting(plan['device_compiled'])})"),
              f"{'cluster:':<12}{duration(plan['gpus_seconds'])} on {plan['gpus']} x {plan['gpu']} "
              f"({setting(plan['gpus_compiled'])}; the busiest GPU embeds {plan['gpus_chunks']} of {chunks})",
              "(the batches alone: loading the model, and compiling it, come on top)"]

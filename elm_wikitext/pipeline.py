@@ -10,7 +10,8 @@ from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
+                                       row_flops)
 from elm_wikitext.embed.recipe import model_recipe
 from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
@@ -180,7 +181,8 @@ def plan(options: BuildOptions) -> dict:
     lengths = token_counts(splits)
     estimate = estimate_embedding(row_flops(options.model, options.model_revision, lengths),
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
-                                  options.plan_gpus, options.plan_gpu)
+                                  options.plan_gpus, options.plan_gpu,
+                                  measure_cpu=lambda: cpu_rate(options.model, options.model_revision))
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
