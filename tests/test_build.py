@@ -63,7 +63,7 @@ EMBED_REFUSALS = {
                                                 "--min-tokens 150 contradicts the text stage of --output"),
     "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max', which this build cannot reproduce"),
     "a model that reads fewer tokens than the longest paragraph": (
-        ["--model", "{short_context}"], "reads at most 64 tokens, and the longest kept paragraph is"),
+        ["--model", "{short_context}"], "reads at most 64 tokens, and 57 kept paragraphs are longer in its tokens"),
     "a column name of the text stage's": (["--column", "text"], "--column 'text' is not a free column name"),
 }
 
