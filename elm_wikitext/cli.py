@@ -97,6 +97,17 @@ def staged_summary(staged: dict) -> list[str]:
             *(f"  {command}" for command in staged["commands"])]
 
 
+def verify_summary(report: dict) -> str:
+    """--verify's closing lines: what passed, and on what."""
+    return "\n".join([
+        f"verified:   {report['verified']}: every gate passed",
+        "rows:       " + ", ".join(f"{name} {rows:,}" for name, rows in report["rows"].items()),
+        f"columns:    {', '.join(report['columns'])}",
+        f"gates:      {', '.join(gate.split()[0] for gate in report['gates'])}",
+        f"sample:     {report['sample_rows']} rows re-embedded (seed {report['sample_seed']}), lowest cosine "
+        f"{report['lowest_sample_cosine']:.6f} (at least {report['min_cosine_allowed']} needed)"])
+
+
 def duration(seconds: float | None) -> str:
     """A time to read at a glance; a short one is never shown as 0."""
     if seconds is None:
@@ -154,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_summary(stats["plan"]))
         print(f"log:        {log_path}")
     elif options.verify:
-        print(json.dumps(stats, indent=2))
-        print(f"log: {log_path}")
+        logging.getLogger("build").info("verify report: %s", json.dumps(stats))  # for scripts, in the log
+        print(verify_summary(stats))
+        print(f"log:        {log_path} (the report as JSON)")
     else:
         print(summary(stats, options.output, log_path, options.column))
     return 0

@@ -93,7 +93,7 @@ class BuildOptions:
         8, "With --dry-run: also estimate the embedding's time on this many GPUs (machines times "
         "GPUs per machine), sharing the chunks as a launched build does.")
     plan_gpu: str = _opt(
-        "H100", "With --dry-run: the kind of those GPUs (H100, H200, A100, L40S, L4, A10).")
+        "H100", "With --dry-run: the kind of those GPUs (H100, H200, A100, L40S, L4, A10, T4).")
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text stage's cleaning and counting (default: one per CPU "
         "core, up to 8, for a source of over 100,000 lines; in-process for a smaller one, where "
@@ -154,10 +154,27 @@ class BuildOptions:
                              "cannot be looked up): pass e.g. --repo-id your-name/elm-wikitext2")
 
 
+DOCS = "https://github.com/elm-wikitext/elm-wikitext"
+EXAMPLES = f"""examples:
+  python build.py                              text and embeddings into data/elm-wikitext2
+  python build.py --dry-run                    what a build would keep and take here; nothing written
+  python build.py --verify data/elm-wikitext2  check an output again
+  python build.py --push                       build, check and publish (after `hf auth login`)
+  python build.py --hub-folder data/hub-upload --repo-id NAME/elm-wikitext2
+                                               no Hub here: stage the upload, print the `hf` commands
+  the offline trial (no Hub, no GPU; pip install -e ".[test]" first):
+    python -m elm_wikitext.tiny models/tiny-qwen3
+    python build.py --source tests/fixtures/wikitext_sample --model models/tiny-qwen3 --output data/trial
+
+docs: README.md and docs/options.md of the checkout, also at {DOCS}#readme
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One dashed option per field of BuildOptions, with its help and default (transformers'
     HfArgumentParser listed each name twice, `--min_tokens` and `--min-tokens`)."""
-    parser = argparse.ArgumentParser(description="Build the elm-wikitext dataset.")
+    parser = argparse.ArgumentParser(description="Build the elm-wikitext dataset.", epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = get_type_hints(BuildOptions)
     for option in fields(BuildOptions):
         kind = next((t for t in get_args(hints[option.name]) if t is not type(None)), hints[option.name])

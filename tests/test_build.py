@@ -222,6 +222,9 @@ def test_help_lists_every_option(capsys):
     shown = capsys.readouterr().out
     for option in dataclasses.fields(BuildOptions):
         assert f"--{option.name.replace('_', '-')}" in shown, option.name
+    # Where to read more, and the commands to start from, each on a line of its own.
+    assert "docs: README.md and docs/options.md" in shown and "https://github.com/elm-wikitext/elm-wikitext" in shown
+    assert "\n  python build.py --dry-run " in shown and "--model models/tiny-qwen3 --output data/trial\n" in shown
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):

@@ -129,7 +129,8 @@ def architecture(config, model: str) -> str:
 # Dense float16/bfloat16 peaks (FLOP/s) by GPU name, and the share of it this build reached on an
 # H100 with Qwen3-Embedding-4B's architecture (benchmarks/results): compiled layers, the default
 # on a GPU, and eager ones. A CPU is measured where the plan is made (`cpu_rate`).
-GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+             "T4": 65e12}
 MEASURED_MFU = {"compiled": 0.53, "eager": 0.35}
 
 
