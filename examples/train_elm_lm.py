@@ -164,6 +164,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.predictions:
         with open(args.predictions, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in predictions)
+        print(f"wrote {len(predictions)} predictions to {args.predictions} (score them again with "
+              f"python -m elm_wikitext.training.consistency --dataset {args.dataset} --predictions {args.predictions} --split {args.eval_split})")
     print(f"wrote from {args.eval_split} row {predictions[0]['text_id']}: {predictions[0]['text'][:200]!r}")
     splits = load_splits(args.dataset, args.revision)
     report = semantic_consistency(splits, predictions, Embedder.from_dataset(args.dataset, args.revision),
