@@ -83,8 +83,7 @@ def _load_local(path: Path, config: str) -> Dataset:
     if token_files:
         for file in token_files:
             _check_utf8(file)
-        parts = [load_dataset("text", data_files=str(file), split="train")
-                 for file in token_files if file.stat().st_size > 0]  # datasets fails on an empty file
+        parts = [_load_file("text", file) for file in token_files if file.stat().st_size > 0]  # datasets fails on an empty file
         return concatenate_datasets(parts) if parts else Dataset.from_dict({"text": []})
     if (path / config).is_dir():  # a download of the whole Hub repo: one folder per config
         path = path / config
@@ -93,6 +92,14 @@ def _load_local(path: Path, config: str) -> Dataset:
         return _load_parquet(path, parquet, config)
     raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(archive_files(config))} "
                      "or the Hub's parquet files (e.g. train-00000-of-00001.parquet)")
+
+
+def _load_file(kind: str, file: Path) -> Dataset:
+    """One file as a dataset, under the name of the split it holds (`wiki.valid.raw`: valid), so
+    that datasets' progress bar names that split, not "train" for each file."""
+    split = re.match(r"(?:wiki\.)?([A-Za-z]+)", file.name)
+    name = split.group(1).lower() if split else "train"
+    return load_dataset(kind, data_files={name: str(file)}, split=name)
 
 
 def _check_archive_kind(path: Path, config: str, found: list[Path]) -> None:
@@ -118,7 +125,7 @@ def _load_parquet(path: Path, files: list[Path], config: str) -> Dataset:
         raise BuildError(f"--source {path} holds the parquet files of {other.group(0)}, not of --source-config "
                          f"{config}: pass --source-config {other.group(0)} to build from them, or download "
                          f"{config} (hf download ... --include \"{config}/*\")")
-    parts = [load_dataset("parquet", data_files=str(file), split="train") for file in files]
+    parts = [_load_file("parquet", file) for file in files]
     for file, part in zip(files, parts):
         if "text" not in part.column_names:
             raise BuildError(f"{file} has no 'text' column (it has {part.column_names}): pass "
