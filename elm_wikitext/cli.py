@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_summary(stats["plan"]))
         print(f"log:        {log_path}")
     elif options.verify:
-        logging.getLogger("build").info("verify report: %s", json.dumps(stats))  # for scripts, in the log
+        logging.getLogger("build").info("verify report: %s", json.dumps(stats),  # for scripts: in the log only
+                                        extra={"log_file_only": True})
         print(verify_summary(stats))
         print(f"log:        {log_path} (the report as JSON)")
     else:
