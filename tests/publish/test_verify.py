@@ -1,6 +1,7 @@
 """The validation gates refuse damaged outputs, naming what failed."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_verify_from_elsewhere_and_with_moved_weights(text_output_copy, tiny_mod
     from build import main
 
     def sample_seed() -> int:
-        return json.loads(capsys.readouterr().out.split("\nlog:")[0])["sample_seed"]
+        return int(re.search(r"\nsample: .*\(seed (\d+)\)", capsys.readouterr().out).group(1))
 
     work = tmp_path / "work"
     shutil.copytree(tiny_model, work / "model")
