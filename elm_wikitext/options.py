@@ -73,7 +73,8 @@ class BuildOptions:
         "per process, and processes share the work chunk by chunk.")
     output: str = _opt("data/elm-wikitext2", "Output directory (a DatasetDict for load_from_disk).")
     push: bool = _opt(False, "After building and verifying, publish to the Hub as one commit and tag it.")
-    repo_id: Optional[str] = _opt(None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2) or --hub-folder.")
+    repo_id: Optional[str] = _opt(
+        None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2) or --hub-folder.")
     version: str = _opt("v1.0.0", "Tag of the published version (vMAJOR.MINOR.PATCH); it must not exist yet.")
     private: bool = _opt(False, "Create the Hub repo as private (with --push or --hub-folder).")
     hub_folder: Optional[str] = _opt(

@@ -83,7 +83,8 @@ def _load_local(path: Path, config: str) -> Dataset:
     if token_files:
         for file in token_files:
             _check_utf8(file)
-        parts = [_load_file("text", file) for file in token_files if file.stat().st_size > 0]  # datasets fails on an empty file
+        # datasets fails on an empty file
+        parts = [_load_file("text", file) for file in token_files if file.stat().st_size > 0]
         return concatenate_datasets(parts) if parts else Dataset.from_dict({"text": []})
     if (path / config).is_dir():  # a download of the whole Hub repo: one folder per config
         path = path / config
@@ -163,7 +164,8 @@ def _check_utf8(file: Path) -> None:
                                  f"{err.start}): re-encode the file as UTF-8") from None
 
 
-HUB_REMEDY = "pass a local --source directory, or run once online and then set HF_DATASETS_OFFLINE=1 to use the cached copy"
+HUB_REMEDY = ("pass a local --source directory, or run once online and then set HF_DATASETS_OFFLINE=1 to use "
+              "the cached copy")
 
 
 def source_on_hub(source: str, revision: str | None) -> HubId | None:
@@ -174,14 +176,12 @@ def source_on_hub(source: str, revision: str | None) -> HubId | None:
 
 
 def _load_hub(source: str, config: str, revision: str | None) -> Dataset:
-    remedy = HUB_REMEDY
-    hub_id = source_on_hub(source, revision)
-    if hub_id:
+    if hub_id := source_on_hub(source, revision):
         check_on_hub(hub_id)
     try:
         splits = load_dataset(source, config, revision=revision)
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise BuildError(f"cannot load {source} ({config}) from the Hub ({err}): {remedy}") from None
+        raise BuildError(f"cannot load {source} ({config}) from the Hub ({err}): {HUB_REMEDY}") from None
     except ValueError as err:  # an unknown config name
         raise BuildError(f"cannot load {source} with config {config!r} ({err}): "
                          "pass a valid --source-config") from None
