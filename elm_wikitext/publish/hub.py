@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 REPO_NAME = "elm-wikitext2"
 RETRIES = 3
 VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
+WITHOUT_THE_HUB = ("--hub-folder DIR --repo-id OWNER/NAME stages the upload here and prints the commands "
+                   "that publish it from a machine with the Hub")
 
 
 def _status(err: HfHubHTTPError) -> int | None:
@@ -62,7 +64,8 @@ def check_features(card_data, features: Features, repo_id: str) -> None:
 def preflight(options, api: HfApi, features: Features) -> str:
     """Everything that can refuse a push, checked before the build spends time. Returns the repo id."""
     if constants.HF_HUB_OFFLINE:
-        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push")
+        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push "
+                         f"({WITHOUT_THE_HUB})")
     if not get_token():
         raise BuildError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
     check_version(options.version)
@@ -72,7 +75,7 @@ def preflight(options, api: HfApi, features: Features) -> str:
         raise BuildError(f"the Hub refused the token ({_status(err)}): run `hf auth login` again") from None
     except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
         raise BuildError(f"cannot reach the Hub ({type(err).__name__}: {err}): check the network, "
-                         "or build without --push") from None
+                         f"or build without --push ({WITHOUT_THE_HUB})") from None
     repo_id = options.repo_id or f"{user}/{REPO_NAME}"
     check_repo_id(repo_id, user)
     try:

@@ -217,7 +217,8 @@ REFUSED_BEFORE_ANY_WORK = {
     "an existing repo with other columns": ({"exists": True, "tags": ["v0.9.0"], "card_data": 32},
                                             "holds other columns"),
     "no token": ({}, "needs a Hugging Face token"),
-    "HF_HUB_OFFLINE=1": ({}, "--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it"),
+    "HF_HUB_OFFLINE=1": ({}, "--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without "
+                             r"--push \(--hub-folder DIR --repo-id OWNER/NAME stages the upload here"),
 }
 
 
