@@ -4,27 +4,30 @@ import contextlib
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 from datasets import DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
+                                       row_flops)
 from elm_wikitext.embed.recipe import model_recipe
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
+from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import resolved
+from elm_wikitext.locations import check_on_hub, resolved
 from elm_wikitext.options import SPLIT_NAMES, BuildOptions
 from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
-from elm_wikitext.publish.hub import preflight, push
+from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
 from elm_wikitext.publish.manifest import TextStats, new_manifest
-from elm_wikitext.publish.output import (NotWhole, check_output_location, check_writable_beside, columns_on_disk,
-                                         expected_features, hub_folder, output_lock, read_output, recover_output,
-                                         remove_finished_work, remove_work_folder, write_output)
+from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, check_output_location,
+                                         check_writable_beside, columns_on_disk, expected_features, hub_folder,
+                                         output_lock, read_output, recover_output, remove_finished_work,
+                                         remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_files, check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
-from elm_wikitext.text.source import is_raw, load_lines
+from elm_wikitext.text.source import is_raw, load_lines, source_on_hub
 from elm_wikitext.text.split import make_splits
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, manifest = read_output(options.output)
         options = with_text_settings(options, manifest.stats.text)
         text = manifest.stats.text
+    check_hub_ids(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
@@ -115,6 +119,9 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
         repo_id = preflight(options, api, expected_features(dims))
+    elif options.hub_folder and processes.is_main():
+        repo_id = offline_preflight(options)
+        check_hub_folder_location(options.hub_folder, options.output)
     else:
         repo_id = None
     if options.stage != "embed":
@@ -135,9 +142,19 @@ def _build(options: BuildOptions, api) -> dict | None:
     stats = manifest.stats.to_json()
     if options.push:
         stats["published"] = publish(options, repo_id, api)
+    elif options.hub_folder:
+        folder = stage_upload(options, repo_id, Path(options.hub_folder))
+        stats["staged"] = {"folder": str(folder), "repo_id": repo_id, "version": options.version,
+                           "commands": upload_commands(folder, repo_id, options.version, options.private)}
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_finished_work(options.output, embed.key)
     return stats
+
+
+def check_hub_ids(options: BuildOptions) -> None:
+    """The source (which an embed stage does not read) and the model, asked about together."""
+    source = source_on_hub(options.source, options.source_revision) if options.stage != "embed" else None
+    check_on_hub(*filter(None, [source, model_on_hub(options.model, options.model_revision)]))
 
 
 def earlier_columns(options: BuildOptions, read: tuple | None) -> tuple:
@@ -248,12 +265,14 @@ def check_vectors_before_writing(splits, column: str, embed, output: str) -> Non
 def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
     gpu_peak(options.plan_gpu)  # a name it does not know is refused before the text stage
+    check_hub_ids(options)
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
     lengths = token_counts(splits)
     estimate = estimate_embedding(row_flops(options.model, options.model_revision, lengths),
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
-                                  options.plan_gpus, options.plan_gpu)
+                                  options.plan_gpus, options.plan_gpu,
+                                  measure_cpu=lambda: cpu_rate(options.model, options.model_revision))
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
@@ -261,8 +280,14 @@ def plan(options: BuildOptions) -> dict:
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:
     """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
-    verify(options.output, options.model)
-    folder = stage_hub_folder(options.output, hub_folder(options.output), repo_id, options.version)
+    folder = stage_upload(options, repo_id, hub_folder(options.output))
     line = push(folder, repo_id, options.version, options.private, api)
     remove_work_folder(folder)
     return line
+
+
+def stage_upload(options: BuildOptions, repo_id: str, folder: Path) -> Path:
+    """What --push uploads and --hub-folder leaves for `hf upload`, the same for both: the output,
+    through --verify's gates, in the Hub's layout, its card naming what the output records."""
+    verify(options.output, options.model)
+    return stage_hub_folder(options.output, folder, repo_id, options.version)

@@ -176,6 +176,23 @@ def columns_on_disk(output: str) -> list[str] | None:
         return None
 
 
+def check_hub_folder_location(folder: str, output: str) -> None:
+    """Refuse, before any work, a --hub-folder the build may not fill: one inside --output or
+    holding it (the build replaces its output whole), or a folder of the user's (it is emptied)."""
+    target, staged = output_path(output), Path(folder).expanduser().resolve()
+    if staged == target or target in staged.parents or staged in target.parents:
+        raise BuildError(f"--hub-folder {folder} and --output {output} overlap: pass a --hub-folder "
+                         "outside --output, e.g. --hub-folder data/hub-upload")
+    reason = not_our_folder(staged, "hub") if _holds_anything(staged) else None
+    if reason:
+        raise BuildError(f"--hub-folder {folder} exists and holds what this build did not stage ({reason}; it "
+                         "would be emptied): pass a new or empty folder")
+
+
+def _holds_anything(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
 def _check_apart(output: str, target: Path, option: str, path: str) -> None:
     other = Path(path).expanduser().resolve()
     if target == other or other in target.parents:
@@ -255,7 +272,7 @@ def not_our_folder(folder: Path, kind: str) -> str | None:
 def make_hub_folder(folder: Path) -> None:
     """An empty Hub layout at `folder`, marked as the build's, replacing one an earlier upload
     left (and nothing else)."""
-    reason = not_our_folder(folder, "hub") if folder.exists() else None
+    reason = not_our_folder(folder, "hub") if _holds_anything(folder) else None
     if reason:
         raise BuildError(f"{folder} exists and was not made by this build ({reason}), and the build would "
                          "delete it: move it away, then rerun")
