@@ -167,7 +167,7 @@ class BuildOptions:
 
         if not re.fullmatch(r"v\d+\.\d+\.\d+", self.version):
             raise BuildError(f"--version {self.version!r} is not a tag like v1.0.0: pass --version vMAJOR.MINOR.PATCH")
-        if self.repo_id is not None:
+        if self.repo_id:  # empty: the default, <your Hub username>/elm-wikitext2
             from huggingface_hub.errors import HFValidationError
             from huggingface_hub.utils import validate_repo_id
 
