@@ -77,7 +77,13 @@ def summary(stats: dict, output: str, log_path: Path, column: str = "embedding")
         timing += (f", embed {column} {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
                    f"here in {embed['embedding_seconds']:.1f} s of batches, padding {embed['padding_share']:.1%}, "
                    f"{embed['processes']} process(es) on {embed['device']}{compiled})")
-    lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
+    lines.append(timing)
+    check = (embed or {}).get("reference")
+    if check:
+        lines.append(f"checked:    {check['rows']} rows of {column} against sentence-transformers (seed {check['seed']}): "
+                     f"lowest cosine {check['lowest_cosine']}, floor {check['min_cosine']}; {check['seconds']:.1f} s, "
+                     f"and {check['load_seconds']:.1f} s loading its model")
+    lines += [f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
               f"log:        {log_path}"]
     if "published" in stats:
         lines.append(f"published:  {stats['published']}")

@@ -5,12 +5,21 @@ exists on disk is a local path; a name that cannot be a Hub id (`name` or `owner
 missing local path; anything else is a Hub id, checked with one quick request before a download.
 """
 
+import logging
+import re
 from pathlib import Path
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
 from elm_wikitext.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+# Where `hf download --local-dir DIR` records each file it fetched: DIR/.cache/huggingface/download/
+# <file>.metadata, the commit on its first line and the file's ETag on its second.
+DOWNLOAD_METADATA = Path(".cache") / "huggingface" / "download"
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def is_local(name: str) -> bool:
@@ -52,3 +61,19 @@ def check_on_hub(option: str, repo_id: str, revision: str | None, repo_type: str
     except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
         raise BuildError(f"cannot reach {option} {repo_id} on the Hub ({type(err).__name__}: {err}): "
                          f"{remedy}") from None
+
+
+def download_record(folder: Path) -> tuple[str | None, dict[str, str]]:
+    """The Hub commit that `hf download --local-dir` fetched `folder`'s files from (None: no record,
+    or files of several commits), and each recorded file's ETag (for a weights file, its SHA-256).
+    The repo id is not recorded: the user names it (--model-id, --source-id)."""
+    commits, etags = set(), {}
+    root = Path(folder) / DOWNLOAD_METADATA
+    for metadata in sorted(root.glob("**/*.metadata")):
+        lines = metadata.read_text(errors="replace").splitlines()
+        if len(lines) >= 2 and COMMIT.match(lines[0].strip()):
+            commits.add(lines[0].strip())
+            etags[metadata.relative_to(root).as_posix()[:-len(".metadata")]] = lines[1].strip().strip('"')
+    if len(commits) > 1:
+        log.warning("the files of %s come from %d Hub commits: no commit is recorded for it", folder, len(commits))
+    return (commits.pop() if len(commits) == 1 else None), etags

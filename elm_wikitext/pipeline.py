@@ -3,17 +3,20 @@
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
+from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
-from elm_wikitext.embed.recipe import model_recipe
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
+from elm_wikitext.embed.encode import check_config_file, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.reference import check_against_reference
+from elm_wikitext.embed.spec import resolve_model
+from elm_wikitext.embed.tokens import load_tokenizer
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import resolved
+from elm_wikitext.locations import download_record, on_hub, resolved
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import preflight, push
@@ -46,8 +49,26 @@ def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tupl
         max_tokens=options.max_tokens, tokenizer=options.model, tokenizer_revision=options.model_revision,
         splits={name: len(ds) for name, ds in splits.items()},
         tokens={name: int(ds.data.column("token_count").to_numpy().sum()) for name, ds in splits.items()},
-        seconds=round(time.perf_counter() - started, 2))
+        seconds=round(time.perf_counter() - started, 2), **source_identity(options))
     return splits, stats
+
+
+def source_identity(options: BuildOptions) -> dict:
+    """The source's Hub id and commit: a Hub id is its own; a local copy has the id the user
+    gives (--source-id) and the commit `hf download --local-dir` recorded, if any."""
+    if on_hub(options.source):
+        return {"source_id": options.source, "source_commit": options.source_revision}
+    return {"source_id": options.source_id, "source_commit": download_record(Path(options.source))[0]}
+
+
+def check_publishable(options: BuildOptions) -> None:
+    """A published card names the model and the source by their Hub ids, never by a path on this
+    machine: a local folder needs its id before any work."""
+    for flag, name, given, example in (("--model", options.model, options.model_id, "Qwen/Qwen3-Embedding-4B"),
+                                       ("--source", options.source, options.source_id, "Salesforce/wikitext")):
+        if not on_hub(name) and not given:
+            raise BuildError(f"--push publishes the {flag[2:]}'s Hub id, and {flag} {name} is a local folder: "
+                             f"pass {flag}-id with its Hub id (e.g. {flag}-id {example})")
 
 
 def with_local_paths_resolved(options: BuildOptions) -> BuildOptions:
@@ -60,7 +81,7 @@ def with_local_paths_resolved(options: BuildOptions) -> BuildOptions:
 TEXT_SETTINGS = {"source": "source", "source_config": "source_config", "source_revision": "source_revision",
                  "min_tokens": "min_tokens", "max_tokens": "max_tokens", "split": "split",
                  "split_by": "split_by", "seed": "seed", "model": "tokenizer",
-                 "model_revision": "tokenizer_revision"}
+                 "model_revision": "tokenizer_revision", "source_id": "source_id"}
 
 
 def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
@@ -102,11 +123,13 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, manifest = read_output(options.output)
         options = with_text_settings(options, manifest.stats.text)
         text = manifest.stats.text
+    if options.push:
+        check_publishable(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
-    if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
-        dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
-        check_tokenizer(tokenizer, model_recipe(options.model, options.model_revision), options.model)
+    if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
+        spec = resolve_model(options.model, options.model_revision, options.model_id, options.dim, tokenizer)
+        dim = spec.dim
     others = {}  # the embedding columns already there, which this run keeps as they are
     if options.stage == "embed":
         others = {column: stats for column, stats in (manifest.stats.embed or {}).items() if column != options.column}
@@ -123,11 +146,12 @@ def _build(options: BuildOptions, api) -> dict | None:
             splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
     embed = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
-        splits, embed = embed_splits(splits, tokenizer, options, earlier)
+        splits, embed = embed_splits(splits, tokenizer, options, spec, earlier)
     if not processes.is_main():
         return None
-    if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
+    if embed is not None:  # the build's own gates: no vector that --verify would refuse is written
         check_vectors_before_writing(splits, options.column, embed, options.output)
+        embed = checked_by_sentence_transformers(splits, options, embed)
     columns = {**others, options.column: embed} if embed is not None else None
     manifest = new_manifest(options, text, columns)
     write_output(splits, manifest, options.output, card=write_card if embed is not None else None)
@@ -153,6 +177,20 @@ def check_vectors_before_writing(splits, column: str, embed, output: str) -> Non
         remove_work_folder(embed_work_folder(output))
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
+
+
+def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
+    """The column's stats with the report of a sample embedded again by sentence-transformers
+    itself (a fresh seed each run); a row below the floor stops the build before anything is
+    written. The finished chunks stay: a rerun draws another sample and embeds nothing again."""
+    column = {options.column: (options.model, options.model_revision, embed.dtype, embed.dim)}
+    try:
+        report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
+    except BuildError as err:
+        raise BuildError(f"nothing was written: {err}") from None
+    facts = report["columns"][options.column]
+    return embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
+        "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds")}})
 
 
 def plan(options: BuildOptions) -> dict:

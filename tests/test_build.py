@@ -60,7 +60,7 @@ EMBED_REFUSALS = {
     "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
     "a text-stage option that contradicts it": (["--min-tokens", "150"],
                                                 "--min-tokens 150 contradicts the text stage of --output"),
-    "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max', which this build cannot reproduce"),
+    "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max' in 1_Pooling/config.json, which this build cannot reproduce"),
     "a model that reads fewer tokens than the longest paragraph": (
         ["--model", "{short_context}"], "reads at most 64 tokens, and the longest kept paragraph is"),
     "a column name of the text stage's": (["--column", "text"], "--column 'text' is not a free column name"),
@@ -163,7 +163,10 @@ def with_max_pooling(tiny_model: str, directory: Path) -> Path:
     model_with_config(tiny_model, directory)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    # Files of their own: the linked ones are the session model's.
+    (directory / "modules.json").unlink()
     (directory / "modules.json").write_text(json.dumps(modules))
+    shutil.rmtree(directory / "1_Pooling")
     (directory / "1_Pooling").mkdir()
     (directory / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "max"}))
     return directory
@@ -188,7 +191,7 @@ def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
     status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["max_pooling"],
                                          "--output", tmp_path / "out"]])
     err = capsys.readouterr().err
-    assert status == 2 and "pools with 'max', which this build cannot reproduce" in err.splitlines()[-1]
+    assert status == 2 and "pools with 'max' in 1_Pooling/config.json, which this build cannot reproduce" in err.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 

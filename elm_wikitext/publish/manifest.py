@@ -87,6 +87,10 @@ class TextStats(Record):
     splits: dict[str, int]  # rows per split
     tokens: dict[str, int]  # tokens per split
     seconds: float
+    # The source's Hub identity (--source, or --source-id for a local copy) and the commit its
+    # files came from, where known: what the card names.
+    source_id: str | None = None
+    source_commit: str | None = None
 
 
 @dataclasses.dataclass
@@ -113,6 +117,14 @@ class EmbedStats(Record):
     padding_share: float
     reused: bool = False  # the vectors were taken from the output already there
     pooling: dict | None = None  # embed.recipe.Recipe as JSON; None in builds from before it was recorded
+    # The sample embedded again by sentence-transformers at the end of the build: seed, rows,
+    # lowest cosine and its floor, seconds and the model's loading apart (embed/reference.py).
+    reference: dict | None = None
+    # What the model is on the Hub (embed/spec.py): its id (--model, or --model-id for a local
+    # folder), the commit its files came from, and each weight file's SHA-256.
+    model_id: str | None = None
+    model_commit: str | None = None
+    weights_sha256: dict | None = None
 
     def recipe(self) -> dict:
         """How the vectors were made, as `elm_wikitext.training.embedder.Embedder.from_dataset` reads it

@@ -433,6 +433,33 @@ def test_the_card_names_every_column_with_its_recipe(two_columns):
     assert "| `embedding_b` | 32 x float32 |" in card.text and "mean of the tokens, not normalized" in card.text
 
 
+def test_the_card_of_two_models_says_only_what_is_true_of_each(two_columns):
+    """Read as a stranger would: unit vectors only where a recipe normalizes, the query recipe of
+    the model that has one, Qwen3-Embedding's instruction and citation only for it, and a load
+    snippet with the dataset's own column names; a card led by the BERT-like column alone says none
+    of Qwen3's."""
+    from elm_wikitext.publish.card import render_card
+    from elm_wikitext.publish.manifest import Manifest
+
+    manifest = json.loads((two_columns / "manifest.json").read_text())
+    manifest["stats"]["embed"]["embedding"].update(model_id="Qwen/Qwen3-Embedding-4B", model_commit="a" * 40)
+    splits = load_from_disk(str(two_columns))
+    card = render_card(splits, Manifest.from_json(manifest)).text
+    assert "(`embedding`: 64 floats, unit length; `embedding_b`: 32 floats)." in card
+    assert "| `embedding_b` | 32 x float32 | the paragraph's `bert-mean (a local model folder)` embedding |" in card
+    assert 'columns=["embedding", "text"]' in card and "encode_query`, which puts `Instruct: Given a web search" in card
+    assert "Instruct: {task}" in card and "@article{qwen3embedding" in card
+    assert "dot product (both are unit vectors)" in card
+
+    del manifest["stats"]["embed"]["embedding"]  # the BERT-like column alone
+    manifest["config"]["column"] = "embedding_b"
+    card = render_card(splits, Manifest.from_json(manifest)).text
+    assert "a 32-float vector." in card and "unit" not in card.split("## How to load")[0]
+    assert 'columns=["embedding_b", "text"]' in card and 'batch["embedding_b"]' in card
+    assert "Instruct" not in card and "qwen3" not in card.lower() and "cosine similarity" in card
+    assert "`SentenceTransformer(model).encode_document(text)` gives" in card
+
+
 def test_a_column_is_reused_for_the_same_recipe_and_refused_for_another(two_columns, st_models, tmp_path, capsys):
     output = tmp_path / "out"
     shutil.copytree(two_columns, output)
