@@ -190,7 +190,7 @@ def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
         raise BuildError(f"nothing was written: {err}") from None
     facts = report["columns"][options.column]
     return embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
-        "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds")}})
+        "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
 
 
 def plan(options: BuildOptions) -> dict:

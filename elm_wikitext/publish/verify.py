@@ -146,7 +146,8 @@ def verify(output: str, model: str | None = None, option: str = "--output", seed
     except BuildError as err:
         raise BuildError(f"{output} failed verification: {err}") from None
     log.info("verified %s", output)
-    lowest = min(facts["lowest_cosine"] for facts in reference["columns"].values())
+    lowest = min((facts["lowest_cosine"] for facts in reference["columns"].values()
+                  if facts["lowest_cosine"] is not None), default=None)
     return {"verified": output, "rows": {name: len(split) for name, split in splits.items()},
             "columns": list(stats.embed), "gates": list(GATES), "sample_rows": reference["rows"], "sample_seed": seed,
             "lowest_sample_cosine": lowest, "min_cosine_allowed": {name: facts["min_cosine"] for name, facts

@@ -77,8 +77,9 @@ def no_waiting(monkeypatch):
 
 @pytest.fixture
 def push_options(options, no_waiting):
-    """A build with --push into a fresh output."""
+    """A build with --push into a fresh output; its local model and source named by Hub ids."""
     options.push, options.version = True, "v1.0.0"
+    options.model_id, options.source_id = "someone/tiny-embedding", "Salesforce/wikitext"
     return options
 
 
