@@ -94,6 +94,8 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
         if not text.recorded(key) or (other_model and option in ("model", "model_revision")):
             continue  # an output from before this setting was recorded, or another model's own
         given, recorded = getattr(options, option), getattr(text, key)
+        if option == "source_id" and recorded is None:
+            continue  # a local source named only now, at a later run: the card takes it (_build)
         if given != getattr(defaults, option) and given != recorded:
             flag = "--" + option.replace("_", "-")
             raise BuildError(f"{flag} {given} contradicts the text stage of --output {options.output}, "
@@ -123,6 +125,8 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, manifest = read_output(options.output)
         options = with_text_settings(options, manifest.stats.text)
         text = manifest.stats.text
+        if options.source_id and not text.source_id:
+            text = text.replaced(source_id=options.source_id)
     if options.push:
         check_publishable(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
