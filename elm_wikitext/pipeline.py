@@ -11,21 +11,22 @@ from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import check_config_file, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.encode import check_config_file, cpu_rate, estimate_embedding, gpu_peak, row_flops
 from elm_wikitext.embed.reference import check_against_reference
 from elm_wikitext.embed.spec import resolve_model
-from elm_wikitext.embed.tokens import load_tokenizer
+from elm_wikitext.embed.tokens import load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import download_record, on_hub, resolved
+from elm_wikitext.locations import check_on_hub, download_record, on_hub, resolved
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
-from elm_wikitext.publish.hub import preflight, push
+from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
 from elm_wikitext.publish.manifest import TextStats, new_manifest
-from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder,
+from elm_wikitext.publish.output import (check_hub_folder_location, check_output_location, embed_work_folder,
+                                         expected_features, hub_folder,
                                          output_lock, read_output, recover_output, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
-from elm_wikitext.text.source import is_raw, load_lines
+from elm_wikitext.text.source import is_raw, load_lines, source_on_hub
 from elm_wikitext.text.split import make_splits
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,11 @@ def source_identity(options: BuildOptions) -> dict:
 def check_publishable(options: BuildOptions) -> None:
     """A published card names the model and the source by their Hub ids, never by a path on this
     machine: a local folder needs its id before any work."""
+    publishing = "--push" if options.push else "--hub-folder"
     for flag, name, given, example in (("--model", options.model, options.model_id, "Qwen/Qwen3-Embedding-4B"),
                                        ("--source", options.source, options.source_id, "Salesforce/wikitext")):
         if not on_hub(name) and not given:
-            raise BuildError(f"--push publishes the {flag[2:]}'s Hub id, and {flag} {name} is a local folder: "
+            raise BuildError(f"{publishing} publishes the {flag[2:]}'s Hub id, and {flag} {name} is a local folder: "
                              f"pass {flag}-id with its Hub id (e.g. {flag}-id {example})")
 
 
@@ -127,8 +129,9 @@ def _build(options: BuildOptions, api) -> dict | None:
         text = manifest.stats.text
         if options.source_id and not text.source_id:
             text = text.replaced(source_id=options.source_id)
-    if options.push:
+    if options.push or options.hub_folder:  # what both publish names the model and source by Hub id
         check_publishable(options)
+    check_hub_ids(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
@@ -140,6 +143,9 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
         repo_id = preflight(options, api, expected_features(dims))
+    elif options.hub_folder and processes.is_main():
+        repo_id = offline_preflight(options)
+        check_hub_folder_location(options.hub_folder, options.output)
     else:
         repo_id = None
     if options.stage == "embed":
@@ -162,9 +168,19 @@ def _build(options: BuildOptions, api) -> dict | None:
     stats = manifest.stats.to_json()
     if options.push:
         stats["published"] = publish(options, repo_id, api)
+    elif options.hub_folder:
+        folder = stage_upload(options, repo_id, Path(options.hub_folder))
+        stats["staged"] = {"folder": str(folder), "repo_id": repo_id, "version": options.version,
+                           "commands": upload_commands(folder, repo_id, options.version, options.private)}
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_work_folder(embed_work_folder(options.output))
     return stats
+
+
+def check_hub_ids(options: BuildOptions) -> None:
+    """The source (which an embed stage does not read) and the model, asked about together."""
+    source = source_on_hub(options.source, options.source_revision) if options.stage != "embed" else None
+    check_on_hub(*filter(None, [source, model_on_hub(options.model, options.model_revision)]))
 
 
 def earlier_output(output: str) -> tuple | None:
@@ -200,12 +216,14 @@ def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
 def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
     gpu_peak(options.plan_gpu)  # a name it does not know is refused before the text stage
+    check_hub_ids(options)
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
     lengths = token_counts(splits)
     estimate = estimate_embedding(row_flops(options.model, options.model_revision, lengths),
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
-                                  options.plan_gpus, options.plan_gpu)
+                                  options.plan_gpus, options.plan_gpu,
+                                  measure_cpu=lambda: cpu_rate(options.model, options.model_revision))
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
@@ -213,8 +231,14 @@ def plan(options: BuildOptions) -> dict:
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:
     """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
-    verify(options.output, options.model)
-    folder = stage_hub_folder(options.output, hub_folder(options.output), repo_id, options.version)
+    folder = stage_upload(options, repo_id, hub_folder(options.output))
     line = push(folder, repo_id, options.version, options.private, api)
     remove_work_folder(folder)
     return line
+
+
+def stage_upload(options: BuildOptions, repo_id: str, folder: Path) -> Path:
+    """What --push uploads and --hub-folder leaves for `hf upload`, the same for both: the output,
+    through --verify's gates, in the Hub's layout, its card naming what the output records."""
+    verify(options.output, options.model)
+    return stage_hub_folder(options.output, folder, repo_id, options.version)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from elm_wikitext.embed import chunks
+from elm_wikitext.embed import spec
 from elm_wikitext.embed.recipe import Recipe
 from elm_wikitext.publish.output import MANIFEST_FILE
 
@@ -25,7 +25,7 @@ def test_vectors_made_by_a_misread_recipe_stop_the_build_before_anything_is_writ
     files say last token is caught by sentence-transformers' vectors, exit 2, no output."""
     from build import main
 
-    monkeypatch.setattr(chunks, "model_recipe", lambda model, revision=None: Recipe("mean", True, "", 4096))
+    monkeypatch.setattr(spec, "model_recipe", lambda model, revision=None: Recipe("mean", True, "", 4096))
     output = tmp_path / "out"
     assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]  # the log goes to stderr too
