@@ -40,7 +40,7 @@ class BuildOptions:
     source_id: Optional[str] = _opt(
         None, "The Hub dataset id of a local --source copy (e.g. Salesforce/wikitext): the card and the "
         "manifest name the source by it (its commit read from what `hf download --local-dir` left in "
-        "the folder). Needed for --push with a local --source.")
+        "the folder). Needed for --push or --hub-folder with a local --source.")
     model: str = _opt(
         "Qwen/Qwen3-Embedding-4B", "The embedding model: a Hub id or a local model directory. Its "
         "tokenizer also counts the tokens for the length filter.")
@@ -48,7 +48,7 @@ class BuildOptions:
     model_id: Optional[str] = _opt(
         None, "The Hub id of a local --model folder (e.g. Qwen/Qwen3-Embedding-4B after `hf download "
         "... --local-dir`): the card and the published recipe name the model by it, with the commit "
-        "and weights' SHA-256 read from what `hf download` left in the folder. Needed for --push with "
+        "and weights' SHA-256 read from what `hf download` left in the folder. Needed for --push or --hub-folder with "
         "a local --model.")
     min_tokens: int = _opt(100, "Drop paragraphs of fewer tokens (the appended end-of-text token counts).")
     max_tokens: int = _opt(2000, "Drop paragraphs of more tokens (the appended end-of-text token counts).")

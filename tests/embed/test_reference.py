@@ -44,3 +44,30 @@ def test_the_summary_states_the_check_its_seed_and_its_seconds(sample_dir, st_mo
     checked = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("checked:"))
     assert "rows of embedding against sentence-transformers (seed " in checked and "floor 0.99999" in checked
     assert "s loading its model" in checked
+
+
+def test_a_float16_overflow_of_sentence_transformers_is_left_out_and_counted(embedded_output, monkeypatch):
+    """Qwen3-Embedding overflows in float16 on some inputs; the build recomputes those rows in
+    float32, sentence-transformers does not: its NaN row is no evidence either way."""
+    import numpy as np
+    import torch
+    from datasets import load_from_disk
+
+    from elm_wikitext.embed import reference
+
+    splits = load_from_disk(str(embedded_output))
+    stored = {text: vector for split in splits.values()
+              for text, vector in zip(split["text"], split.with_format("numpy")["embedding"][:])}
+
+    class Overflowing:
+        def encode_document(self, texts, **kwargs):
+            vectors = np.stack([stored[text] for text in texts]).astype(np.float32)
+            vectors[0] = np.nan  # the first row of each split overflowed
+            return vectors
+
+    monkeypatch.setattr(reference, "load_reference", lambda *args: (Overflowing(), 0.1))
+    report = reference.check_against_reference(splits, {"embedding": ("model", None, "float16", 64)}, 7,
+                                               torch.device("cpu"))
+    facts = report["columns"]["embedding"]
+    assert facts["not_finite_there"] == 3 and facts["rows"] == report["rows"] == 19 - 3
+    assert facts["lowest_cosine"] >= 0.99999 and facts["min_cosine"] == 0.999
