@@ -5,6 +5,8 @@ import dataclasses
 import logging
 import time
 
+import numpy as np
+from datasets import DatasetDict
 from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
@@ -14,12 +16,15 @@ from elm_wikitext.embed.recipe import model_recipe
 from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import resolved
-from elm_wikitext.options import BuildOptions
+from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
+from elm_wikitext.neighbors.search import nearest
+from elm_wikitext.options import SPLIT_NAMES, BuildOptions, neighbor_columns
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import preflight, push
-from elm_wikitext.publish.manifest import TextStats, new_manifest
+from elm_wikitext.publish.manifest import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder,
-                                         output_lock, read_output, recover_output, remove_work_folder, write_output)
+                                         make_work_folder, output_lock, read_output, recover_output,
+                                         remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
 from elm_wikitext.text.source import is_raw, load_lines
@@ -107,12 +112,17 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
         dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
         check_tokenizer(tokenizer, model_recipe(options.model, options.model_revision), options.model)
-    others = {}  # the embedding columns already there, which this run keeps as they are
+    others, other_neighbors, recorded = {}, {}, None  # the columns already there, kept as they are
     if options.stage == "embed":
         others = {column: stats for column, stats in (manifest.stats.embed or {}).items() if column != options.column}
+        other_neighbors = {column: stats for column, stats in (manifest.stats.neighbors or {}).items()
+                           if column != options.column}
+        recorded = (manifest.stats.neighbors or {}).get(options.column)
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
-        repo_id = preflight(options, api, expected_features(dims))
+        ks = {**{column: stats.k for column, stats in other_neighbors.items()},
+              **({options.column: options.neighbors} if options.neighbors else {})}
+        repo_id = preflight(options, api, expected_features(dims, ks))
     else:
         repo_id = None
     if options.stage == "embed":
@@ -121,15 +131,17 @@ def _build(options: BuildOptions, api) -> dict | None:
         earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
-    embed = None
+    embed = neighbors = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
         splits, embed = embed_splits(splits, tokenizer, options, earlier)
+        if processes.is_main():  # the build's own gate: no vector that --verify would refuse is written
+            check_vectors_before_writing(splits, options.column, embed, options.output)
+        splits, neighbors = neighbors_stage(splits, embed, options, recorded)
     if not processes.is_main():
         return None
-    if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
-        check_vectors_before_writing(splits, options.column, embed, options.output)
     columns = {**others, options.column: embed} if embed is not None else None
-    manifest = new_manifest(options, text, columns)
+    all_neighbors = {**other_neighbors, **({options.column: neighbors} if neighbors else {})}
+    manifest = new_manifest(options, text, columns, all_neighbors)
     write_output(splits, manifest, options.output, card=write_card if embed is not None else None)
     stats = manifest.stats.to_json()
     if options.push:
@@ -153,6 +165,42 @@ def check_vectors_before_writing(splits, column: str, embed, output: str) -> Non
         remove_work_folder(embed_work_folder(output))
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
+
+
+def neighbors_stage(splits, embed, options: BuildOptions, recorded: NeighborStats | None) -> tuple:
+    """Each split's `--neighbors` nearest rows in `options.column`, every process computing its
+    share: the main process returns the splits with the two neighbour columns and the stage's
+    record, the others (None, None). Neighbour columns the output already holds for these very
+    vectors (`recorded`, same K and embed key) are kept as they are."""
+    column, k = options.column, options.neighbors
+    todo = None  # the main process's answer, which every process follows: [] nothing to compute
+    if processes.is_main():
+        kept = all(name in splits["train"].column_names for name in neighbor_columns(column))
+        if k == 0 or (kept and recorded is not None and (recorded.k, recorded.embed_key) == (k, embed.key)):
+            todo = []
+        elif processes.count() > 1:  # the others hold no split: they map the vectors from the work folder
+            folder = make_work_folder(embed_work_folder(options.output))
+            todo = [save_vectors(split_vectors(splits[name], column), folder / f"neighbors-{name}.npy")
+                    for name in SPLIT_NAMES]
+    todo = processes.gather(todo)[0] if processes.count() > 1 else todo
+    if todo == []:
+        if not processes.is_main():
+            return None, None
+        if k:
+            return splits, recorded
+        return DatasetDict({name: without_neighbors(split, column) for name, split in splits.items()}), None
+    started, searched, out = time.perf_counter(), 0, {}
+    for i, name in enumerate(SPLIT_NAMES):
+        vectors = np.load(todo[i], mmap_mode="r") if todo else split_vectors(splits[name], column)
+        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main() else None
+        found = nearest(vectors, text_ids, k, processes.device(), processes.my_share, processes.gather)
+        if found is not None:
+            out[name], searched = with_neighbors(splits[name], column, k, found[0], found[1]), searched + found[2]
+    if not processes.is_main():
+        return None, None
+    log.info("found each row's %d nearest neighbours in %r in %.1f s", k, column, time.perf_counter() - started)
+    return DatasetDict(out), NeighborStats(embed_key=embed.key, **neighbor_stats(
+        k, time.perf_counter() - started, processes.device(), processes.count(), searched))
 
 
 def plan(options: BuildOptions) -> dict:

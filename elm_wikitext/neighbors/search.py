@@ -161,19 +161,22 @@ def brute_force_rows(vectors: np.ndarray, norms: np.ndarray, rows: np.ndarray, i
     return index, cosines
 
 
-def nearest(vectors: np.ndarray, text_ids: np.ndarray, k: int, device: torch.device,
+def nearest(vectors: np.ndarray, text_ids: np.ndarray | None, k: int, device: torch.device,
             share=lambda items: items, gather=lambda obj: [obj], budget: int = BUDGET_BYTES):
     """Each row's `k` nearest other rows by cosine, exactly: row numbers (rows, k) int64 and
     float64 cosines, sorted by cosine descending, ties by text_id; -1 and NaN past the last other
     row of a set of k rows or fewer; and how many rows needed the float64 search over every row. `share` picks this process's part of a list of equal work
     items and `gather` returns every process's object (accelerate's sharding; by default one
-    process). Every process computes its share; all of them return the result."""
+    process). Every process computes its share of the candidates; the main process (given the
+`text_ids`) decides and returns the result, the others (given None) return None."""
     rows, dim = vectors.shape
     width = min(k + MARGIN, rows - 1)
-    if width < 1:
-        return np.full((rows, k), -1, dtype=np.int64), np.full((rows, k), np.nan), 0
+    if width < 1:  # a split of one row (or none): no other row
+        return None if text_ids is None else np.full((rows, k), -1, dtype=np.int64), np.full((rows, k), np.nan), 0
     block = block_rows(rows, dim, budget)
     parts = gather(candidates(vectors, share(block_pairs(rows, block)), block, width, device))
+    if text_ids is None:  # another process: the main one, which holds the text_ids, decides
+        return None
     scores, index = merge_candidates(parts, width)
     id_rank = np.argsort(np.argsort(text_ids, kind="stable"), kind="stable")
     norms = norms64(vectors, block)
