@@ -11,13 +11,14 @@ from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import check_config_file, check_model_config, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.encode import (CPU_FLOPS, check_config_file, check_model_config, estimate_embedding, gpu_peak,
+                                      row_flops)
 from elm_wikitext.embed.recipe import model_recipe
 from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import resolved
 from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
-from elm_wikitext.neighbors.search import nearest
+from elm_wikitext.neighbors.search import nearest, search_flops
 from elm_wikitext.options import SPLIT_NAMES, BuildOptions, neighbor_columns
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import preflight, push
@@ -212,9 +213,35 @@ def plan(options: BuildOptions) -> dict:
     estimate = estimate_embedding(row_flops(options.model, options.model_revision, lengths),
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
                                   options.plan_gpus, options.plan_gpu)
+    if options.neighbors:
+        dim = check_model_config(options.model, options.model_revision, options.dim)
+        estimate.update(estimate_neighbors(text.splits, dim, estimate, options.plan_gpus, options.plan_gpu))
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
+
+
+# A GPU's float32 matrix products (no TF32: the search's error bound needs true float32) run at
+# about 1/15 of its dense float16 peak (H100 SXM: 67 of 989 TFLOPS).
+FLOAT32_SHARE_OF_PEAK = 1 / 15
+
+
+def estimate_neighbors(rows: dict[str, int], dim: int, embedding: dict, gpus: int, gpu: str) -> dict:
+    """The neighbours' time, beside the embedding's: on this device (the CPU's measured rate of
+    matrix products), and on GPUS GPUs named GPU sharing the block pairs."""
+    flops = sum(search_flops(count, dim) for count in rows.values())
+    here = embedding["device"]
+    rate = CPU_FLOPS if here == "cpu" else gpu_peak_or_none(here)
+    cluster = gpu_peak_or_none(gpu)
+    return {"neighbors_tflop": flops / 1e12, "neighbors_device_seconds": flops / rate if rate else None,
+            "neighbors_gpus_seconds": flops / (cluster * gpus) if cluster else None}
+
+
+def gpu_peak_or_none(name: str) -> float | None:
+    try:
+        return gpu_peak(name) * FLOAT32_SHARE_OF_PEAK
+    except BuildError:  # a GPU of unknown peak
+        return None
 
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:

@@ -39,6 +39,13 @@ def block_pairs(rows: int, block: int) -> list[tuple[int, int]]:
     return [(i, j) for i in starts for j in starts if i <= j]
 
 
+def search_flops(rows: int, dim: int) -> float:
+    """The float32 work of one split's search: the symmetric half of its (rows x rows x dim)
+    products, 2 FLOPs a multiply-add (the float64 rescoring of k + MARGIN candidates a row is
+    small beside it)."""
+    return float(rows) * rows * dim
+
+
 def float32_error(dim: int) -> float:
     """A bound on a float32 dot product's error for unit vectors of `dim` values (the classic
     n * u bound for a sum of n products whose magnitudes sum to at most 1), plus the
@@ -58,7 +65,8 @@ def full_float32():
 
 
 def unit_block(vectors: np.ndarray, start: int, size: int, device: torch.device) -> torch.Tensor:
-    block = torch.from_numpy(np.ascontiguousarray(vectors[start:start + size], dtype=np.float32)).to(device)
+    # A copy: the vectors are Arrow's or a memory map's read-only pages, which torch will not wrap.
+    block = torch.tensor(np.asarray(vectors[start:start + size], dtype=np.float32), device=device)
     return torch.nn.functional.normalize(block, dim=1)
 
 
