@@ -36,7 +36,7 @@ def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedde
     assert report["rows"] == {name: len(split) for name, split in splits.items()} == {
         name: entry["rows"] for name, entry in manifest["splits"].items()}
     assert [gate.split()[0] for gate in report["gates"]] == [
-        "schema", "counts", "files", "vectors", "uniqueness", "re-embedded"]
+        "schema", "counts", "files", "vectors", "uniqueness", "neighbours", "re-embedded"]
     assert report["sample_rows"] == sum(min(8, len(split)) for split in splits.values())
     assert report["min_cosine_allowed"] == 0.999 <= report["lowest_sample_cosine"] <= 1.0001
 
@@ -71,7 +71,7 @@ def test_a_paragraph_in_two_splits_fails(embedded_copy):
         verify(str(rewrite(embedded_copy, leak)))
 
 
-def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
+def test_vectors_of_the_wrong_rows_fail_the_neighbours_then_the_sample(embedded_copy):
     def shuffle_vectors(splits):
         for name in splits:
             vectors = splits[name]["embedding"][:]
@@ -80,8 +80,20 @@ def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
                 "embedding", rolled, feature=splits[name].features["embedding"])
         return splits
 
-    with pytest.raises(BuildError, match="re-embeds its embedding with cosine"):
+    # The stored neighbours no longer fit the vectors: the cheap gate says so first.
+    with pytest.raises(BuildError, match="embedding_neighbors cosines differ from their float64 values"):
         verify(str(rewrite(embedded_copy, shuffle_vectors)))
+
+    def without_neighbours(splits):  # as a --neighbors 0 build of these vectors would be
+        return shuffle_vectors(splits.remove_columns(["embedding_neighbors", "embedding_neighbor_cosines"]))
+
+    rewritten = rewrite(embedded_copy, without_neighbours)
+    manifest = json.loads((rewritten / MANIFEST_FILE).read_text())
+    del manifest["stats"]["neighbors"]
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (rewritten / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match="re-embeds its embedding with cosine"):
+        verify(str(rewritten))
 
 
 def test_files_changed_after_the_build_fail(embedded_copy):
