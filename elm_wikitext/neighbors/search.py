@@ -73,16 +73,17 @@ def unit_block(vectors: np.ndarray, start: int, size: int, device: torch.device)
 def _merge(scores: torch.Tensor, index: torch.Tensor, rows: slice, tile: torch.Tensor, offset: int) -> None:
     """Keep, for `rows`, the best `width` of their current candidates and of `tile`'s columns."""
     width = scores.shape[1]
-    top = tile.topk(min(width, tile.shape[1]), dim=1)
+    # Unsorted: merge_candidates sorts once at the end.
+    top = tile.topk(min(width, tile.shape[1]), dim=1, sorted=False)
     both_scores = torch.cat([scores[rows], top.values], dim=1)
     both_index = torch.cat([index[rows], top.indices + offset], dim=1)
-    best = both_scores.topk(width, dim=1)
+    best = both_scores.topk(width, dim=1, sorted=False)
     scores[rows], index[rows] = best.values, both_index.gather(1, best.indices)
 
 
 def candidates(vectors: np.ndarray, pairs: list[tuple[int, int]], block: int, width: int,
                device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's best `width` others by float32 cosine over the block `pairs` given (a process's
+    """Each row's best `width` others (in no order) by float32 cosine over the block `pairs` given (a process's
     share): scores (rows, width) float32 and row numbers (rows, width) int64 (-inf and -1 where
     the pairs held fewer)."""
     rows = len(vectors)

@@ -99,7 +99,7 @@ def test_processes_sharing_the_blocks_find_the_same_candidates_as_one():
     block = block_rows(200, 16, 2**13)
     pairs = block_pairs(200, block)
     assert len(pairs) > 3
-    one = candidates(vectors, pairs, block, 12, CPU)
+    one = merge_candidates([candidates(vectors, pairs, block, 12, CPU)], 12)
     shares = [candidates(vectors, pairs[rank::3], block, 12, CPU) for rank in range(3)]  # processes.my_share
     merged = merge_candidates(shares, 12)
     np.testing.assert_array_equal(merged[0], one[0])
