@@ -135,8 +135,10 @@ def _build(options: BuildOptions, api) -> dict | None:
     embed = neighbors = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
         splits, embed = embed_splits(splits, tokenizer, options, earlier)
-        if processes.is_main():  # the build's own gate: no vector that --verify would refuse is written
-            check_vectors_before_writing(splits, options.column, embed, options.output)
+        # The build's own gate: no vector that --verify would refuse is written (nor searched: every
+        # process learns the main process's verdict, and stops with it).
+        problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
+        refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output)
         splits, neighbors = neighbors_stage(splits, embed, options, recorded)
     if not processes.is_main():
         return None
@@ -160,10 +162,10 @@ def earlier_output(output: str) -> tuple | None:
         return None
 
 
-def check_vectors_before_writing(splits, column: str, embed, output: str) -> None:
-    problems = check_vectors(splits, column, embed)
+def refuse_bad_vectors(problems: list[str], output: str) -> None:
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
-        remove_work_folder(embed_work_folder(output))
+        if processes.is_main():
+            remove_work_folder(embed_work_folder(output))
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
 

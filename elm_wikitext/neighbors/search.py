@@ -49,8 +49,8 @@ def search_flops(rows: int, dim: int) -> float:
 def float32_error(dim: int) -> float:
     """A bound on a float32 dot product's error for unit vectors of `dim` values (the classic
     n * u bound for a sum of n products whose magnitudes sum to at most 1), plus the
-    normalization's few ulps."""
-    return dim * 2.0**-24 + 1e-6
+    normalization's few ulps, or vectors taken as they are within 1e-6 of unit length."""
+    return dim * 2.0**-24 + 4e-6
 
 
 @contextmanager
@@ -64,16 +64,21 @@ def full_float32():
         torch.set_float32_matmul_precision(before)
 
 
-def unit_block(vectors: np.ndarray, start: int, size: int, device: torch.device) -> torch.Tensor:
-    # A copy: the vectors are Arrow's or a memory map's read-only pages, which torch will not wrap.
-    block = torch.tensor(np.asarray(vectors[start:start + size], dtype=np.float32), device=device)
-    return torch.nn.functional.normalize(block, dim=1)
+def unit_block(vectors: np.ndarray, norms: np.ndarray, start: int, size: int, device: torch.device) -> torch.Tensor:
+    """Rows `start`..`start + size` scaled to unit length, as a float32 tensor on `device`. In
+    numpy, with the norms computed once: torch's threaded reductions on a busy 2-core machine
+    cost more than the matrix product they feed."""
+    norms = norms[start:start + size, None]
+    if np.abs(norms - 1).max(initial=0) < 1e-6:  # a normalizing recipe's vectors: within the error bound as they are
+        return torch.from_numpy(np.array(vectors[start:start + size], dtype=np.float32)).to(device)
+    block = vectors[start:start + size] / np.maximum(norms, np.finfo(np.float64).tiny)
+    return torch.from_numpy(block.astype(np.float32)).to(device)
 
 
-def _merge(scores: torch.Tensor, index: torch.Tensor, rows: slice, tile: torch.Tensor, offset: int) -> None:
-    """Keep, for `rows`, the best `width` of their current candidates and of `tile`'s columns."""
-    width = scores.shape[1]
-    # Unsorted: merge_candidates sorts once at the end.
+def _merge(scores: torch.Tensor, index: torch.Tensor, start: int, tile: torch.Tensor, offset: int) -> None:
+    """Keep, for the tile's rows (`start` onwards), the best `width` of their current candidates
+    and of `tile`'s columns (in no order: merge_candidates sorts once at the end)."""
+    width, rows = scores.shape[1], slice(start, start + tile.shape[0])
     top = tile.topk(min(width, tile.shape[1]), dim=1, sorted=False)
     both_scores = torch.cat([scores[rows], top.values], dim=1)
     both_index = torch.cat([index[rows], top.indices + offset], dim=1)
@@ -81,7 +86,7 @@ def _merge(scores: torch.Tensor, index: torch.Tensor, rows: slice, tile: torch.T
     scores[rows], index[rows] = best.values, both_index.gather(1, best.indices)
 
 
-def candidates(vectors: np.ndarray, pairs: list[tuple[int, int]], block: int, width: int,
+def candidates(vectors: np.ndarray, norms: np.ndarray, pairs: list[tuple[int, int]], block: int, width: int,
                device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Each row's best `width` others (in no order) by float32 cosine over the block `pairs` given (a process's
     share): scores (rows, width) float32 and row numbers (rows, width) int64 (-inf and -1 where
@@ -89,16 +94,17 @@ def candidates(vectors: np.ndarray, pairs: list[tuple[int, int]], block: int, wi
     rows = len(vectors)
     scores = torch.full((rows, width), -torch.inf, device=device)
     index = torch.full((rows, width), -1, dtype=torch.int64, device=device)
+    a, loaded = None, None
     with full_float32(), torch.inference_mode():
-        for i, j in pairs:
-            a = unit_block(vectors, i, block, device)
-            b = a if i == j else unit_block(vectors, j, block, device)
+        for i, j in pairs:  # i changes least often: its block is loaded once a run of pairs
+            a, loaded = (a, loaded) if loaded == i else (unit_block(vectors, norms, i, block, device), i)
+            b = a if i == j else unit_block(vectors, norms, j, block, device)
             tile = a @ b.T
             if i == j:
                 tile.fill_diagonal_(-torch.inf)  # a row is not its own neighbour
-            _merge(scores, index, slice(i, i + len(a)), tile, j)
-            if i != j:
-                _merge(scores, index, slice(j, j + len(b)), tile.T, i)
+            _merge(scores, index, i, tile, j)
+            if i != j:  # a contiguous copy: top-k along the rows of a transposed view is 1.5x slower
+                _merge(scores, index, j, tile.T.contiguous(), i)
     return scores.cpu().numpy(), index.cpu().numpy()
 
 
@@ -111,7 +117,8 @@ def merge_candidates(parts: list[tuple[np.ndarray, np.ndarray]], width: int) -> 
 
 
 def norms64(vectors: np.ndarray, block: int) -> np.ndarray:
-    return np.concatenate([np.linalg.norm(vectors[i:i + block].astype(np.float64), axis=1)
+    """Each row's norm, in float64 (products of float32 values are exact in float64)."""
+    return np.concatenate([np.sqrt(np.einsum("ij,ij->i", vectors[i:i + block], vectors[i:i + block], dtype=np.float64))
                            for i in range(0, len(vectors), block)]) if len(vectors) else np.zeros(0)
 
 
@@ -126,9 +133,9 @@ def _rescored(vectors: np.ndarray, norms: np.ndarray, index: np.ndarray, rows: n
     cosines = np.empty(index[rows].shape, dtype=np.float64)
     for start in range(0, len(rows), RERANK_ROWS):
         part = rows[start:start + RERANK_ROWS]
-        query = vectors[part].astype(np.float64)
-        others = vectors[index[part].ravel()].astype(np.float64).reshape(len(part), index.shape[1], -1)
-        dots = np.matmul(others, query[:, :, None])[..., 0]
+        others = vectors[index[part].ravel()].reshape(len(part), index.shape[1], -1)
+        # float32 in, float64 products and sums (einsum casts as it goes: no float64 copy of the rows).
+        dots = np.einsum("rd,rwd->rw", vectors[part], others, dtype=np.float64)
         cosines[start:start + len(part)] = dots / np.maximum(norms[part, None] * norms[index[part]],
                                                              np.finfo(np.float64).tiny)
     return cosines
@@ -183,12 +190,12 @@ def nearest(vectors: np.ndarray, text_ids: np.ndarray | None, k: int, device: to
     if width < 1:  # a split of one row (or none): no other row
         return None if text_ids is None else np.full((rows, k), -1, dtype=np.int64), np.full((rows, k), np.nan), 0
     block = block_rows(rows, dim, budget)
-    parts = gather(candidates(vectors, share(block_pairs(rows, block)), block, width, device))
+    norms = norms64(vectors, block)
+    parts = gather(candidates(vectors, norms, share(block_pairs(rows, block)), block, width, device))
     if text_ids is None:  # another process: the main one, which holds the text_ids, decides
         return None
     scores, index = merge_candidates(parts, width)
     id_rank = np.argsort(np.argsort(text_ids, kind="stable"), kind="stable")
-    norms = norms64(vectors, block)
     index, cosines, settled = rerank(vectors, norms, scores, index, id_rank, k)
     unsettled = np.flatnonzero(~settled)
     if len(unsettled):

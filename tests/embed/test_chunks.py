@@ -226,6 +226,8 @@ def test_two_machines_equal_one_process_and_a_lost_one_is_relaunched_for_its_chu
     for name in one:
         assert one[name]["text_id"][:] == two[name]["text_id"][:]
         assert (vectors(embedded_output)[name] * vectors(text_output_copy)[name]).sum(axis=1).min() >= 0.99999
+        assert one[name]["embedding_neighbors"] == two[name]["embedding_neighbors"]  # searched by both processes
+    assert json.loads((text_output_copy / "manifest.json").read_text())["stats"]["neighbors"]["embedding"]["processes"] == 2
 
 
 def test_compiled_layers_give_the_same_vectors(embedded_output, text_output_copy, tiny_model):

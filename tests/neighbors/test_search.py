@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elm_wikitext.neighbors.search import (BUDGET_BYTES, MARGIN, block_pairs, block_rows, candidates,
-                                           merge_candidates, nearest)
+                                           merge_candidates, nearest, norms64)
 
 CPU = torch.device("cpu")
 
@@ -99,8 +99,9 @@ def test_processes_sharing_the_blocks_find_the_same_candidates_as_one():
     block = block_rows(200, 16, 2**13)
     pairs = block_pairs(200, block)
     assert len(pairs) > 3
-    one = merge_candidates([candidates(vectors, pairs, block, 12, CPU)], 12)
-    shares = [candidates(vectors, pairs[rank::3], block, 12, CPU) for rank in range(3)]  # processes.my_share
+    norms = norms64(vectors, block)
+    one = merge_candidates([candidates(vectors, norms, pairs, block, 12, CPU)], 12)
+    shares = [candidates(vectors, norms, pairs[rank::3], block, 12, CPU) for rank in range(3)]  # processes.my_share
     merged = merge_candidates(shares, 12)
     np.testing.assert_array_equal(merged[0], one[0])
     assert all(set(a) == set(b) for a, b in zip(merged[1], one[1]))
