@@ -9,8 +9,8 @@ error bound, the lowest candidate's float32 score: no row left out can then reac
 settled (a crowd of near-ties at its k-th place, or duplicates) is searched again over every row
 in float64. So the result is the float64 brute force's, whatever float32 rounded.
 
-Working memory is one tile of cosines and two blocks of vectors (a `budget` that does not grow
-with the rows), plus each row's candidates (the results).
+Working memory is one tile of cosines (and its transposed copy) and two blocks of vectors (a
+`budget` that does not grow with the rows), plus each row's candidates (the results).
 """
 
 from contextlib import contextmanager
@@ -21,15 +21,16 @@ import torch
 MARGIN = 8  # candidates beyond k kept per row: near-ties at the k-th place rarely need more
 BUDGET_BYTES = 256 * 2**20  # one tile and its two blocks of vectors, in float32
 # Smaller blocks skip more of the symmetric half (a tile pair i < j serves both blocks), larger ones
-# run the matrix product nearer its peak; 2,048 was the fastest on 2 CPU cores at 11k x 2,560.
+# run the matrix product nearer its peak; of 1,024, 2,048 and 4,096, 2,048 was the fastest on 2
+# CPU cores at 11k x 2,560.
 MAX_BLOCK = 2048
 RERANK_ROWS = 256  # rows whose candidates are rescored in float64 at once (~100 MB at dim 2560)
 
 
 def block_rows(rows: int, dim: int, budget: int = BUDGET_BYTES) -> int:
-    """Rows per block such that a (block x block) float32 tile and two (block x dim) blocks fit
-    `budget`: the positive root of 4 b^2 + 8 b dim = budget."""
-    root = (-8 * dim + np.sqrt((8 * dim) ** 2 + 16 * budget)) / 8
+    """Rows per block such that a (block x block) float32 tile, its transposed copy and two
+    (block x dim) blocks fit `budget`: the positive root of 8 b^2 + 8 b dim = budget."""
+    root = (-8 * dim + np.sqrt((8 * dim) ** 2 + 32 * budget)) / 16
     return int(max(1, min(rows, MAX_BLOCK, max(64, root))))
 
 
@@ -198,8 +199,9 @@ def nearest(vectors: np.ndarray, text_ids: np.ndarray | None, k: int, device: to
     id_rank = np.argsort(np.argsort(text_ids, kind="stable"), kind="stable")
     index, cosines, settled = rerank(vectors, norms, scores, index, id_rank, k)
     unsettled = np.flatnonzero(~settled)
-    if len(unsettled):
-        index[unsettled], cosines[unsettled] = brute_force_rows(vectors, norms, unsettled, id_rank, k, block)
+    for start in range(0, len(unsettled), block):  # a block of them at a time: memory stays bounded
+        part = unsettled[start:start + block]
+        index[part], cosines[part] = brute_force_rows(vectors, norms, part, id_rank, k, block)
     short = k - index.shape[1]  # a set of k rows or fewer: each has fewer than k others
     if short:
         index = np.pad(index, ((0, 0), (0, short)), constant_values=-1)

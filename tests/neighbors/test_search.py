@@ -112,7 +112,7 @@ def test_working_memory_does_not_grow_with_the_rows():
         blocks = {block_rows(rows, dim) for rows in (100_000, 1_000_000, 10_000_000)}
         assert len(blocks) == 1
         block = blocks.pop()
-        assert 4 * block * block + 8 * block * dim <= BUDGET_BYTES
+        assert 8 * block * block + 8 * block * dim <= BUDGET_BYTES
 
 
 def test_other_processes_get_nothing_back_and_the_main_one_decides():
