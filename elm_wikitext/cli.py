@@ -84,7 +84,31 @@ def summary(stats: dict, output: str, log_path: Path, column: str = "embedding")
               f"log:        {log_path}"]
     if "published" in stats:
         lines.append(f"published:  {stats['published']}")
+    if "staged" in stats:
+        lines += staged_summary(stats["staged"])
     return "\n".join(lines)
+
+
+def staged_summary(staged: dict) -> list[str]:
+    """--hub-folder's closing lines: the folder, and how to publish it from another machine."""
+    folder, repo_id, version = staged["folder"], staged["repo_id"], staged["version"]
+    return [f"staged:     {folder}, what --push would upload as {repo_id} {version} "
+            f"(it loads as load_dataset({folder!r}))",
+            "To publish it, copy the folder unchanged to a machine with the Hub, log in (hf auth login), "
+            f"check that {repo_id} has no tag {version} yet (hf repos tag list {repo_id} --repo-type dataset), "
+            "then run:",
+            *(f"  {command}" for command in staged["commands"])]
+
+
+def verify_summary(report: dict) -> str:
+    """--verify's closing lines: what passed, and on what."""
+    return "\n".join([
+        f"verified:   {report['verified']}: every gate passed",
+        "rows:       " + ", ".join(f"{name} {rows:,}" for name, rows in report["rows"].items()),
+        f"columns:    {', '.join(report['columns'])}",
+        f"gates:      {', '.join(gate.split()[0] for gate in report['gates'])}",
+        f"sample:     {report['sample_rows']} rows re-embedded (seed {report['sample_seed']}), lowest cosine "
+        f"{report['lowest_sample_cosine']:.6f} (at least {report['min_cosine_allowed']} needed)"])
 
 
 def duration(seconds: float | None) -> str:
@@ -112,7 +136,9 @@ def plan_summary(plan: dict) -> str:
              f"tokens:     {plan['tokens']:,} in {chunks}",
              f"compute:    {plan['tflop']:.3g} TFLOP",
              f"{'here:':<12}{duration(plan['device_seconds'])} on {plan['device']}"
-             + ("" if plan["device"] == "cpu" else f" ({setting(plan['device_compiled'])})"),
+             + (f" (its matrix products at {plan['cpu_flops'] / 1e9:,.1f} GFLOP/s, this CPU's rate measured just "
+                "now; a small model's batches spend most of their time elsewhere)" if plan["device"] == "cpu"
+                else f" ({setting(plan['device_compiled'])})"),
              f"{'cluster:':<12}{duration(plan['gpus_seconds'])} on {plan['gpus']} x {plan['gpu']} "
              f"({setting(plan['gpus_compiled'])}; the busiest GPU embeds {plan['gpus_chunks']} of {chunks})",
              "(the batches alone: loading the model, and compiling it, come on top)"]
@@ -145,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_summary(stats["plan"]))
         print(f"log:        {log_path}")
     elif options.verify:
-        print(json.dumps(stats, indent=2))
-        print(f"log: {log_path}")
+        logging.getLogger("build").info("verify report: %s", json.dumps(stats),  # for scripts: in the log only
+                                        extra={"log_file_only": True})
+        print(verify_summary(stats))
+        print(f"log:        {log_path} (the report as JSON)")
     else:
         print(summary(stats, options.output, log_path, options.column))
     return 0

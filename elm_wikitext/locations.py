@@ -5,6 +5,8 @@ exists on disk is a local path; a name that cannot be a Hub id (`name` or `owner
 missing local path; anything else is a Hub id, checked with one quick request before a download.
 """
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -38,17 +40,54 @@ def resolved(name: str) -> str:
     return str(Path(name).expanduser().resolve()) if is_local(name) else name
 
 
-def check_on_hub(option: str, repo_id: str, revision: str | None, repo_type: str, remedy: str) -> None:
-    """One quick request for the source or the model, so that an unreachable Hub or a wrong id
-    stops the build at once instead of after the download client's retries."""
+# Where a user without the Hub can start instead.
+OFFLINE_TRIAL = "or try the README's offline trial first (no Hub, no GPU)"
+
+
+@dataclass(frozen=True)
+class HubId:
+    """A source or model named by its Hub id, and what a user without the Hub can pass instead."""
+    option: str
+    repo_id: str
+    revision: str | None
+    repo_type: str
+    remedy: str
+
+
+@functools.lru_cache(maxsize=None)
+def _ask_hub(repo_id: str, revision: str | None, repo_type: str) -> None:
+    """One quick request; an answer is kept, so that a build that asked up front asks once."""
+    HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=10)
+
+
+def _hub_problem(hub_id: HubId) -> tuple[str, bool] | None:
+    """What the Hub says is wrong with `hub_id`, and whether it is that the Hub is out of reach."""
     try:
-        HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=10)
+        _ask_hub(hub_id.repo_id, hub_id.revision, hub_id.repo_type)
     except GatedRepoError:
-        return  # it exists; the download says what access it needs
+        return None  # it exists; the download says what access it needs
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise BuildError(f"{option} {repo_id} (revision {revision or 'main'}) is not a {repo_type} on the Hub "
-                         f"that you can see ({type(err).__name__}): check the id and {option}-revision, log "
-                         "in for a private one, or pass a local directory") from None
+        option = hub_id.option
+        return (f"{option} {hub_id.repo_id} (revision {hub_id.revision or 'main'}) is not a {hub_id.repo_type} "
+                f"on the Hub that you can see ({type(err).__name__}): check the id and {option}-revision, log "
+                "in for a private one, or pass a local directory"), False
     except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
-        raise BuildError(f"cannot reach {option} {repo_id} on the Hub ({type(err).__name__}: {err}): "
-                         f"{remedy}") from None
+        return f"{type(err).__name__}: {err}", True
+    return None
+
+
+def check_on_hub(*hub_ids: HubId) -> None:
+    """Ask the Hub about every source and model a run names by id before any work, so that an
+    unreachable Hub or a wrong id stops it at once (not after the download client's retries),
+    with every problem in one line rather than one per rerun."""
+    found = [(hub_id, *problem) for hub_id in hub_ids if (problem := _hub_problem(hub_id))]
+    unreachable = [hub_id for hub_id, _, out_of_reach in found if out_of_reach]
+    problems = [message for _, message, out_of_reach in found if not out_of_reach]
+    if unreachable:
+        reason = next(message for _, message, out_of_reach in found if out_of_reach)
+        names = " and ".join(f"{hub_id.option} {hub_id.repo_id}" for hub_id in unreachable)
+        remedies = "; ".join((f"for {hub_id.option}, " if len(unreachable) > 1 else "") + hub_id.remedy
+                             for hub_id in unreachable)
+        problems.append(f"cannot reach {names} on the Hub ({reason}): {remedies}; {OFFLINE_TRIAL}")
+    if problems:
+        raise BuildError("; ".join(problems))

@@ -84,9 +84,15 @@ class BuildOptions:
         "per process, and processes share the work chunk by chunk.")
     output: str = _opt("data/elm-wikitext2", "Output directory (a DatasetDict for load_from_disk).")
     push: bool = _opt(False, "After building and verifying, publish to the Hub as one commit and tag it.")
-    repo_id: Optional[str] = _opt(None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2).")
+    repo_id: Optional[str] = _opt(
+        None, "Hub dataset repo for --push (default: <your Hub username>/elm-wikitext2) or --hub-folder.")
     version: str = _opt("v1.0.0", "Tag of the published version (vMAJOR.MINOR.PATCH); it must not exist yet.")
-    private: bool = _opt(False, "Create the Hub repo as private (with --push).")
+    private: bool = _opt(False, "Create the Hub repo as private (with --push or --hub-folder).")
+    hub_folder: Optional[str] = _opt(
+        None, "Publishing from another machine, for a build without the Hub: after building and "
+        "verifying, write what --push would upload (parquet shards, card, plots) to DIR, nothing looked "
+        "up or sent, and print the two `hf` commands that publish DIR unchanged where the Hub is "
+        "reachable. Needs --repo-id; --version names the tag.", metavar="DIR")
     verify: Optional[str] = _opt(
         None, "Only run the validation gates on an existing output DIR (schema, counts, unit "
         "vectors, no leaks, a re-embedded sample drawn afresh) and exit. --model, if given, points "
@@ -99,7 +105,7 @@ class BuildOptions:
         8, "With --dry-run: also estimate the embedding's time on this many GPUs (machines times "
         "GPUs per machine), sharing the chunks as a launched build does.")
     plan_gpu: str = _opt(
-        "H100", "With --dry-run: the kind of those GPUs (H100, H200, A100, L40S, L4, A10).")
+        "H100", "With --dry-run: the kind of those GPUs (H100, H200, A100, L40S, L4, A10, T4).")
     num_proc: Optional[int] = _opt(
         None, "Worker processes for the text stage's cleaning and counting (default: one per CPU "
         "core, up to 8, for a source of over 100,000 lines; in-process for a smaller one, where "
@@ -148,12 +154,43 @@ class BuildOptions:
         if self.push and self.stage == "text":
             raise BuildError("--push publishes embeddings, which --stage text does not make: "
                              "use --stage all, or --stage embed on this output")
+        self.validate_hub_folder()
+
+    def validate_hub_folder(self) -> None:
+        if self.hub_folder is None:
+            return
+        if self.push:
+            raise BuildError("--push and --hub-folder are two ways to publish: pass --push where the Hub "
+                             "is reachable, --hub-folder DIR where it is not")
+        if self.stage == "text":
+            raise BuildError("--hub-folder stages embeddings, which --stage text does not make: "
+                             "use --stage all, or --stage embed on this output")
+        if not self.repo_id:
+            raise BuildError("--hub-folder needs --repo-id OWNER/NAME (without the Hub, your user name "
+                             "cannot be looked up): pass e.g. --repo-id your-name/elm-wikitext2")
+
+
+DOCS = "https://github.com/elm-wikitext/elm-wikitext"
+EXAMPLES = f"""examples:
+  python build.py                              text and embeddings into data/elm-wikitext2
+  python build.py --dry-run                    what a build would keep and take here; nothing written
+  python build.py --verify data/elm-wikitext2  check an output again
+  python build.py --push                       build, check and publish (after `hf auth login`)
+  python build.py --hub-folder data/hub-upload --repo-id NAME/elm-wikitext2
+                                               no Hub here: stage the upload, print the `hf` commands
+  the offline trial (no Hub, no GPU; pip install -e ".[test]" first):
+    python -m elm_wikitext.tiny models/tiny-qwen3
+    python build.py --source tests/fixtures/wikitext_sample --model models/tiny-qwen3 --output data/trial
+
+docs: README.md and docs/options.md of the checkout, also at {DOCS}#readme
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """One dashed option per field of BuildOptions, with its help and default (transformers'
     HfArgumentParser listed each name twice, `--min_tokens` and `--min-tokens`)."""
-    parser = argparse.ArgumentParser(description="Build the elm-wikitext dataset.")
+    parser = argparse.ArgumentParser(description="Build the elm-wikitext dataset.", epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = get_type_hints(BuildOptions)
     for option in fields(BuildOptions):
         kind = next((t for t in get_args(hints[option.name]) if t is not type(None)), hints[option.name])

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from datasets import DatasetDict
@@ -11,24 +12,24 @@ from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import (CPU_FLOPS, check_config_file, check_model_config, estimate_embedding, gpu_peak,
-                                      row_flops)
+from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
+                                       row_flops)
 from elm_wikitext.embed.recipe import model_recipe
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer
+from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import resolved
+from elm_wikitext.locations import check_on_hub, resolved
 from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
 from elm_wikitext.neighbors.search import nearest, search_flops
 from elm_wikitext.options import SPLIT_NAMES, BuildOptions, neighbor_columns
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
-from elm_wikitext.publish.hub import preflight, push
+from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
 from elm_wikitext.publish.manifest import NeighborStats, TextStats, new_manifest
-from elm_wikitext.publish.output import (check_output_location, embed_work_folder, expected_features, hub_folder,
-                                         make_work_folder, output_lock, read_output, recover_output,
-                                         remove_work_folder, write_output)
+from elm_wikitext.publish.output import (check_hub_folder_location, check_output_location, embed_work_folder,
+                                         expected_features, hub_folder, make_work_folder,
+                                         output_lock, read_output, recover_output, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
-from elm_wikitext.text.source import is_raw, load_lines
+from elm_wikitext.text.source import is_raw, load_lines, source_on_hub
 from elm_wikitext.text.split import make_splits
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, manifest = read_output(options.output)
         options = with_text_settings(options, manifest.stats.text)
         text = manifest.stats.text
+    check_hub_ids(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
@@ -124,6 +126,9 @@ def _build(options: BuildOptions, api) -> dict | None:
         ks = {**{column: stats.k for column, stats in other_neighbors.items()},
               **({options.column: options.neighbors} if options.neighbors else {})}
         repo_id = preflight(options, api, expected_features(dims, ks))
+    elif options.hub_folder and processes.is_main():
+        repo_id = offline_preflight(options)
+        check_hub_folder_location(options.hub_folder, options.output)
     else:
         repo_id = None
     if options.stage == "embed":
@@ -149,9 +154,19 @@ def _build(options: BuildOptions, api) -> dict | None:
     stats = manifest.stats.to_json()
     if options.push:
         stats["published"] = publish(options, repo_id, api)
+    elif options.hub_folder:
+        folder = stage_upload(options, repo_id, Path(options.hub_folder))
+        stats["staged"] = {"folder": str(folder), "repo_id": repo_id, "version": options.version,
+                           "commands": upload_commands(folder, repo_id, options.version, options.private)}
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_work_folder(embed_work_folder(options.output))
     return stats
+
+
+def check_hub_ids(options: BuildOptions) -> None:
+    """The source (which an embed stage does not read) and the model, asked about together."""
+    source = source_on_hub(options.source, options.source_revision) if options.stage != "embed" else None
+    check_on_hub(*filter(None, [source, model_on_hub(options.model, options.model_revision)]))
 
 
 def earlier_output(output: str) -> tuple | None:
@@ -209,12 +224,14 @@ def neighbors_stage(splits, embed, options: BuildOptions, recorded: NeighborStat
 def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
     gpu_peak(options.plan_gpu)  # a name it does not know is refused before the text stage
+    check_hub_ids(options)
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
     lengths = token_counts(splits)
     estimate = estimate_embedding(row_flops(options.model, options.model_revision, lengths),
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
-                                  options.plan_gpus, options.plan_gpu)
+                                  options.plan_gpus, options.plan_gpu,
+                                  measure_cpu=lambda: cpu_rate(options.model, options.model_revision))
     if options.neighbors:
         dim = check_model_config(options.model, options.model_revision, options.dim)
         estimate.update(estimate_neighbors(text.splits, dim, estimate, options.plan_gpus, options.plan_gpu))
@@ -229,11 +246,12 @@ FLOAT32_SHARE_OF_PEAK = 1 / 15
 
 
 def estimate_neighbors(rows: dict[str, int], dim: int, embedding: dict, gpus: int, gpu: str) -> dict:
-    """The neighbours' time, beside the embedding's: on this device (the CPU's measured rate of
-    matrix products), and on GPUS GPUs named GPU sharing the block pairs."""
+    """The neighbours' time, beside the embedding's: on this device (a CPU at the rate the
+    embedding's estimate measured, of float32 matrix products too), and on GPUS GPUs named GPU
+    sharing the block pairs."""
     flops = sum(search_flops(count, dim) for count in rows.values())
     here = embedding["device"]
-    rate = CPU_FLOPS if here == "cpu" else gpu_peak_or_none(here)
+    rate = embedding["cpu_flops"] if here == "cpu" else gpu_peak_or_none(here)
     cluster = gpu_peak_or_none(gpu)
     return {"neighbors_tflop": flops / 1e12, "neighbors_device_seconds": flops / rate if rate else None,
             "neighbors_gpus_seconds": flops / (cluster * gpus) if cluster else None}
@@ -248,8 +266,14 @@ def gpu_peak_or_none(name: str) -> float | None:
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:
     """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
-    verify(options.output, options.model)
-    folder = stage_hub_folder(options.output, hub_folder(options.output), repo_id, options.version)
+    folder = stage_upload(options, repo_id, hub_folder(options.output))
     line = push(folder, repo_id, options.version, options.private, api)
     remove_work_folder(folder)
     return line
+
+
+def stage_upload(options: BuildOptions, repo_id: str, folder: Path) -> Path:
+    """What --push uploads and --hub-folder leaves for `hf upload`, the same for both: the output,
+    through --verify's gates, in the Hub's layout, its card naming what the output records."""
+    verify(options.output, options.model)
+    return stage_hub_folder(options.output, folder, repo_id, options.version)

@@ -2,7 +2,8 @@
 
 An ELM turns a text's embedding into a few "soft prompt" vectors that a language model reads
 before it writes the text. Here the language model is a one-layer byte-level GRU, small enough to
-train on a CPU in seconds; the data path (shuffled batches of embeddings and texts) is the real one.
+train on a CPU (about a second a step on 2 cores: `--max-steps 50` for a first look, the default
+500 steps in several minutes); the data path (shuffled batches of embeddings and texts) is the real one.
 Run it from the repository root after `pip install -e .` (or with PYTHONPATH=.):
 
     python examples/train_elm.py --dataset data/elm-wikitext2 --max-steps 50   # build.py's --output
@@ -19,9 +20,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from huggingface_hub import constants
 from transformers import HfArgumentParser
 
-from elm_wikitext.locations import is_local, looks_like_path
+from elm_wikitext.errors import BuildError
+from elm_wikitext.locations import HubId, check_on_hub, is_local, looks_like_path
 from elm_wikitext.training.loading import load_splits, shuffled_batches
 
 log = logging.getLogger("train_elm")
@@ -47,14 +50,23 @@ class TrainArgs:
 def open_dataset(source: str, revision: Optional[str]):
     """`load_splits` of build.py's --output, a downloaded Hub repo or a Hub dataset id; a source
     that is none of these ends the run with one line that says so (exit status 2)."""
-    if not is_local(source) and (source == BUILD_OUTPUT or looks_like_path(source)):
+    local = is_local(source)
+    if not local and (source == BUILD_OUTPUT or looks_like_path(source)):
         refuse(f"--dataset {source} does not exist: run build.py first (it writes {BUILD_OUTPUT}) "
                "and pass its --output, or pass a Hub dataset id")
+    if not local and not constants.HF_HUB_OFFLINE:  # one quick request, not the download's retries
+        try:
+            check_on_hub(HubId("--dataset", source, revision, "dataset", "pass build.py's --output, or a copy "
+                               f"fetched where the Hub is reachable (hf download {source} --repo-type dataset "
+                               "--local-dir DIR)"))
+        except BuildError as err:
+            refuse(str(err))
     try:
         return load_splits(source, revision)
-    except OSError as err:  # not on the Hub, or the Hub out of reach (offline)
-        refuse(f"--dataset {source} is not a saved dataset here nor a Hub dataset within reach "
-               f"({type(err).__name__}): pass build.py's --output, or a Hub dataset id")
+    except OSError as err:  # a folder that is no dataset, or (offline) a Hub id not in the cache
+        refuse(f"cannot load --dataset {source} ({type(err).__name__}: {err}): "
+               + ("pass build.py's --output or a downloaded copy of the Hub repo" if local else
+                  "run once with the Hub reachable to cache it, or pass build.py's --output"))
 
 
 def refuse(message: str):

@@ -7,7 +7,7 @@ At the end it writes a paragraph from each of some held-out vectors (`generate`)
 semantic consistency (`elm_wikitext.training.consistency`): the cosine between the embedding of what it
 wrote, made with the dataset's own recipe, and the vector it wrote from, beside a random-row baseline.
 
-    python examples/train_elm_lm.py --dataset data/trial                      # CPU: a tiny random Qwen3, ~1 min
+    python examples/train_elm_lm.py --dataset data/trial                      # CPU: a tiny random Qwen3, minutes
     python examples/train_elm_lm.py --dataset data/elm-wikitext2 --lm Qwen/Qwen3-0.6B    # a GPU
 
 `--lm tiny` (the default) is a random-weight Qwen3 built in code, for trying the loop offline: its
@@ -161,10 +161,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     predictions = write_from_vectors(elm, tokenizer, args)
     del elm  # the LM leaves the GPU before the embedding model comes
     torch.cuda.empty_cache()
+    print(f"wrote from {args.eval_split} row {predictions[0]['text_id']}: {predictions[0]['text'][:200]!r}")
     if args.predictions:
         with open(args.predictions, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in predictions)
-    print(f"wrote from {args.eval_split} row {predictions[0]['text_id']}: {predictions[0]['text'][:200]!r}")
+        print(f"saved {len(predictions)} predictions to {args.predictions} (score them again with python -m "
+              f"elm_wikitext.training.consistency --dataset {args.dataset} --predictions {args.predictions} "
+              f"--split {args.eval_split})")
     splits = load_splits(args.dataset, args.revision)
     report = semantic_consistency(splits, predictions, Embedder.from_dataset(args.dataset, args.revision),
                                   split=args.eval_split, seed=args.seed)

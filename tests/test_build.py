@@ -2,6 +2,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -65,7 +66,7 @@ EMBED_REFUSALS = {
                                                 "--min-tokens 150 contradicts the text stage of --output"),
     "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max', which this build cannot reproduce"),
     "a model that reads fewer tokens than the longest paragraph": (
-        ["--model", "{short_context}"], "reads at most 64 tokens, and the longest kept paragraph is"),
+        ["--model", "{short_context}"], "reads at most 64 tokens, and 57 kept paragraphs are longer in its tokens"),
     "a column name of the text stage's": (["--column", "text"], "--column 'text' is not a free column name"),
 }
 
@@ -224,6 +225,9 @@ def test_help_lists_every_option(capsys):
     shown = capsys.readouterr().out
     for option in dataclasses.fields(BuildOptions):
         assert f"--{option.name.replace('_', '-')}" in shown, option.name
+    # Where to read more, and the commands to start from, each on a line of its own.
+    assert "docs: README.md and docs/options.md" in shown and "https://github.com/elm-wikitext/elm-wikitext" in shown
+    assert "\n  python build.py --dry-run " in shown and "--model models/tiny-qwen3 --output data/trial\n" in shown
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
@@ -282,7 +286,8 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
     # The tiny model's few GFLOPs, to the 3 digits shown (not rounded to 0).
     assert float(lines["compute"].split()[0]) == pytest.approx(row_flops(tiny_model, None, lengths).sum() / 1e12,
                                                                rel=5e-3)
-    assert lines["here"].strip() == "< 1 s on cpu"
+    assert re.fullmatch(r"(< 1 s|\d+ s) on cpu \(its matrix products at [\d,.]+ GFLOP/s, this CPU's rate measured "
+                        r"just now; .*\)", lines["here"].strip())
     assert lines["cluster"].strip().startswith("< 1 s on 2 x A100 (compiled; the busiest GPU embeds")
     assert not output.exists()
 
@@ -333,6 +338,26 @@ def test_hub_id_without_a_reachable_hub_fails_fast_and_writes_nothing(
     assert not output.exists()
     assert [path.name for path in tmp_path.iterdir() if path.name != "hf"] == []  # no staging left
     assert run.stdout == ""
+
+
+def test_a_hub_out_of_reach_is_reported_for_the_source_and_the_model_in_one_line(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    class HubOutOfReach:
+        def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
+            asked.append(repo_id)
+            raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubOutOfReach)
+    monkeypatch.setattr("elm_wikitext.embed.tokens.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("elm_wikitext.text.source.datasets.config.HF_HUB_OFFLINE", False)
+    status, error = run(["--output", tmp_path / "out"], capsys)  # the defaults: both from the Hub
+    assert status == 2 and asked == ["Salesforce/wikitext", "Qwen/Qwen3-Embedding-4B"]
+    assert error.startswith("error: cannot reach --source Salesforce/wikitext and --model Qwen/Qwen3-Embedding-4B "
+                            "on the Hub (ConnectionRefusedError: connection refused): for --source, pass a local "
+                            "--source directory")
+    assert "for --model, pass a local model directory" in error and "README's offline trial" in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_library_warnings_show_once_and_reach_the_log(tmp_path, monkeypatch, capsys):

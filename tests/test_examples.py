@@ -45,6 +45,7 @@ def test_the_causal_lm_elm_learns_writes_and_is_scored(embedded_output, causal_l
     first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", out).groups())
     assert last < first - 0.1  # the mean loss of the last steps is below that of the first
     assert "semantic consistency of 3 predictions" in out and re.search(r"\nmean +-?[\d.]+ +-?[\d.]+", out)
+    assert f"saved 3 predictions to {predictions}" in out  # said, not only done
     written = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(written) == 3 and all(row["text"] for row in written)
     # The file it wrote is what the consistency CLI reads.

@@ -22,3 +22,4 @@ def test_notebook_builds_and_loads_offline(tiny_model, monkeypatch, tmp_path):
     assert "torch.Size([8, 64])" in printed  # the tiny model's vectors, read back as a tensor
     assert "INFO elm_wikitext.embed.chunks" in printed  # the build's log, shown as it ran, not kept back
     assert "published" not in printed        # offline: nothing is pushed
+    assert "here:" in printed and "compute:" in printed  # --dry-run's estimate, before the build

@@ -151,11 +151,19 @@ def check_lengths(paragraphs: Dataset, lengths: np.ndarray, recipe: Recipe, mode
     """The model reads every kept paragraph whole (a truncated one would get another text's
     vector); the length filter stays the text stage's, in its tokenizer's counts."""
     longest = int(lengths.max(initial=0))
+    counts = paragraphs.data.column("token_count").to_numpy()  # the text stage's, which --max-tokens counts
     if recipe.max_length is not None and longest > recipe.max_length:
-        raise BuildError(f"--model {model} reads at most {recipe.max_length} tokens, and the longest kept "
-                         f"paragraph is {longest} of its tokens: rebuild the text stage with a lower "
-                         "--max-tokens (its filter, in the text stage's tokens), or pick a model that reads longer texts")
-    differ = int((paragraphs.data.column("token_count").to_numpy() != lengths).sum())
+        too_long = lengths > recipe.max_length
+        # The filter keeps a paragraph by its text-stage count: the largest --max-tokens that keeps
+        # only paragraphs this model reads whole stops just below the shortest one it cannot.
+        fits = int(counts[too_long].min()) - 1
+        remedy = (f"rebuild the text stage with --max-tokens {fits} (in the text stage's tokens, the largest that "
+                  "keeps only paragraphs it reads whole), or pick a model that reads longer texts"
+                  if fits >= counts.min() else "no --max-tokens keeps a paragraph it reads whole: pick a model that "
+                  "reads longer texts")
+        raise BuildError(f"--model {model} reads at most {recipe.max_length} tokens, and {int(too_long.sum())} kept "
+                         f"paragraphs are longer in its tokens (the longest {longest}): {remedy}")
+    differ = int((counts != lengths).sum())
     if differ:
         log.info("--model %s counts otherwise than the text stage's tokenizer in %d of %d paragraphs: "
                  "the length filter stays the text stage's", model, differ, len(lengths))

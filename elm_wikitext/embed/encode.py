@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +128,29 @@ def architecture(config, model: str) -> str:
 
 # Dense float16/bfloat16 peaks (FLOP/s) by GPU name, and the share of it this build reached on an
 # H100 with Qwen3-Embedding-4B's architecture (benchmarks/results): compiled layers, the default
-# on a GPU, and eager ones. CPU: what this build reached on a 2-core CI machine.
-GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+# on a GPU, and eager ones. A CPU is measured where the plan is made (`cpu_rate`).
+GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+             "T4": 65e12}
 MEASURED_MFU = {"compiled": 0.53, "eager": 0.35}
-CPU_FLOPS = 1e11
+
+
+def cpu_rate(model: str, revision: str | None, tokens: int = 256, repeats: int = 3) -> float:
+    """FLOP/s of this CPU on matrix products of the model's own shape (`tokens` rows through its
+    MLP's first matrix, float32 as the build runs there): the best of a few timings of about 1
+    GFLOP each (one product for the 4B model, many for a tiny one), a second or so in all."""
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    hidden = hidden_size(config)
+    mlp = getattr(config, "intermediate_size", None) or config.d_ff
+    rows, weight = torch.randn(tokens, hidden), torch.randn(hidden, mlp)
+    flops = 2 * tokens * hidden * mlp
+    products = max(1, min(1000, round(1e9 / flops)))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(products):
+            torch.mm(rows, weight)
+        best = min(best, time.perf_counter() - started)
+    return products * flops / max(best, 1e-9)
 
 
 def row_flops(model: str, revision: str | None, lengths: np.ndarray) -> np.ndarray:
@@ -165,29 +185,33 @@ def compiles(setting: str, device: torch.device) -> bool:
     return setting == "yes" or (setting == "auto" and device.type == "cuda")
 
 
-def seconds_at(flops: float, device: str, compiled: bool) -> float | None:
-    """Time of `flops` on a device named like `torch.cuda.get_device_name` ('cpu': this build's
-    measured CPU rate); None for a GPU of unknown peak."""
+def seconds_at(flops: float, device: str, compiled: bool, cpu_flops: float | None = None) -> float | None:
+    """Time of `flops` on a device named like `torch.cuda.get_device_name` ('cpu': at `cpu_flops`,
+    this CPU's measured rate); None for a GPU of unknown peak."""
     if device == "cpu":
-        return flops / CPU_FLOPS
+        return flops / cpu_flops
     try:
         return flops / (gpu_peak(device) * MEASURED_MFU["compiled" if compiled else "eager"])
     except BuildError:
         return None
 
 
-def estimate_embedding(flops: np.ndarray, chunks: list[np.ndarray], setting: str, gpus: int, gpu: str) -> dict:
+def estimate_embedding(flops: np.ndarray, chunks: list[np.ndarray], setting: str, gpus: int, gpu: str,
+                       measure_cpu) -> dict:
     """The embedding's time from each row's FLOPs (`row_flops`), with the compile SETTING: on this
-    device, and on GPUS GPUs named GPU, which share the chunks as the build does (every n-th one
-    each), so the busiest sets the time. Batches only: loading (and compiling) comes on top."""
+    device (a CPU at the rate `measure_cpu()` returns), and on GPUS GPUs named GPU, which share the
+    chunks as the build does (every n-th one each), so the busiest sets the time. Batches only:
+    loading (and compiling) comes on top."""
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    cpu_flops = measure_cpu() if name == "cpu" else None
     chunk_flops = np.array([flops[rows].sum() for rows in chunks])
     busiest = max(chunk_flops[i::gpus].sum() for i in range(gpus)) if len(chunks) else 0.0
     on_gpus = compiles(setting, torch.device("cuda"))
     return {"tflop": float(flops.sum()) / 1e12, "chunks": len(chunks),
             "device": name, "device_compiled": compiles(setting, device),
-            "device_seconds": seconds_at(float(flops.sum()), name, compiles(setting, device)),
+            "device_seconds": seconds_at(float(flops.sum()), name, compiles(setting, device), cpu_flops),
+            "cpu_flops": cpu_flops,
             "gpus": gpus, "gpu": gpu, "gpus_compiled": on_gpus, "gpus_chunks": -(-len(chunks) // gpus),
             "gpus_seconds": seconds_at(float(busiest), gpu, on_gpus)}
 

@@ -11,9 +11,17 @@ from huggingface_hub import constants
 from transformers import AutoTokenizer
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import check_on_hub, looks_like_path
+from elm_wikitext.locations import HubId, check_on_hub, looks_like_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def model_on_hub(model: str, revision: str | None) -> HubId | None:
+    """`model` as a Hub id to ask about before loading it; None for a local one, or offline."""
+    if Path(model).exists() or looks_like_path(model) or constants.HF_HUB_OFFLINE:
+        return None
+    return HubId("--model", model, revision, "model", "pass a local model directory, or run once online "
+                 "and then set HF_HUB_OFFLINE=1 to use the cached copy")
 
 
 def load_tokenizer(model: str, revision: str | None = None):
@@ -26,9 +34,8 @@ def load_tokenizer(model: str, revision: str | None = None):
                              "save the model's tokenizer there, or pass a Hub model id")
     elif looks_like_path(model):
         raise BuildError(f"--model {model} does not exist: pass a local model directory or a Hub model id")
-    elif not constants.HF_HUB_OFFLINE:
-        check_on_hub("--model", model, revision, "model", "pass a local model directory, or run once "
-                     "online and then set HF_HUB_OFFLINE=1 to use the cached copy")
+    elif hub_id := model_on_hub(model, revision):
+        check_on_hub(hub_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:

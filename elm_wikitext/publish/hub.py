@@ -9,6 +9,7 @@ make a second commit); reads, the repo creation and the tag are idempotent and r
 
 import logging
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 REPO_NAME = "elm-wikitext2"
 RETRIES = 3
 VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
+WITHOUT_THE_HUB = ("--hub-folder DIR --repo-id OWNER/NAME stages the upload here and prints the commands "
+                   "that publish it from a machine with the Hub")
 
 
 def _status(err: HfHubHTTPError) -> int | None:
@@ -67,21 +70,20 @@ def check_features(card_data, features: Features, repo_id: str) -> None:
 def preflight(options, api: HfApi, features: Features) -> str:
     """Everything that can refuse a push, checked before the build spends time. Returns the repo id."""
     if constants.HF_HUB_OFFLINE:
-        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push")
+        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push "
+                         f"({WITHOUT_THE_HUB})")
     if not get_token():
         raise BuildError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
-    if not VERSION.match(options.version):
-        raise BuildError(f"--version {options.version!r} is not a tag like v1.0.0: pass --version vMAJOR.MINOR.PATCH")
+    check_version(options.version)
     try:
         user = retried(api.whoami)["name"]
     except HfHubHTTPError as err:
         raise BuildError(f"the Hub refused the token ({_status(err)}): run `hf auth login` again") from None
     except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
         raise BuildError(f"cannot reach the Hub ({type(err).__name__}: {err}): check the network, "
-                         "or build without --push") from None
+                         f"or build without --push ({WITHOUT_THE_HUB})") from None
     repo_id = options.repo_id or f"{user}/{REPO_NAME}"
-    if "/" not in repo_id or not _valid_repo_id(repo_id):
-        raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
+    check_repo_id(repo_id, user)
     try:
         exists = retried(api.repo_exists, repo_id, repo_type="dataset")
         tags = {tag.name for tag in retried(api.list_repo_refs, repo_id, repo_type="dataset").tags} if exists else set()
@@ -93,6 +95,33 @@ def preflight(options, api: HfApi, features: Features) -> str:
         raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
     check_features(card_data, features, repo_id)
     return repo_id
+
+
+def check_version(version: str) -> None:
+    if not VERSION.match(version):
+        raise BuildError(f"--version {version!r} is not a tag like v1.0.0: pass --version vMAJOR.MINOR.PATCH")
+
+
+def check_repo_id(repo_id: str, user: str = "your-name") -> None:
+    if "/" not in repo_id or not _valid_repo_id(repo_id):
+        raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
+
+
+def offline_preflight(options) -> str:
+    """What --hub-folder can check without the Hub (the form of --repo-id and --version); whether
+    the repo already has the tag, or other columns, only the Hub knows. Returns the repo id."""
+    check_version(options.version)
+    check_repo_id(options.repo_id)
+    return options.repo_id
+
+
+def upload_commands(folder: Path, repo_id: str, version: str, private: bool) -> list[str]:
+    """The `hf` commands that publish a staged folder as --push does: one upload replacing every
+    shard of an earlier version, then the tag."""
+    message = shlex.quote(f"elm-wikitext {version}")
+    upload = (f"hf upload {repo_id} {shlex.quote(str(folder))} . --repo-type dataset --commit-message {message} "
+              f"--delete 'data/*'" + (" --private" if private else ""))
+    return [upload, f"hf repos tag create {repo_id} {version} --repo-type dataset -m {message}"]
 
 
 def _valid_repo_id(repo_id: str) -> bool:
@@ -134,6 +163,6 @@ def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) ->
     except Exception as err:
         if not _tagged(api, repo_id, version, commit.oid):  # else the answer was lost, not the tag
             raise BuildError(f"the data is in {repo_id} at commit {commit.oid}, but creating the tag "
-                             f"{version} failed ({err}): run `hf repo tag create {repo_id} {version} "
+                             f"{version} failed ({err}): run `hf repos tag create {repo_id} {version} "
                              f"--revision {commit.oid} --repo-type dataset`") from None
     return f'load_dataset("{repo_id}", revision="{version}")'

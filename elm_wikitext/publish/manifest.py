@@ -231,7 +231,7 @@ def package_versions() -> dict:
 
 
 # Options that say where or whether to publish, or how fast to work: not what the data is.
-NOT_REBUILDING = {"stage", "push", "repo_id", "version", "private", "verify", "dry_run", "num_proc"}
+NOT_REBUILDING = {"stage", "push", "repo_id", "version", "private", "hub_folder", "verify", "dry_run", "num_proc"}
 
 
 def rebuild_command(options) -> str:

@@ -123,6 +123,18 @@ def check_output_location(output: str, **inputs: str) -> None:
                              "move it away, or pass another --output")
 
 
+def check_hub_folder_location(folder: str, output: str) -> None:
+    """Refuse, before any work, a --hub-folder the build may not fill: one inside --output or
+    holding it (the build replaces its output whole), or a folder of the user's (it is emptied)."""
+    target, staged = output_path(output), Path(folder).expanduser().resolve()
+    if staged == target or target in staged.parents or staged in target.parents:
+        raise BuildError(f"--hub-folder {folder} and --output {output} overlap: pass a --hub-folder "
+                         "outside --output, e.g. --hub-folder data/hub-upload")
+    if staged.exists() and not _is_hub_folder(staged):
+        raise BuildError(f"--hub-folder {folder} exists and holds what this build did not stage (it would "
+                         "be emptied): pass a new or empty folder")
+
+
 def _check_apart(output: str, target: Path, option: str, path: str) -> None:
     other = Path(path).expanduser().resolve()
     if target == other or other in target.parents:

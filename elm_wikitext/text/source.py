@@ -12,7 +12,7 @@ import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import check_on_hub, looks_like_path
+from elm_wikitext.locations import HubId, check_on_hub, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def _load_local(path: Path, config: str) -> Dataset:
     if token_files:
         for file in token_files:
             _check_utf8(file)
-        parts = [load_dataset("text", data_files=str(file), split="train")
-                 for file in token_files if file.stat().st_size > 0]  # datasets fails on an empty file
+        # datasets fails on an empty file
+        parts = [_load_file("text", file) for file in token_files if file.stat().st_size > 0]
         return concatenate_datasets(parts) if parts else Dataset.from_dict({"text": []})
     if (path / config).is_dir():  # a download of the whole Hub repo: one folder per config
         path = path / config
@@ -93,6 +93,14 @@ def _load_local(path: Path, config: str) -> Dataset:
         return _load_parquet(path, parquet, config)
     raise BuildError(f"--source {path} holds no WikiText files: it needs {', '.join(archive_files(config))} "
                      "or the Hub's parquet files (e.g. train-00000-of-00001.parquet)")
+
+
+def _load_file(kind: str, file: Path) -> Dataset:
+    """One file as a dataset, under the name of the split it holds (`wiki.valid.raw`: valid), so
+    that datasets' progress bar names that split, not "train" for each file."""
+    split = re.match(r"(?:wiki\.)?([A-Za-z]+)", file.name)
+    name = split.group(1).lower() if split else "train"
+    return load_dataset(kind, data_files={name: str(file)}, split=name)
 
 
 def _check_archive_kind(path: Path, config: str, found: list[Path]) -> None:
@@ -118,7 +126,7 @@ def _load_parquet(path: Path, files: list[Path], config: str) -> Dataset:
         raise BuildError(f"--source {path} holds the parquet files of {other.group(0)}, not of --source-config "
                          f"{config}: pass --source-config {other.group(0)} to build from them, or download "
                          f"{config} (hf download ... --include \"{config}/*\")")
-    parts = [load_dataset("parquet", data_files=str(file), split="train") for file in files]
+    parts = [_load_file("parquet", file) for file in files]
     for file, part in zip(files, parts):
         if "text" not in part.column_names:
             raise BuildError(f"{file} has no 'text' column (it has {part.column_names}): pass "
@@ -156,15 +164,24 @@ def _check_utf8(file: Path) -> None:
                                  f"{err.start}): re-encode the file as UTF-8") from None
 
 
+HUB_REMEDY = ("pass a local --source directory, or run once online and then set HF_DATASETS_OFFLINE=1 to use "
+              "the cached copy")
+
+
+def source_on_hub(source: str, revision: str | None) -> HubId | None:
+    """`source` as a Hub id to ask about before loading it; None for a local one, or offline."""
+    if Path(source).expanduser().exists() or looks_like_path(source, file_like=True) or datasets.config.HF_HUB_OFFLINE:
+        return None
+    return HubId("--source", source, revision, "dataset", HUB_REMEDY)
+
+
 def _load_hub(source: str, config: str, revision: str | None) -> Dataset:
-    remedy = ("pass a local --source directory, or run once online and then set "
-              "HF_DATASETS_OFFLINE=1 to use the cached copy")
-    if not datasets.config.HF_HUB_OFFLINE:
-        check_on_hub("--source", source, revision, "dataset", remedy)
+    if hub_id := source_on_hub(source, revision):
+        check_on_hub(hub_id)
     try:
         splits = load_dataset(source, config, revision=revision)
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise BuildError(f"cannot load {source} ({config}) from the Hub ({err}): {remedy}") from None
+        raise BuildError(f"cannot load {source} ({config}) from the Hub ({err}): {HUB_REMEDY}") from None
     except ValueError as err:  # an unknown config name
         raise BuildError(f"cannot load {source} with config {config!r} ({err}): "
                          "pass a valid --source-config") from None

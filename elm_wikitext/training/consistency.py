@@ -63,8 +63,10 @@ def target_rows(splits, text_ids: list[str], split: Optional[str]) -> list[tuple
              for row, text_id in enumerate(splits[name].data.column("text_id").to_pylist())}
     unknown = [text_id for text_id in text_ids if text_id not in where]
     if unknown:
-        raise BuildError(f"{len(unknown)} text_id values are not in the {split or 'any'} split of the "
-                         f"dataset (e.g. {unknown[0]!r}): use the text_id of the row each text was "
+        values = "1 text_id value is" if len(unknown) == 1 else f"{len(unknown)} text_id values are"
+        where_not = f"the {split} split" if split else "any split"
+        raise BuildError(f"{values} not in {where_not} of the dataset (e.g. {unknown[0]!r}): use the text_id "
+                         "of the row each text was "
                          "generated from" + (", or another --split" if split else ""))
     return [where[text_id] for text_id in text_ids]
 

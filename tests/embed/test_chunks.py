@@ -457,3 +457,22 @@ def test_a_column_is_reused_for_the_same_recipe_and_refused_for_another(two_colu
     assert "pass another --column" in err
     for name, array in vectors(output).items():
         np.testing.assert_array_equal(array, before[name])
+
+
+def test_a_model_that_reads_fewer_tokens_is_refused_with_the_max_tokens_that_fits():
+    from datasets import Dataset
+
+    from elm_wikitext.embed.chunks import check_lengths
+    from elm_wikitext.embed.recipe import Recipe
+    from elm_wikitext.errors import BuildError
+
+    # The text stage's counts, and another model's of the same paragraphs (it counts more).
+    paragraphs = Dataset.from_dict({"token_count": [100, 150, 300, 250, 140]})
+    theirs = np.array([120, 520, 600, 480, 170])
+    with pytest.raises(BuildError, match=r"reads at most 512 tokens, and 2 kept paragraphs are longer in its tokens "
+                                         r"\(the longest 600\): rebuild the text stage with --max-tokens 149 "):
+        check_lengths(paragraphs, theirs, Recipe(max_length=512), "other")
+    kept = np.array([100, 150, 300, 250, 140]) <= 149  # what that rebuild keeps: all within the model's reach
+    check_lengths(Dataset.from_dict({"token_count": [100, 140]}), theirs[kept], Recipe(max_length=512), "other")
+    with pytest.raises(BuildError, match="no --max-tokens keeps a paragraph it reads whole"):
+        check_lengths(paragraphs, theirs, Recipe(max_length=110), "other")

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -179,13 +181,24 @@ def test_planned_flops_and_time_follow_the_4b_architecture_and_the_compile_setti
     flops = row_flops(str(tmp_path), None, lengths)
     assert flops[0] / 300 == pytest.approx(7.35e9, rel=0.01)  # per token, at a few hundred tokens
     chunks = plan_chunks(lengths, chunk_tokens=30_000)  # 26 chunks of 100 rows
-    compiled, eager = (estimate_embedding(flops, chunks, setting, 8, "H100") for setting in ("auto", "no"))
+    compiled, eager = (estimate_embedding(flops, chunks, setting, 8, "H100", measure_cpu=lambda: 1e11)
+                       for setting in ("auto", "no"))
     assert compiled["chunks"] == 26 and compiled["gpus_chunks"] == 4  # 26 chunks over 8 GPUs: 4 on the busiest
     assert compiled["gpus_seconds"] == pytest.approx(4 * 100 * flops[0] / (989e12 * MEASURED_MFU["compiled"]))
     assert eager["gpus_seconds"] / compiled["gpus_seconds"] == pytest.approx(0.53 / 0.35)
     assert (compiled["gpus_compiled"], eager["gpus_compiled"]) == (True, False)
     assert compiled["device_compiled"] == torch.cuda.is_available()  # auto: compiled on a GPU only
     assert compiled["tflop"] == pytest.approx(flops.sum() / 1e12)
+    if not torch.cuda.is_available():  # a CPU at the rate measured on it
+        assert (compiled["device_seconds"], compiled["cpu_flops"]) == (pytest.approx(flops.sum() / 1e11), 1e11)
+
+
+def test_the_cpu_rate_is_measured_on_the_models_shape(tiny_model):
+    from elm_wikitext.embed.encode import cpu_rate
+
+    started = time.perf_counter()
+    rate = cpu_rate(tiny_model, None, repeats=1)
+    assert 1e7 < rate < 1e14 and time.perf_counter() - started < 30  # FLOP/s of some real CPU, measured briefly
 
 
 def reference_model(directory) -> str:

@@ -5,9 +5,11 @@ own functions with the shared staged folder; builds with --push only where the b
 what is tested: the whole path once, a refusal before any work, the vectors kept after a failure."""
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from datasets.info import DatasetInfosDict
 from huggingface_hub.errors import HfHubHTTPError
@@ -131,7 +133,7 @@ FAILING_STEPS = [
     ("create_repo", [http_error(502)] * 3, "creating someone/elm-wikitext2 failed .*nothing was uploaded: rerun"),
     ("upload_folder", [http_error(500)], "no tag was created and v1.0.0 is not published: rerun the same command"),
     ("create_tag", [http_error(500)] * 3, "the data is in someone/elm-wikitext2 at commit abc123, but creating "
-                                          "the tag v1.0.0 failed .*run `hf repo tag create"),
+                                          "the tag v1.0.0 failed .*run `hf repos tag create"),
     ("whoami", [ConnectError("connection refused")], r"cannot reach the Hub \(ConnectError: connection refused\)"),
     ("upload_folder", [ConnectError("reset")], r"uploading to someone/elm-wikitext2 failed \(reset\)"),
     ("create_tag", [ConnectError("timed out")], r"but creating the tag v1.0.0 failed \(timed out\)"),
@@ -215,7 +217,8 @@ REFUSED_BEFORE_ANY_WORK = {
     "an existing repo with other columns": ({"exists": True, "tags": ["v0.9.0"], "card_data": 32},
                                             "holds other columns"),
     "no token": ({}, "needs a Hugging Face token"),
-    "HF_HUB_OFFLINE=1": ({}, "--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it"),
+    "HF_HUB_OFFLINE=1": ({}, "--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without "
+                             r"--push \(--hub-folder DIR --repo-id OWNER/NAME stages the upload here"),
 }
 
 
@@ -252,3 +255,60 @@ def test_neighbour_columns_join_a_repo_and_a_build_without_them_is_told_their_k(
         with pytest.raises(BuildError, match="holds the neighbour columns embedding_neighbors, "
                                              "embedding_neighbor_cosines of 8 neighbours.*pass --neighbors 8"):
             hub.check_features(card({"embedding": 8}), build_features, "someone/elm-wikitext2")
+
+
+def staging(embedded_copy, sample_dir, tiny_model, *extra) -> list[str]:
+    """The build of the shared output again (its vectors reused), staging the upload for someone/elm-wikitext2."""
+    return ["--source", str(sample_dir), "--model", tiny_model, "--output", str(embedded_copy),
+            "--repo-id", "someone/elm-wikitext2", *extra]
+
+
+def test_without_the_hub_the_upload_folder_is_staged_and_loads(embedded_copy, sample_dir, tiny_model, tmp_path,
+                                                                 monkeypatch, capsys):
+    from datasets import load_dataset, load_from_disk
+
+    from build import main
+
+    api = StandInApi()
+    monkeypatch.setattr("elm_wikitext.pipeline.HfApi", lambda: api)
+    folder = tmp_path / "upload"
+    assert main(staging(embedded_copy, sample_dir, tiny_model, "--version", "v1.2.0", "--hub-folder", str(folder))) == 0
+    assert api.calls == []  # nothing looked up or sent
+    out = capsys.readouterr().out
+    # The commands that publish it as --push would: one commit replacing every shard, then the tag.
+    assert (f"hf upload someone/elm-wikitext2 {folder} . --repo-type dataset --commit-message "
+            "'elm-wikitext v1.2.0' --delete 'data/*'\n") in out
+    assert "hf repos tag create someone/elm-wikitext2 v1.2.0 --repo-type dataset -m 'elm-wikitext v1.2.0'" in out
+    # The folder is what --push uploads, and loads as the Hub would serve it.
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet", "embedding_map.png", "token_lengths.png"]
+    staged, built = load_dataset(str(folder)), load_from_disk(str(embedded_copy))
+    for name, split in built.items():
+        assert staged[name]["text_id"] == split["text_id"]
+        vectors = (part.with_format("numpy")["embedding"][:] for part in (staged[name], split))
+        np.testing.assert_array_equal(*vectors)
+    card = (folder / "README.md").read_text()
+    assert 'load_dataset("someone/elm-wikitext2", revision="v1.2.0")' in card
+    assert "--hub-folder" not in card  # how it was staged is no part of the command that rebuilds the data
+
+
+@pytest.mark.parametrize("case, extra, says", [
+    ("no repo id", ["--repo-id", ""], "--hub-folder needs --repo-id OWNER/NAME"),
+    ("with --push", ["--push"], "--push and --hub-folder are two ways to publish"),
+    ("a bad version", ["--version", "1.0"], "--version '1.0' is not a tag like v1.0.0"),
+    ("inside the output", ["--hub-folder", "{output}/hub"], "--hub-folder .* and --output .* overlap"),
+    ("a folder of the user's", ["--hub-folder", "{mine}"], "exists and holds what this build did not stage"),
+])
+def test_a_hub_folder_that_cannot_be_staged_is_refused_before_any_work(case, extra, says, options, tmp_path, capsys):
+    from build import main
+
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    argv = ["--source", options.source, "--model", options.model, "--output", options.output,
+            "--repo-id", "someone/elm-wikitext2", "--hub-folder", str(tmp_path / "upload")]
+    argv += [part.format(output=options.output, mine=mine) for part in extra]
+    assert main(argv) == 2
+    assert re.search(says, capsys.readouterr().err)
+    assert not Path(options.output).exists() and not (tmp_path / "upload").exists()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes"]

@@ -1,6 +1,8 @@
 """The validation gates refuse damaged outputs, naming what failed."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,9 +32,15 @@ def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedde
     from build import main
 
     assert main(["--verify", str(embedded_output)]) == 0
-    printed = capsys.readouterr().out
-    report = json.loads(printed[:printed.rindex("}") + 1])
+    printed = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    # A summary to read; the same report as JSON in the log, for scripts.
+    log_text = Path(printed["log"].split()[0]).read_text()
+    report = json.loads(log_text[log_text.index("verify report: ") + 15:].splitlines()[0])
     splits, manifest = load_from_disk(str(embedded_output)), json.loads((embedded_output / MANIFEST_FILE).read_text())
+    assert printed["verified"].strip() == f"{embedded_output}: every gate passed"
+    assert printed["rows"].strip() == ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    assert printed["gates"].strip() == "schema, counts, files, vectors, uniqueness, re-embedded"
+    assert printed["sample"].strip().startswith(f"{report['sample_rows']} rows re-embedded (seed {report['sample_seed']})")
     assert report["rows"] == {name: len(split) for name, split in splits.items()} == {
         name: entry["rows"] for name, entry in manifest["splits"].items()}
     assert [gate.split()[0] for gate in report["gates"]] == [
@@ -165,7 +173,7 @@ def test_verify_from_elsewhere_and_with_moved_weights(text_output_copy, tiny_mod
     from build import main
 
     def sample_seed() -> int:
-        return json.loads(capsys.readouterr().out.split("\nlog:")[0])["sample_seed"]
+        return int(re.search(r"\nsample: .*\(seed (\d+)\)", capsys.readouterr().out).group(1))
 
     work = tmp_path / "work"
     shutil.copytree(tiny_model, work / "model")

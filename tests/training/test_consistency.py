@@ -91,7 +91,9 @@ def test_a_staged_hub_folder_is_scored_like_the_output(hub_folder, splits, perfe
 
 
 @pytest.mark.parametrize("lines, extra, message", [
-    (['{"text_id": "0000000000000000", "text": "x"}'], [], "1 text_id values are not in the any split"),
+    (['{"text_id": "0000000000000000", "text": "x"}'], [], "1 text_id value is not in any split of the dataset"),
+    (['{"text_id": "0000000000000000", "text": "x"}', '{"text_id": "0000000000000001", "text": "y"}'],
+     ["--split", "test"], "2 text_id values are not in the test split of the dataset"),
     (["FIRST", "not json"], [], "line 2 is not a JSON object with string fields"),
     (['{"text_id": 7, "text": "x"}'], [], "line 1 is not a JSON object"),
     (['["a", "b"]'], [], "line 1 is not a JSON object"),

@@ -237,6 +237,25 @@ def test_the_example_refuses_a_missing_dataset_in_one_line(tmp_path, monkeypatch
         assert len(err.splitlines()) == 1
 
 
+def test_the_example_says_what_to_do_when_the_hub_is_out_of_reach(monkeypatch, capsys):
+    class HubOutOfReach:
+        def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
+            raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubOutOfReach)
+    spec = importlib.util.spec_from_file_location("train_elm", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(example.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(SystemExit) as refused:
+        example.open_dataset("org/elm-wikitext2", None)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and len(err.splitlines()) == 1
+    # Not "pass a Hub dataset id", which is what was passed: what to do without the Hub.
+    assert err.startswith("error: cannot reach --dataset org/elm-wikitext2 on the Hub (ConnectionRefusedError")
+    assert "pass build.py's --output, or a copy fetched where the Hub is reachable (hf download org/elm-wikitext2" in err
+
+
 def test_the_example_reads_a_downloaded_copy_of_the_hub_repo(saved, tmp_path):
     from datasets import load_from_disk
 
