@@ -39,7 +39,7 @@ def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedde
     splits, manifest = load_from_disk(str(embedded_output)), json.loads((embedded_output / MANIFEST_FILE).read_text())
     assert printed["verified"].strip() == f"{embedded_output}: every gate passed"
     assert printed["rows"].strip() == ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    assert printed["gates"].strip() == "schema, counts, files, vectors, uniqueness, re-embedded"
+    assert printed["gates"].strip() == "schema, counts, files, vectors, uniqueness, neighbours, re-embedded"
     assert printed["sample"].strip().startswith(f"{report['sample_rows']} rows re-embedded (seed {report['sample_seed']})")
     assert report["rows"] == {name: len(split) for name, split in splits.items()} == {
         name: entry["rows"] for name, entry in manifest["splits"].items()}
