@@ -77,6 +77,9 @@ def summary(stats: dict, output: str, log_path: Path, column: str = "embedding")
         timing += (f", embed {column} {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
                    f"here in {embed['embedding_seconds']:.1f} s of batches, padding {embed['padding_share']:.1%}, "
                    f"{embed['processes']} process(es) on {embed['device']}{compiled})")
+    neighbors = (stats.get("neighbors") or {}).get(column)
+    if neighbors:
+        timing += f", neighbours {neighbors['seconds']:.1f} s ({neighbors['k']} per row, exact, on {neighbors['device']})"
     lines.append(timing)
     check = (embed or {}).get("reference")
     if check:
@@ -147,6 +150,9 @@ def plan_summary(plan: dict) -> str:
              f"{'cluster:':<12}{duration(plan['gpus_seconds'])} on {plan['gpus']} x {plan['gpu']} "
              f"({setting(plan['gpus_compiled'])}; the busiest GPU embeds {plan['gpus_chunks']} of {chunks})",
              "(the batches alone: loading the model, and compiling it, come on top)"]
+    if "neighbors_tflop" in plan:
+        lines.append(f"{'neighbours:':<12}{plan['neighbors_tflop']:.3g} TFLOP: {duration(plan['neighbors_device_seconds'])} "
+                     f"on {plan['device']}, {duration(plan['neighbors_gpus_seconds'])} on {plan['gpus']} x {plan['gpu']}")
     return "\n".join(lines)
 
 

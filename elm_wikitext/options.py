@@ -14,6 +14,13 @@ from elm_wikitext.errors import BuildError
 SPLIT_NAMES = ("train", "validation", "test")
 # The text stage's columns (publish/output.py's TEXT_FEATURES) and its token ids: no embedding's name.
 RESERVED_COLUMNS = ("text_id", "text", "article_id", "article", "section", "token_count", "char_count", "input_ids")
+# Beside an embedding column C, the neighbours stage writes C + each suffix: no embedding's name ends so.
+NEIGHBOR_SUFFIXES = ("_neighbors", "_neighbor_cosines")
+
+
+def neighbor_columns(column: str) -> tuple[str, str]:
+    """The names of `column`'s neighbour columns: the neighbours' text_ids, and their cosines."""
+    return column + NEIGHBOR_SUFFIXES[0], column + NEIGHBOR_SUFFIXES[1]
 
 
 def _opt(default, help: str, **metadata):
@@ -69,6 +76,10 @@ class BuildOptions:
         "beside those already there, which stay as they are: --stage embed --model B --column "
         "embedding_b. A column that exists is reused if the same model, recipe and text made it, "
         "else refused.")
+    neighbors: int = _opt(
+        8, "Each row's K nearest other rows of the same split by cosine, exact, in two columns beside "
+        "the embedding column C: C_neighbors (their text_ids) and C_neighbor_cosines, sorted, ties by "
+        "text_id. 0: none.", metavar="K")
     max_batch_tokens: int = _opt(
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
@@ -141,10 +152,14 @@ class BuildOptions:
                              "more, or leave it out to work in-process")
         if self.plan_gpus < 1:
             raise BuildError(f"--plan-gpus {self.plan_gpus} is not a number of GPUs: pass 1 or more")
-        if not self.column.isidentifier() or self.column in RESERVED_COLUMNS:
+        if self.neighbors < 0:
+            raise BuildError(f"--neighbors {self.neighbors} is not a number of neighbours: pass 0 (none) or more")
+        if (not self.column.isidentifier() or self.column in RESERVED_COLUMNS
+                or self.column.endswith(NEIGHBOR_SUFFIXES)):
             raise BuildError(f"--column {self.column!r} is not a free column name: pass letters, digits "
                              "and underscores, not starting with a digit, other than "
-                             f"{', '.join(RESERVED_COLUMNS)}, e.g. --column embedding_b")
+                             f"{', '.join(RESERVED_COLUMNS)} and names ending {' or '.join(NEIGHBOR_SUFFIXES)} "
+                             "(the neighbours' columns), e.g. --column embedding_b")
         if self.push and self.stage == "text":
             raise BuildError("--push publishes embeddings, which --stage text does not make: "
                              "use --stage all, or --stage embed on this output")

@@ -7,22 +7,27 @@ import secrets
 import time
 from pathlib import Path
 
+import numpy as np
+from datasets import DatasetDict
 from huggingface_hub import HfApi
 
 from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
-from elm_wikitext.embed.encode import check_config_file, cpu_rate, estimate_embedding, gpu_peak, row_flops
+from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
+                                       row_flops)
 from elm_wikitext.embed.reference import check_against_reference
 from elm_wikitext.embed.spec import resolve_model
 from elm_wikitext.embed.tokens import load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import check_on_hub, download_record, on_hub, resolved
-from elm_wikitext.options import BuildOptions
+from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
+from elm_wikitext.neighbors.search import nearest, search_flops
+from elm_wikitext.options import SPLIT_NAMES, BuildOptions, neighbor_columns
 from elm_wikitext.publish.card import stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
-from elm_wikitext.publish.manifest import TextStats, new_manifest
+from elm_wikitext.publish.manifest import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (check_hub_folder_location, check_output_location, embed_work_folder,
-                                         expected_features, hub_folder,
+                                         expected_features, hub_folder, make_work_folder,
                                          output_lock, read_output, recover_output, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
@@ -137,12 +142,17 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
         spec = resolve_model(options.model, options.model_revision, options.model_id, options.dim, tokenizer)
         dim = spec.dim
-    others = {}  # the embedding columns already there, which this run keeps as they are
+    others, other_neighbors, recorded = {}, {}, None  # the columns already there, kept as they are
     if options.stage == "embed":
         others = {column: stats for column, stats in (manifest.stats.embed or {}).items() if column != options.column}
+        other_neighbors = {column: stats for column, stats in (manifest.stats.neighbors or {}).items()
+                           if column != options.column}
+        recorded = (manifest.stats.neighbors or {}).get(options.column)
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
-        repo_id = preflight(options, api, expected_features(dims))
+        ks = {**{column: stats.k for column, stats in other_neighbors.items()},
+              **({options.column: options.neighbors} if options.neighbors else {})}
+        repo_id = preflight(options, api, expected_features(dims, ks))
     elif options.hub_folder and processes.is_main():
         repo_id = offline_preflight(options)
         check_hub_folder_location(options.hub_folder, options.output)
@@ -154,16 +164,20 @@ def _build(options: BuildOptions, api) -> dict | None:
         earlier = earlier_output(options.output) if options.stage == "all" else None  # a text stage embeds nothing
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
-    embed = None
+    embed = neighbors = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
         splits, embed = embed_splits(splits, tokenizer, options, spec, earlier)
+        # The build's own gates: no vector that --verify would refuse is written (nor searched: every
+        # process learns the main process's verdict, and stops with it).
+        problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
+        refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output)
+        embed = checked_by_sentence_transformers(splits, options, embed)
+        splits, neighbors = neighbors_stage(splits, embed, options, recorded)
     if not processes.is_main():
         return None
-    if embed is not None:  # the build's own gates: no vector that --verify would refuse is written
-        check_vectors_before_writing(splits, options.column, embed, options.output)
-        embed = checked_by_sentence_transformers(splits, options, embed)
     columns = {**others, options.column: embed} if embed is not None else None
-    manifest = new_manifest(options, text, columns)
+    all_neighbors = {**other_neighbors, **({options.column: neighbors} if neighbors else {})}
+    manifest = new_manifest(options, text, columns, all_neighbors)
     write_output(splits, manifest, options.output, card=write_card if embed is not None else None)
     stats = manifest.stats.to_json()
     if options.push:
@@ -191,26 +205,70 @@ def earlier_output(output: str) -> tuple | None:
         return None
 
 
-def check_vectors_before_writing(splits, column: str, embed, output: str) -> None:
-    problems = check_vectors(splits, column, embed)
+def refuse_bad_vectors(problems: list[str], output: str) -> None:
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
-        remove_work_folder(embed_work_folder(output))
+        if processes.is_main():
+            remove_work_folder(embed_work_folder(output))
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
 
 
 def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
-    """The column's stats with the report of a sample embedded again by sentence-transformers
-    itself (a fresh seed each run); a row below the floor stops the build before anything is
-    written. The finished chunks stay: a rerun draws another sample and embeds nothing again."""
-    column = {options.column: (options.model, options.model_revision, embed.dtype, embed.dim)}
-    try:
-        report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
-    except BuildError as err:
-        raise BuildError(f"nothing was written: {err}") from None
-    facts = report["columns"][options.column]
-    return embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
-        "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
+    """The column's stats (main process) with the report of a sample embedded again by
+    sentence-transformers itself (a fresh seed each run); a row below the floor stops every
+    process before anything is written. The finished chunks stay: a rerun draws another sample
+    and embeds nothing again."""
+    error = None
+    if processes.is_main():
+        column = {options.column: (options.model, options.model_revision, embed.dtype, embed.dim)}
+        try:
+            report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
+            facts = report["columns"][options.column]
+            embed = embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
+                "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
+        except BuildError as err:
+            error = f"nothing was written: {err}"
+    if processes.count() > 1:
+        error = processes.gather(error)[0]
+    if error:
+        raise BuildError(error)
+    return embed
+
+
+def neighbors_stage(splits, embed, options: BuildOptions, recorded: NeighborStats | None) -> tuple:
+    """Each split's `--neighbors` nearest rows in `options.column`, every process computing its
+    share: the main process returns the splits with the two neighbour columns and the stage's
+    record, the others (None, None). Neighbour columns the output already holds for these very
+    vectors (`recorded`, same K and embed key) are kept as they are."""
+    column, k = options.column, options.neighbors
+    todo = None  # the main process's answer, which every process follows: [] nothing to compute
+    if processes.is_main():
+        kept = all(name in splits["train"].column_names for name in neighbor_columns(column))
+        if k == 0 or (kept and recorded is not None and (recorded.k, recorded.embed_key) == (k, embed.key)):
+            todo = []
+        elif processes.count() > 1:  # the others hold no split: they map the vectors from the work folder
+            folder = make_work_folder(embed_work_folder(options.output))
+            todo = [save_vectors(split_vectors(splits[name], column), folder / f"neighbors-{name}.npy")
+                    for name in SPLIT_NAMES]
+    todo = processes.gather(todo)[0] if processes.count() > 1 else todo
+    if todo == []:
+        if not processes.is_main():
+            return None, None
+        if k:
+            return splits, recorded
+        return DatasetDict({name: without_neighbors(split, column) for name, split in splits.items()}), None
+    started, searched, out = time.perf_counter(), 0, {}
+    for i, name in enumerate(SPLIT_NAMES):
+        vectors = np.load(todo[i], mmap_mode="r") if todo else split_vectors(splits[name], column)
+        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main() else None
+        found = nearest(vectors, text_ids, k, processes.device(), processes.my_share, processes.gather)
+        if found is not None:
+            out[name], searched = with_neighbors(splits[name], column, k, found[0], found[1]), searched + found[2]
+    if not processes.is_main():
+        return None, None
+    log.info("found each row's %d nearest neighbours in %r in %.1f s", k, column, time.perf_counter() - started)
+    return DatasetDict(out), NeighborStats(embed_key=embed.key, **neighbor_stats(
+        k, time.perf_counter() - started, processes.device(), processes.count(), searched))
 
 
 def plan(options: BuildOptions) -> dict:
@@ -224,9 +282,36 @@ def plan(options: BuildOptions) -> dict:
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
                                   options.plan_gpus, options.plan_gpu,
                                   measure_cpu=lambda: cpu_rate(options.model, options.model_revision))
+    if options.neighbors:
+        dim = check_model_config(options.model, options.model_revision, options.dim)
+        estimate.update(estimate_neighbors(text.splits, dim, estimate, options.plan_gpus, options.plan_gpu))
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
+
+
+# A GPU's float32 matrix products (no TF32: the search's error bound needs true float32) run at
+# about 1/15 of its dense float16 peak (H100 SXM: 67 of 989 TFLOPS).
+FLOAT32_SHARE_OF_PEAK = 1 / 15
+
+
+def estimate_neighbors(rows: dict[str, int], dim: int, embedding: dict, gpus: int, gpu: str) -> dict:
+    """The neighbours' time, beside the embedding's: on this device (a CPU at the rate the
+    embedding's estimate measured, of float32 matrix products too), and on GPUS GPUs named GPU
+    sharing the block pairs."""
+    flops = sum(search_flops(count, dim) for count in rows.values())
+    here = embedding["device"]
+    rate = embedding["cpu_flops"] if here == "cpu" else gpu_peak_or_none(here)
+    cluster = gpu_peak_or_none(gpu)
+    return {"neighbors_tflop": flops / 1e12, "neighbors_device_seconds": flops / rate if rate else None,
+            "neighbors_gpus_seconds": flops / (cluster * gpus) if cluster else None}
+
+
+def gpu_peak_or_none(name: str) -> float | None:
+    try:
+        return gpu_peak(name) * FLOAT32_SHARE_OF_PEAK
+    except BuildError:  # a GPU of unknown peak
+        return None
 
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:

@@ -41,6 +41,9 @@ REFUSALS = {
     "push without embeddings": (["--push"], "use --stage all, or --stage embed on this output"),
     "no GPUs to plan for": (["--dry-run", "--plan-gpus", "0"], "--plan-gpus 0 is not a number of GPUs: pass 1 or more"),
     "a GPU of unknown peak": (["--dry-run", "--plan-gpu", "B200"], "pass one of H100, H200, A100"),
+    "a negative number of neighbours": (["--neighbors", "-1"], "--neighbors -1 is not a number of neighbours"),
+    "a neighbour column's name": (["--column", "embedding_neighbors"],
+                                  "--column 'embedding_neighbors' is not a free column name"),
 }
 
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.

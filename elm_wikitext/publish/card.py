@@ -22,7 +22,7 @@ from elm_wikitext.options import SPLIT_NAMES
 from elm_wikitext.publish.manifest import Manifest, rebuild_command
 from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE, expected_features,
                                          hub_data_files, hub_shard, make_hub_folder, read_output)
-from elm_wikitext.publish.visuals import nearest_neighbours, save_embedding_map
+from elm_wikitext.publish.visuals import nearest_neighbours, neighbourhood_agreement, save_embedding_map
 
 # The top-level dataset_card.md, through the package's link to it (package data: the wheel holds a copy).
 CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"
@@ -59,7 +59,7 @@ def save_histogram(splits: DatasetDict, path: Path) -> None:
 
 
 def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty_name: str,
-                  recipes: dict[str, dict] | None = None) -> DatasetCardData:
+                  recipes: dict[str, dict] | None = None, neighbors: dict[str, int] | None = None) -> DatasetCardData:
     """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
     `load_dataset` reads, made by datasets' own helpers so they match the data; and the
     embedding's recipe per column (`embedding: {column: recipe}`), so that a copy of the Hub
@@ -74,7 +74,7 @@ def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty
         tags=["embeddings", "elm", "wikitext"], embedding=recipes)
     # num_bytes: each split's size in Arrow, as datasets records it when it writes a split.
     sizes = {name: split.data.nbytes for name, split in splits.items()}
-    info = DatasetInfo(features=expected_features(dims), dataset_size=sum(sizes.values()), splits=SplitDict(
+    info = DatasetInfo(features=expected_features(dims, neighbors), dataset_size=sum(sizes.values()), splits=SplitDict(
         {name: SplitInfo(name=name, num_examples=len(split), num_bytes=sizes[name])
          for name, split in splits.items()}))
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
@@ -101,7 +101,8 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
     facts = [column_facts(name, stats) for name, stats in columns.items()]
     return DatasetCard.from_template(
         card_metadata(splits, manifest.stats.dims(), source or "", pretty_name,
-                      {column: public_recipe(stats) for column, stats in columns.items()}),
+                      {column: public_recipe(stats) for column, stats in columns.items()},
+                      manifest.stats.neighbor_counts()),
         template_path=str(CARD_TEMPLATE),
         pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
         model=model, columns=facts, model_revision=embed.model_commit or embed.model_revision
@@ -112,6 +113,8 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
         source_config=config, raw=text.raw, text=text, qwen3=any(column["qwen3"] for column in facts),
         histogram=token_histogram(splits, text.min_tokens, text.max_tokens),
         neighbours=nearest_neighbours(splits, first), map_column=first,
+        neighbor_counts=manifest.stats.neighbor_counts(),
+        agreement=neighbourhood_agreement(splits, list(manifest.stats.neighbor_counts())),
         command=published_command(manifest), versions=manifest.versions, created=manifest.created,
         splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
                 for name, split in splits.items()])

@@ -138,10 +138,25 @@ class EmbedStats(Record):
 
 
 @dataclasses.dataclass
+class NeighborStats(Record):
+    """The neighbours stage's record of one embedding column: K, the vectors it searched (their
+    EmbedStats.key: new vectors need new neighbours), and how the search ran."""
+    k: int
+    embed_key: str
+    margin: int  # candidates beyond k rescored in float64
+    device: str
+    processes: int
+    rows_searched_in_float64: int  # rows whose near-ties sent them to the float64 search over every row
+    seconds: float
+
+
+@dataclasses.dataclass
 class Stats(Record):
     text: TextStats
     # Each embedding column's record, in the columns' order; a `--stage text` output has none.
     embed: dict[str, EmbedStats] | None = None
+    # The neighbours stage's record per embedding column that has neighbour columns.
+    neighbors: dict[str, NeighborStats] | None = None
 
     @classmethod
     def read_field(cls, name: str, value):
@@ -149,6 +164,8 @@ class Stats(Record):
             return TextStats.from_json(value)
         if not isinstance(value, dict):
             return None
+        if name == "neighbors":
+            return {column: NeighborStats.from_json(record) for column, record in value.items()}
         if "key" in value:  # one column's record, as builds wrote it before there could be several
             return {DEFAULT_COLUMN: EmbedStats.from_json(value)}
         return {column: EmbedStats.from_json(record) for column, record in value.items()}
@@ -156,6 +173,10 @@ class Stats(Record):
     def dims(self) -> dict[str, int]:
         """Each embedding column's size, in the columns' order."""
         return {column: stats.dim for column, stats in (self.embed or {}).items()}
+
+    def neighbor_counts(self) -> dict[str, int]:
+        """K of each embedding column that has neighbour columns."""
+        return {column: stats.k for column, stats in (self.neighbors or {}).items()}
 
     @classmethod
     def from_json(cls, data: dict):
@@ -165,6 +186,8 @@ class Stats(Record):
 
     def to_json(self) -> dict:
         data = super().to_json()
+        if not self.neighbors:  # outputs without neighbours keep the JSON they had
+            data.pop("neighbors", None)
         if not self.embed:  # as a text stage writes it: no "embed" at all
             data.pop("embed", None)
         elif getattr(self, "_one_column", False) and self.embed.keys() == {DEFAULT_COLUMN}:
@@ -202,9 +225,10 @@ class Manifest(Record):
         return value
 
 
-def new_manifest(options, text: TextStats, embed: EmbedStats | None) -> Manifest:
+def new_manifest(options, text: TextStats, embed: EmbedStats | None,
+                 neighbors: dict[str, NeighborStats] | None = None) -> Manifest:
     return Manifest(elm_wikitext_output=OUTPUT_FORMAT, config=dataclasses.asdict(options),
-                    versions=package_versions(), stats=Stats(text, embed), command=rebuild_command(options),
+                    versions=package_versions(), stats=Stats(text, embed, neighbors or None), command=rebuild_command(options),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

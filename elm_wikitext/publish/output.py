@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import is_local
-from elm_wikitext.options import SPLIT_NAMES
+from elm_wikitext.options import SPLIT_NAMES, neighbor_columns
 from elm_wikitext.publish.manifest import OUTPUT_MARKER, Manifest, SplitEntry
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,20 @@ TEXT_FEATURES = {"text_id": Value("string"), "text": Value("string"), "article_i
 TEXT_COLUMNS = list(TEXT_FEATURES)
 
 
-def expected_features(dims: dict[str, int] | None = None) -> Features:
-    """The published schema: the text columns, then each embedding column (name: its dim)."""
-    return Features({**TEXT_FEATURES, **{column: List(Value("float32"), length=dim)
-                                         for column, dim in (dims or {}).items()}})
+def expected_features(dims: dict[str, int] | None = None, neighbors: dict[str, int] | None = None) -> Features:
+    """The published schema: the text columns, then each embedding column (name: its dim) and,
+    where `neighbors` gives it a K, its neighbours' text_ids and cosines."""
+    features = dict(TEXT_FEATURES)
+    for column, dim in (dims or {}).items():
+        features[column] = List(Value("float32"), length=dim)
+        features.update(neighbor_features(column, neighbors[column]) if column in (neighbors or {}) else {})
+    return Features(features)
+
+
+def neighbor_features(column: str, k: int) -> dict:
+    """An embedding column's neighbour columns: K text_ids of the same split, and their cosines."""
+    ids, cosines = neighbor_columns(column)
+    return {ids: List(Value("string"), length=k), cosines: List(Value("float32"), length=k)}
 
 
 # What a build writes at the top of an output; anything else there belongs to someone else.

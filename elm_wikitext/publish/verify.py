@@ -13,6 +13,7 @@ from elm_wikitext.embed.encode import pick_device
 from elm_wikitext.embed.recipe import Recipe
 from elm_wikitext.embed.reference import MIN_COSINE, SAMPLE_ROWS, check_against_reference
 from elm_wikitext.errors import BuildError
+from elm_wikitext.options import neighbor_columns
 from elm_wikitext.keys import text_id
 from elm_wikitext.publish.manifest import DEFAULT_COLUMN, EmbedStats, Manifest, SplitEntry
 from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
@@ -22,7 +23,10 @@ log = logging.getLogger(__name__)
 NORM_TOLERANCE = 1e-3
 # What `verify` checks, in order; an output passes only when every gate ran and found nothing.
 # "vectors" and the sample run for every embedding column, with its own recipe.
+NEIGHBOR_TIE = 1e-6  # neighbours whose cosines differ by less may come in either order
+NEIGHBOR_COSINE_TOLERANCE = 1e-5
 GATES = ("schema", "counts", "files", "vectors", "uniqueness",
+         f"neighbours (every id in its split; {SAMPLE_ROWS} rows a split and column against a float64 brute force)",
          f"sample re-embedded by sentence-transformers ({SAMPLE_ROWS} rows a split and column, cosine >= "
          f"{MIN_COSINE['float32']} in float32)")
 
@@ -33,7 +37,7 @@ def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
 
 
 def check_schema(splits: DatasetDict, manifest: Manifest) -> list[str]:
-    expected = expected_features(manifest.stats.dims())
+    expected = expected_features(manifest.stats.dims(), manifest.stats.neighbor_counts())
     return [f"{name}: features {dict(split.features)} differ from the published schema"
             for name, split in splits.items() if split.features != expected]
 
@@ -115,6 +119,49 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     return problems
 
 
+def check_neighbors(splits: DatasetDict, column: str, k: int, seed: int) -> list[str]:
+    """Every neighbour a row of `column` names is another row of its split, as many as the split
+    allows; and for a random sample of rows, the stored neighbours are the k nearest by a float64
+    brute force over the split (any order among cosines within NEIGHBOR_TIE), with their cosines."""
+    ids_name, cosines_name = neighbor_columns(column)
+    rng, problems = np.random.default_rng(seed), []
+    for name, split in splits.items():
+        own = split.data.column("text_id").to_numpy(zero_copy_only=False)
+        stored = pc.list_flatten(split.data.column(ids_name)).to_numpy(zero_copy_only=False).reshape(len(split), k)
+        position = {text: i for i, text in enumerate(own)}
+        named = np.array([[position.get(text, -2) if text is not None else -1 for text in row] for row in stored])
+        wrong = (named == -2).any(axis=1) | (named == np.arange(len(split))[:, None]).any(axis=1) | (
+            (named >= 0).sum(axis=1) != min(k, len(split) - 1))
+        if wrong.any():
+            problems.append(f"{name}: {ids_name} names rows not of this split, the row itself, or too few, "
+                            f"in rows {_ids(split, wrong)}")
+            continue
+        vectors = pc.list_flatten(split.data.column(column)).to_numpy().reshape(len(split), -1).astype(np.float64)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        cosines = pc.list_flatten(split.data.column(cosines_name)).to_numpy(zero_copy_only=False).reshape(len(split), k)
+        for row in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
+            problem = _neighbors_problem(vectors, int(row), named[row], cosines[row])
+            if problem:
+                problems.append(f"{name}: row {own[row]}'s {ids_name} {problem}")
+    return problems
+
+
+def _neighbors_problem(vectors: np.ndarray, row: int, named: np.ndarray, stored: np.ndarray) -> str | None:
+    """Why `named` (row numbers, -1 past the split's last other row) and their `stored` cosines
+    are not `row`'s nearest others, by a float64 brute force; None if they are."""
+    exact = vectors @ vectors[row]
+    exact[row] = -np.inf
+    named, stored = named[named >= 0], stored[:len(named[named >= 0])].astype(np.float64)
+    if np.abs(exact[named] - stored).max(initial=0) > NEIGHBOR_COSINE_TOLERANCE:
+        return f"cosines differ from their float64 values by up to {np.abs(exact[named] - stored).max():.2e}"
+    if (np.diff(exact[named]) > NEIGHBOR_TIE).any():
+        return "are not sorted by cosine"
+    others = np.delete(exact, np.append(named, row))
+    if len(named) and others.max(initial=-np.inf) > exact[named].min() + NEIGHBOR_TIE:
+        return f"miss a row of cosine {others.max():.6f}, nearer than the last named ({exact[named].min():.6f})"
+    return None
+
+
 def verify(output: str, model: str | None = None, option: str = "--output", seed: int | None = None,
            column: str = DEFAULT_COLUMN) -> dict:
     """Run every gate, on every embedding column; raise BuildError listing what failed, else
@@ -132,9 +179,13 @@ def verify(output: str, model: str | None = None, option: str = "--output", seed
     problems = check_schema(splits, manifest)
     if not problems:  # the other gates read the columns the schema promises
         problems += check_counts(splits, manifest) + check_files(splits, manifest, output)
+        whole = []  # the columns whose vectors the neighbours can be checked against
         for name, embed in stats.embed.items():
-            problems += check_vectors(splits, name, embed)
+            found = check_vectors(splits, name, embed)
+            problems, whole = problems + found, whole + ([] if found else [name])
         problems += check_uniqueness(splits, stats.text.split_by)
+        for name, k in stats.neighbor_counts().items():
+            problems += check_neighbors(splits, name, k, seed) if name in whole else []
     if problems:
         raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
     # The slow gate only for an output that passed the others: sentence-transformers' own vectors.

@@ -239,6 +239,25 @@ def test_a_push_that_cannot_succeed_is_refused_before_any_work(case, push_option
     assert "create_repo" not in api.calls and not Path(push_options.output).exists()
 
 
+def test_neighbour_columns_join_a_repo_and_a_build_without_them_is_told_their_k():
+    def card(neighbors):
+        from datasets.info import DatasetInfo
+        from huggingface_hub import DatasetCardData
+
+        data = DatasetCardData()
+        DatasetInfosDict({"default": DatasetInfo(features=expected_features({"embedding": 64}, neighbors))}
+                         ).to_dataset_card_data(data)
+        return data
+
+    with_neighbours = expected_features({"embedding": 64}, {"embedding": 8})
+    hub.check_features(card(None), with_neighbours, "someone/elm-wikitext2")  # a repo from before them
+    hub.check_features(card({"embedding": 8}), with_neighbours, "someone/elm-wikitext2")
+    for build_features in (expected_features({"embedding": 64}), expected_features({"embedding": 64}, {"embedding": 4})):
+        with pytest.raises(BuildError, match="holds the neighbour columns embedding_neighbors, "
+                                             "embedding_neighbor_cosines of 8 neighbours.*pass --neighbors 8"):
+            hub.check_features(card({"embedding": 8}), build_features, "someone/elm-wikitext2")
+
+
 # What a staged card names the local model and sample by (a local folder has no Hub id of its own).
 HUB_IDS = ["--model-id", "someone/tiny-embedding", "--source-id", "Salesforce/wikitext"]
 
