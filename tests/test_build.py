@@ -292,6 +292,9 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
     assert re.fullmatch(r"(< 1 s|\d+ s) on cpu \(its matrix products at [\d,.]+ GFLOP/s, this CPU's rate measured "
                         r"just now; .*\)", lines["here"].strip())
     assert lines["cluster"].strip().startswith("< 1 s on 2 x A100 (compiled; the busiest GPU embeds")
+    # The neighbours' search beside it: n^2 x dim multiply-adds a split (the symmetric half), dim 64.
+    search = sum(rows * rows * 64 for rows in stats["splits"].values()) / 1e12
+    assert lines["neighbours"].strip() == f"{search:.3g} TFLOP: < 1 s on cpu, < 1 s on 2 x A100"
     assert not output.exists()
 
 
