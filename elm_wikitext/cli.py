@@ -77,7 +77,16 @@ def summary(stats: dict, output: str, log_path: Path, column: str = "embedding")
         timing += (f", embed {column} {embed['seconds']:.1f} s ({embed['tokens_per_second']:,} tokens/s computed "
                    f"here in {embed['embedding_seconds']:.1f} s of batches, padding {embed['padding_share']:.1%}, "
                    f"{embed['processes']} process(es) on {embed['device']}{compiled})")
-    lines += [timing, f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
+    neighbors = (stats.get("neighbors") or {}).get(column)
+    if neighbors:
+        timing += f", neighbours {neighbors['seconds']:.1f} s ({neighbors['k']} per row, exact, on {neighbors['device']})"
+    lines.append(timing)
+    check = (embed or {}).get("reference")
+    if check:
+        lines.append(f"checked:    {check['rows']} rows of {column} against sentence-transformers (seed {check['seed']}): "
+                     f"lowest cosine {check['lowest_cosine']}, floor {check['min_cosine']}; {check['seconds']:.1f} s, "
+                     f"and {check['load_seconds']:.1f} s loading its model")
+    lines += [f"output:     {output}", f"load:       datasets.load_from_disk({output!r})",
               f"log:        {log_path}"]
     if "published" in stats:
         lines.append(f"published:  {stats['published']}")
@@ -104,8 +113,10 @@ def verify_summary(report: dict) -> str:
         "rows:       " + ", ".join(f"{name} {rows:,}" for name, rows in report["rows"].items()),
         f"columns:    {', '.join(report['columns'])}",
         f"gates:      {', '.join(gate.split()[0] for gate in report['gates'])}",
-        f"sample:     {report['sample_rows']} rows re-embedded (seed {report['sample_seed']}), lowest cosine "
-        f"{report['lowest_sample_cosine']:.6f} (at least {report['min_cosine_allowed']} needed)"])
+        f"sample:     {report['sample_rows']} rows embedded again by sentence-transformers (seed "
+        f"{report['sample_seed']}), lowest cosine {report['lowest_sample_cosine']} (at least "
+        + ", ".join(f"{column} {floor}" for column, floor in report["min_cosine_allowed"].items())
+        + f"); {report['reference_seconds']:.1f} s, and {report['reference_load_seconds']:.1f} s loading the model"])
 
 
 def duration(seconds: float | None) -> str:
@@ -139,6 +150,9 @@ def plan_summary(plan: dict) -> str:
              f"{'cluster:':<12}{duration(plan['gpus_seconds'])} on {plan['gpus']} x {plan['gpu']} "
              f"({setting(plan['gpus_compiled'])}; the busiest GPU embeds {plan['gpus_chunks']} of {chunks})",
              "(the batches alone: loading the model, and compiling it, come on top)"]
+    if "neighbors_tflop" in plan:
+        lines.append(f"{'neighbours:':<12}{plan['neighbors_tflop']:.3g} TFLOP: {duration(plan['neighbors_device_seconds'])} "
+                     f"on {plan['device']}, {duration(plan['neighbors_gpus_seconds'])} on {plan['gpus']} x {plan['gpu']}")
     return "\n".join(lines)
 
 

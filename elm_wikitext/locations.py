@@ -6,6 +6,8 @@ missing local path; anything else is a Hub id, checked with one quick request be
 """
 
 import functools
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,13 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
 from elm_wikitext.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+# Where `hf download --local-dir DIR` records each file it fetched: DIR/.cache/huggingface/download/
+# <file>.metadata, the commit on its first line and the file's ETag on its second.
+DOWNLOAD_METADATA = Path(".cache") / "huggingface" / "download"
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def is_local(name: str) -> bool:
@@ -91,3 +100,19 @@ def check_on_hub(*hub_ids: HubId) -> None:
         problems.append(f"cannot reach {names} on the Hub ({reason}): {remedies}; {OFFLINE_TRIAL}")
     if problems:
         raise BuildError("; ".join(problems))
+
+
+def download_record(folder: Path) -> tuple[str | None, dict[str, str]]:
+    """The Hub commit that `hf download --local-dir` fetched `folder`'s files from (None: no record,
+    or files of several commits), and each recorded file's ETag (for a weights file, its SHA-256).
+    The repo id is not recorded: the user names it (--model-id, --source-id)."""
+    commits, etags = set(), {}
+    root = Path(folder) / DOWNLOAD_METADATA
+    for metadata in sorted(root.glob("**/*.metadata")):
+        lines = metadata.read_text(errors="replace").splitlines()
+        if len(lines) >= 2 and COMMIT.match(lines[0].strip()):
+            commits.add(lines[0].strip())
+            etags[metadata.relative_to(root).as_posix()[:-len(".metadata")]] = lines[1].strip().strip('"')
+    if len(commits) > 1:
+        log.warning("the files of %s come from %d Hub commits: no commit is recorded for it", folder, len(commits))
+    return (commits.pop() if len(commits) == 1 else None), etags

@@ -14,6 +14,13 @@ from elm_wikitext.errors import BuildError
 SPLIT_NAMES = ("train", "validation", "test")
 # The text stage's columns (publish/output.py's TEXT_FEATURES) and its token ids: no embedding's name.
 RESERVED_COLUMNS = ("text_id", "text", "article_id", "article", "section", "token_count", "char_count", "input_ids")
+# Beside an embedding column C, the neighbours stage writes C + each suffix: no embedding's name ends so.
+NEIGHBOR_SUFFIXES = ("_neighbors", "_neighbor_cosines")
+
+
+def neighbor_columns(column: str) -> tuple[str, str]:
+    """The names of `column`'s neighbour columns: the neighbours' text_ids, and their cosines."""
+    return column + NEIGHBOR_SUFFIXES[0], column + NEIGHBOR_SUFFIXES[1]
 
 
 def _opt(default, help: str, **metadata):
@@ -37,10 +44,19 @@ class BuildOptions:
         "replace rare words with <unk>. In a local copy of the whole Hub repo, the config's folder "
         "is read.")
     source_revision: Optional[str] = _opt(None, "A Hub revision (branch, tag or commit) of --source.")
+    source_id: Optional[str] = _opt(
+        None, "The Hub dataset id of a local --source copy (e.g. Salesforce/wikitext): the card and the "
+        "manifest name the source by it (its commit read from what `hf download --local-dir` left in "
+        "the folder). Needed for --push or --hub-folder with a local --source.")
     model: str = _opt(
         "Qwen/Qwen3-Embedding-4B", "The embedding model: a Hub id or a local model directory. Its "
         "tokenizer also counts the tokens for the length filter.")
     model_revision: Optional[str] = _opt(None, "A Hub revision (branch, tag or commit) of --model.")
+    model_id: Optional[str] = _opt(
+        None, "The Hub id of a local --model folder (e.g. Qwen/Qwen3-Embedding-4B after `hf download "
+        "... --local-dir`): the card and the published recipe name the model by it, with the commit "
+        "and weights' SHA-256 read from what `hf download` left in the folder. Needed for --push or --hub-folder with "
+        "a local --model.")
     min_tokens: int = _opt(100, "Drop paragraphs of fewer tokens (the appended end-of-text token counts).")
     max_tokens: int = _opt(2000, "Drop paragraphs of more tokens (the appended end-of-text token counts).")
     split: str = _opt("0.8,0.1,0.1", "Train,validation,test ratios of rows; they must sum to 1.")
@@ -65,6 +81,10 @@ class BuildOptions:
         "embedded from a text that these options change, or all of an output whose manifest cannot be "
         "trusted. Without it such a rebuild is refused, naming the columns; columns of an unchanged "
         "text are always kept.")
+    neighbors: int = _opt(
+        8, "Each row's K nearest other rows of the same split by cosine, exact, in two columns beside "
+        "the embedding column C: C_neighbors (their text_ids) and C_neighbor_cosines, sorted, ties by "
+        "text_id. 0: none.", metavar="K")
     max_batch_tokens: int = _opt(
         65536, "Token budget of one forward pass, padding included. A CUDA out-of-memory "
         "halves it for that batch and retries.")
@@ -137,10 +157,14 @@ class BuildOptions:
                              "more, or leave it out to work in-process")
         if self.plan_gpus < 1:
             raise BuildError(f"--plan-gpus {self.plan_gpus} is not a number of GPUs: pass 1 or more")
-        if not self.column.isidentifier() or self.column in RESERVED_COLUMNS:
+        if self.neighbors < 0:
+            raise BuildError(f"--neighbors {self.neighbors} is not a number of neighbours: pass 0 (none) or more")
+        if (not self.column.isidentifier() or self.column in RESERVED_COLUMNS
+                or self.column.endswith(NEIGHBOR_SUFFIXES)):
             raise BuildError(f"--column {self.column!r} is not a free column name: pass letters, digits "
                              "and underscores, not starting with a digit, other than "
-                             f"{', '.join(RESERVED_COLUMNS)}, e.g. --column embedding_b")
+                             f"{', '.join(RESERVED_COLUMNS)} and names ending {' or '.join(NEIGHBOR_SUFFIXES)} "
+                             "(the neighbours' columns), e.g. --column embedding_b")
         if self.push or self.hub_folder:
             self.check_push_options()
         if self.push and self.stage == "text":

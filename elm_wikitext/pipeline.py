@@ -3,9 +3,11 @@
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 from pathlib import Path
 
+import numpy as np
 from datasets import DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 
@@ -13,18 +15,21 @@ from elm_wikitext.embed import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
 from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
                                        row_flops)
-from elm_wikitext.embed.recipe import model_recipe
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, model_on_hub
+from elm_wikitext.embed.reference import check_against_reference
+from elm_wikitext.embed.spec import resolve_model
+from elm_wikitext.embed.tokens import load_tokenizer, model_on_hub
 from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import check_on_hub, resolved
-from elm_wikitext.options import SPLIT_NAMES, BuildOptions
+from elm_wikitext.locations import check_on_hub, download_record, on_hub, resolved
+from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
+from elm_wikitext.neighbors.search import nearest, search_flops
+from elm_wikitext.options import SPLIT_NAMES, BuildOptions, neighbor_columns
 from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
-from elm_wikitext.publish.manifest import TextStats, new_manifest
+from elm_wikitext.publish.manifest import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, check_output_location,
-                                         check_writable_beside, columns_on_disk, expected_features, hub_folder,
-                                         output_lock, read_output, recover_output, remove_finished_work,
-                                         remove_work_folder, write_output)
+                                         check_writable_beside, columns_on_disk, embed_work_folder, expected_features,
+                                         hub_folder, make_work_folder, output_lock, read_output, recover_output,
+                                         remove_finished_work, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_files, check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
 from elm_wikitext.text.source import is_raw, load_lines, source_on_hub
@@ -51,8 +56,27 @@ def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tupl
         max_tokens=options.max_tokens, tokenizer=options.model, tokenizer_revision=options.model_revision,
         splits={name: len(ds) for name, ds in splits.items()},
         tokens={name: int(ds.data.column("token_count").to_numpy().sum()) for name, ds in splits.items()},
-        seconds=round(time.perf_counter() - started, 2))
+        seconds=round(time.perf_counter() - started, 2), **source_identity(options))
     return splits, stats
+
+
+def source_identity(options: BuildOptions) -> dict:
+    """The source's Hub id and commit: a Hub id is its own; a local copy has the id the user
+    gives (--source-id) and the commit `hf download --local-dir` recorded, if any."""
+    if on_hub(options.source):
+        return {"source_id": options.source, "source_commit": options.source_revision}
+    return {"source_id": options.source_id, "source_commit": download_record(Path(options.source))[0]}
+
+
+def check_publishable(options: BuildOptions) -> None:
+    """A published card names the model and the source by their Hub ids, never by a path on this
+    machine: a local folder needs its id before any work."""
+    publishing = "--push" if options.push else "--hub-folder"
+    for flag, name, given, example in (("--model", options.model, options.model_id, "Qwen/Qwen3-Embedding-4B"),
+                                       ("--source", options.source, options.source_id, "Salesforce/wikitext")):
+        if not on_hub(name) and not given:
+            raise BuildError(f"{publishing} publishes the {flag[2:]}'s Hub id, and {flag} {name} is a local folder: "
+                             f"pass {flag}-id with its Hub id (e.g. {flag}-id {example})")
 
 
 def with_local_paths_resolved(options: BuildOptions) -> BuildOptions:
@@ -65,7 +89,7 @@ def with_local_paths_resolved(options: BuildOptions) -> BuildOptions:
 TEXT_SETTINGS = {"source": "source", "source_config": "source_config", "source_revision": "source_revision",
                  "min_tokens": "min_tokens", "max_tokens": "max_tokens", "split": "split",
                  "split_by": "split_by", "seed": "seed", "model": "tokenizer",
-                 "model_revision": "tokenizer_revision"}
+                 "model_revision": "tokenizer_revision", "source_id": "source_id"}
 
 
 def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
@@ -78,11 +102,12 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
         if not text.recorded(key) or (other_model and option in ("model", "model_revision")):
             continue  # an output from before this setting was recorded, or another model's own
         given, recorded = getattr(options, option), getattr(text, key)
+        if option == "source_id" and recorded is None:
+            continue  # a local source named only now, at a later run: the card takes it (_build)
         if given != getattr(defaults, option) and given != recorded:
             flag = "--" + option.replace("_", "-")
             raise BuildError(f"{flag} {given} contradicts the text stage of --output {options.output}, "
-                             f"made with {flag} {recorded}: leave {flag} out, or rebuild the text with --stage all "
-                             f"{flag} {given} --drop-columns (the columns of the old text are dropped)")
+                             f"made with {flag} {recorded}: leave {flag} out, or rebuild with --stage all")
         taken[option] = recorded
     return dataclasses.replace(options, **taken)
 
@@ -109,16 +134,24 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, manifest = read_output(options.output)
         options = with_text_settings(options, manifest.stats.text)
         text = manifest.stats.text
+        if options.source_id and not text.source_id:
+            text = text.replaced(source_id=options.source_id)
+    if options.push or options.hub_folder:  # what both publish names the model and source by Hub id
+        check_publishable(options)
     check_hub_ids(options)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
-    if options.stage != "text":  # a model whose pooling cannot be reproduced is refused before the text stage
-        dim = check_model_config(options.model, options.model_revision, options.dim, tokenizer)
-        check_tokenizer(tokenizer, model_recipe(options.model, options.model_revision), options.model)
-    earlier, others = earlier_columns(options, (splits, manifest) if options.stage == "embed" else None)
+    if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
+        spec = resolve_model(options.model, options.model_revision, options.model_id, options.dim, tokenizer)
+        dim = spec.dim
+    # The output already there, its columns this run keeps (all but --column), their neighbours.
+    earlier, others, other_neighbors = earlier_columns(options, (splits, manifest) if options.stage == "embed" else None)
+    recorded = (manifest.stats.neighbors or {}).get(options.column) if options.stage == "embed" and earlier else None
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
-        repo_id = preflight(options, api, expected_features(dims))
+        ks = {**{column: stats.k for column, stats in other_neighbors.items()},
+              **({options.column: options.neighbors} if options.neighbors else {})}
+        repo_id = preflight(options, api, expected_features(dims, ks))
     elif options.hub_folder and processes.is_main():
         repo_id = offline_preflight(options)
         check_hub_folder_location(options.hub_folder, options.output)
@@ -127,17 +160,24 @@ def _build(options: BuildOptions, api) -> dict | None:
     if options.stage != "embed":
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
-        splits, others = keep_columns(splits, earlier, others, options)  # before any weights load
-    embed = None
+        splits, others, other_neighbors = keep_columns(splits, earlier, others, other_neighbors, options)
+    embed = neighbors = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
-        splits, embed = embed_splits(splits, tokenizer, options, earlier)
+        splits, embed = embed_splits(splits, tokenizer, options, spec, earlier)
+        # The build's own gates: no vector that --verify would refuse is written (nor searched: every
+        # process learns the main process's verdict, and stops with it).
+        problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
+        refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output,
+                           embed.key if embed is not None else None)
+        embed = checked_by_sentence_transformers(splits, options, embed)
+        splits, neighbors = neighbors_stage(splits, embed, options, recorded)
     if not processes.is_main():
         return None
-    if embed is not None:  # the build's own gate: no vector that --verify would refuse is written
-        check_vectors_before_writing(splits, options.column, embed, options.output)
     splits, columns = in_earlier_order(splits, {**others, options.column: embed} if embed is not None else others,
                                        earlier)
-    manifest = new_manifest(options, text, columns or None)
+    all_neighbors = {**other_neighbors, **({options.column: neighbors} if neighbors else {})}
+    all_neighbors = {column: all_neighbors[column] for column in columns if column in all_neighbors}
+    manifest = new_manifest(options, text, columns or None, all_neighbors)
     write_output(splits, manifest, options.output, card=write_card if columns else None)
     stats = manifest.stats.to_json()
     if options.push:
@@ -164,8 +204,10 @@ def earlier_columns(options: BuildOptions, read: tuple | None) -> tuple:
     others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
               if column != options.column or options.stage == "text"} if earlier else {}
     if earlier and not untouched(earlier, others, options):  # nothing of it is reused; `others` dropped
-        return None, {}
-    return earlier, others
+        return None, {}, {}
+    neighbors = {column: stats for column, stats in (earlier[1].stats.neighbors or {}).items()
+                 if column in others} if earlier else {}
+    return earlier, others, neighbors
 
 
 def in_earlier_order(splits, columns: dict, earlier: tuple | None) -> tuple:
@@ -175,7 +217,9 @@ def in_earlier_order(splits, columns: dict, earlier: tuple | None) -> tuple:
         return splits, columns
     order = [column for column in earlier[1].stats.embed or {} if column in columns]
     columns = {column: columns[column] for column in order + [c for c in columns if c not in order]}
-    return splits.select_columns([c for c in splits["train"].column_names if c not in columns] + list(columns)), columns
+    had = earlier[0]["train"].column_names  # each column beside its neighbours, as the output had them
+    names = sorted(splits["train"].column_names, key=lambda name: had.index(name) if name in had else len(had))
+    return splits.select_columns(names), columns
 
 
 def check_before_work(options: BuildOptions) -> None:
@@ -197,7 +241,8 @@ def earlier_output(options: BuildOptions) -> tuple | None:
     except BuildError:  # none yet
         return None
     lost = columns_on_disk(options.output)
-    lost = lost if lost is None else [column for column in lost if column != options.column or options.stage == "text"]
+    own = () if options.stage == "text" else (options.column, *neighbor_columns(options.column))  # rebuilt here
+    lost = lost if lost is None else [column for column in lost if column not in own]
     if lost != [] and not options.drop_columns:
         held = f"its columns {', '.join(lost)}" if lost else "the columns it holds"
         raise BuildError(f"--output {options.output} cannot be read whole ({problem}), so this rebuild cannot "
@@ -227,22 +272,24 @@ def untouched(earlier: tuple, others: dict, options: BuildOptions) -> bool:
                      "(then embed each again with --stage embed --column NAME), or pass another --output")
 
 
-def keep_columns(splits, earlier: tuple | None, others: dict, options: BuildOptions) -> tuple:
-    """The new text's splits with the earlier output's `others` columns, where the text is the same
-    paragraphs in the same order (their text key): those vectors are then still the text's.
-    Where the text changed, the rebuild is refused, naming them, unless --drop-columns."""
+def keep_columns(splits, earlier: tuple | None, others: dict, neighbors: dict, options: BuildOptions) -> tuple:
+    """The new text's splits with the earlier output's `others` columns and their `neighbors`
+    columns (every column its manifest records), where the text is the same paragraphs in the same
+    order (their text key): those vectors are then still the text's. Where the text changed, the
+    rebuild is refused, naming them, unless --drop-columns."""
     if not others:
-        return splits, {}
+        return splits, {}, {}
     vectors = earlier[0]
     if all(_text_ids(vectors[name]).equals(_text_ids(splits[name])) for name in SPLIT_NAMES):
         log.info("the text is unchanged: keeping the columns %s of %s", ", ".join(others), options.output)
+        kept = [name for column in others for name in (column, *(neighbor_columns(column) if column in neighbors else ()))]
         return DatasetDict({name: concatenate_datasets(
-            [splits[name].flatten_indices(), vectors[name].select_columns(list(others))], axis=1)
-            for name in SPLIT_NAMES}), others
+            [splits[name].flatten_indices(), vectors[name].select_columns(kept)], axis=1)
+            for name in SPLIT_NAMES}), others, neighbors
     if options.drop_columns:
         log.warning("the text changed: dropping the columns %s of %s (--drop-columns)", ", ".join(others),
                     options.output)
-        return splits, {}
+        return splits, {}, {}
     again = "; ".join(f"python build.py --stage embed --output {options.output} --column {column} --model {stats.model}"
                       for column, stats in others.items())
     raise BuildError(f"these options change the text of --output {options.output}, and its columns "
@@ -254,12 +301,70 @@ def _text_ids(split):
     return split.select_columns(["text_id"]).with_format("arrow")[:].column("text_id")  # in the split's order
 
 
-def check_vectors_before_writing(splits, column: str, embed, output: str) -> None:
-    problems = check_vectors(splits, column, embed)
+def refuse_bad_vectors(problems: list[str], output: str, key: str | None) -> None:
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
-        remove_finished_work(output, embed.key)
+        if processes.is_main():
+            remove_finished_work(output, key)
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
+
+
+def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
+    """The column's stats (main process) with the report of a sample embedded again by
+    sentence-transformers itself (a fresh seed each run); a row below the floor stops every
+    process before anything is written. The finished chunks stay: a rerun draws another sample
+    and embeds nothing again."""
+    error = None
+    if processes.is_main():
+        column = {options.column: (options.model, options.model_revision, embed.dtype, embed.dim)}
+        try:
+            report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
+            facts = report["columns"][options.column]
+            embed = embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
+                "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
+        except BuildError as err:
+            error = f"nothing was written: {err}"
+    if processes.count() > 1:
+        error = processes.gather(error)[0]
+    if error:
+        raise BuildError(error)
+    return embed
+
+
+def neighbors_stage(splits, embed, options: BuildOptions, recorded: NeighborStats | None) -> tuple:
+    """Each split's `--neighbors` nearest rows in `options.column`, every process computing its
+    share: the main process returns the splits with the two neighbour columns and the stage's
+    record, the others (None, None). Neighbour columns the output already holds for these very
+    vectors (`recorded`, same K and embed key) are kept as they are."""
+    column, k = options.column, options.neighbors
+    todo = None  # the main process's answer, which every process follows: [] nothing to compute
+    if processes.is_main():
+        kept = all(name in splits["train"].column_names for name in neighbor_columns(column))
+        if k == 0 or (kept and recorded is not None and (recorded.k, recorded.embed_key) == (k, embed.key)):
+            todo = []
+        elif processes.count() > 1:  # the others hold no split: they map the vectors from the work folder
+            folder = make_work_folder(embed_work_folder(options.output))
+            todo = [save_vectors(split_vectors(splits[name], column), folder / f"neighbors-{name}.npy")
+                    for name in SPLIT_NAMES]
+    todo = processes.gather(todo)[0] if processes.count() > 1 else todo
+    if todo == []:
+        if not processes.is_main():
+            return None, None
+        if k:
+            return splits, recorded
+        return DatasetDict({name: without_neighbors(split, column) for name, split in splits.items()}), None
+    started, searched, out = time.perf_counter(), 0, {}
+    for i, name in enumerate(SPLIT_NAMES):
+        vectors = np.load(todo[i], mmap_mode="r") if todo else split_vectors(splits[name], column)
+        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main() else None
+        found = nearest(vectors, text_ids, k, processes.device(), processes.my_share, processes.gather)
+        if found is not None:
+            out[name], searched = with_neighbors(splits[name], column, k, found[0], found[1]), searched + found[2]
+    if not processes.is_main():
+        return None, None
+    log.info("found each row's %d nearest neighbours in %r in %.1f s", k, column, time.perf_counter() - started)
+    return DatasetDict(out), NeighborStats(embed_key=embed.key, **neighbor_stats(
+        k, time.perf_counter() - started, processes.device(), processes.count(), searched))
 
 
 def plan(options: BuildOptions) -> dict:
@@ -273,9 +378,36 @@ def plan(options: BuildOptions) -> dict:
                                   plan_chunks(lengths, options.chunk_tokens), options.compile,
                                   options.plan_gpus, options.plan_gpu,
                                   measure_cpu=lambda: cpu_rate(options.model, options.model_revision))
+    if options.neighbors:
+        dim = check_model_config(options.model, options.model_revision, options.dim)
+        estimate.update(estimate_neighbors(text.splits, dim, estimate, options.plan_gpus, options.plan_gpu))
     return {"plan": {"source": f"{options.source} ({options.source_config})", "model": options.model,
                      "paragraphs": text.splits, "dropped": text.dropped, "tokens": int(lengths.sum()),
                      **estimate}}
+
+
+# A GPU's float32 matrix products (no TF32: the search's error bound needs true float32) run at
+# about 1/15 of its dense float16 peak (H100 SXM: 67 of 989 TFLOPS).
+FLOAT32_SHARE_OF_PEAK = 1 / 15
+
+
+def estimate_neighbors(rows: dict[str, int], dim: int, embedding: dict, gpus: int, gpu: str) -> dict:
+    """The neighbours' time, beside the embedding's: on this device (a CPU at the rate the
+    embedding's estimate measured, of float32 matrix products too), and on GPUS GPUs named GPU
+    sharing the block pairs."""
+    flops = sum(search_flops(count, dim) for count in rows.values())
+    here = embedding["device"]
+    rate = embedding["cpu_flops"] if here == "cpu" else gpu_peak_or_none(here)
+    cluster = gpu_peak_or_none(gpu)
+    return {"neighbors_tflop": flops / 1e12, "neighbors_device_seconds": flops / rate if rate else None,
+            "neighbors_gpus_seconds": flops / (cluster * gpus) if cluster else None}
+
+
+def gpu_peak_or_none(name: str) -> float | None:
+    try:
+        return gpu_peak(name) * FLOAT32_SHARE_OF_PEAK
+    except BuildError:  # a GPU of unknown peak
+        return None
 
 
 def publish(options: BuildOptions, repo_id: str, api) -> str:

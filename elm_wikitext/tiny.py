@@ -1,7 +1,9 @@
 """A tiny random-weight Qwen3 embedding model with the real Qwen tokenizer, built offline.
 
 It loads through the same `AutoModel.from_pretrained(dir)` / `AutoTokenizer` path as
-Qwen/Qwen3-Embedding-4B, so tests, benchmarks and an offline trial run the real code:
+Qwen/Qwen3-Embedding-4B, and carries the same sentence-transformers files (Transformer ->
+Pooling last-token -> Normalize, a query prompt and none for documents), so tests, benchmarks and
+an offline trial run the real code and the real model's recipe:
 
     python -m elm_wikitext.tiny models/tiny-qwen3
 
@@ -10,7 +12,9 @@ ones Qwen2, Qwen2.5 and Qwen3 use), converted to a fast tokenizer with Qwen's sp
 """
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -22,6 +26,10 @@ ENDOFTEXT = "<|endoftext|>"
 # Qwen's special tokens start right after the 151,643 BPE tokens, `<|endoftext|>` first.
 SPECIAL_TOKENS = [ENDOFTEXT, "<|im_start|>", "<|im_end|>"]
 QWEN3_VOCAB_SIZE = 151669
+# What Qwen3-Embedding's own config_sentence_transformers.json holds: a query instruction, no
+# document prompt.
+QWEN3_PROMPTS = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+                 "document": ""}
 
 
 def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
@@ -54,7 +62,30 @@ def make_tiny_model(directory: str, hidden_size: int = 64, layers: int = 2, seed
     torch.manual_seed(seed)
     Qwen3Model(tiny_qwen3_config(hidden_size, layers)).save_pretrained(directory)
     build_qwen_tokenizer().save_pretrained(directory)
+    save_last_token_recipe(Path(directory), hidden_size)
     return directory
+
+
+def save_last_token_recipe(directory: Path, hidden_size: int) -> None:
+    """The sentence-transformers files of Qwen3-Embedding, in the layout sentence-transformers 6
+    saves: Transformer -> Pooling("lasttoken") -> Normalize."""
+    package = "sentence_transformers."
+    modules = [("", "base.modules.transformer.Transformer"), ("1_Pooling", "sentence_transformer.modules.pooling.Pooling"),
+               ("2_Normalize", "base.modules.normalize.Normalize")]
+    files = {"modules.json": [{"idx": i, "name": str(i), "path": path, "type": package + kind}
+                              for i, (path, kind) in enumerate(modules)],
+             "sentence_bert_config.json": {"transformer_task": "feature-extraction", "module_output_name": "token_embeddings",
+                                           "modality_config": {"text": {"method": "forward",
+                                                                        "method_output_name": "last_hidden_state"}}},
+             "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "prompts": QWEN3_PROMPTS,
+                                                   "default_prompt_name": None, "similarity_fn_name": "cosine"},
+             "1_Pooling/config.json": {"embedding_dimension": hidden_size, "pooling_mode": "lasttoken",
+                                       "include_prompt": True},
+             "2_Normalize/config.json": {"module_input_name": "sentence_embedding",
+                                         "module_output_name": "sentence_embedding"}}
+    for name, content in files.items():
+        (directory / name).parent.mkdir(exist_ok=True)
+        (directory / name).write_text(json.dumps(content, indent=2))
 
 
 def make_tiny_bert(directory: str, texts: list[str], seed: int = 0) -> str:

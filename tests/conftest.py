@@ -144,13 +144,17 @@ def save_sentence_transformer(plain: str, directory: Path, pooling: str, normali
 def st_models(tiny_model, sample_dir, tmp_path_factory) -> dict[str, str]:
     """A tiny random model of each kind this build reproduces, saved with sentence-transformers:
     Qwen3 last-token (padding on the left, as Qwen3-Embedding's), BERT mean (not normalized),
-    BERT CLS, and a T5 encoder with mean pooling."""
+    BERT CLS, and a T5 encoder with mean pooling; and plain transformers folders of Qwen3 and
+    BERT, without those files."""
     from elm_wikitext.tiny import make_tiny_bert, make_tiny_t5
 
     root = tmp_path_factory.mktemp("st-models")
     texts = (sample_dir / "wiki.train.raw").read_text(encoding="utf-8").splitlines()
     bert, t5 = make_tiny_bert(str(root / "plain-bert"), texts), make_tiny_t5(str(root / "plain-t5"), texts)
-    return {"qwen3-lasttoken": save_sentence_transformer(tiny_model, root / "qwen3", "lasttoken", True,
+    plain_qwen3 = shutil.copytree(tiny_model, root / "plain-qwen3", ignore=shutil.ignore_patterns(
+        "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling", "2_Normalize"))
+    return {"plain-qwen3": str(plain_qwen3), "plain-bert": bert,  # no sentence-transformers files
+            "qwen3-lasttoken": save_sentence_transformer(tiny_model, root / "qwen3", "lasttoken", True,
                                                          processor_kwargs={"padding_side": "left"}),
             "bert-mean": save_sentence_transformer(bert, root / "bert-mean", "mean", False),
             "bert-cls": save_sentence_transformer(bert, root / "bert-cls", "cls", True),

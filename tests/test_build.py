@@ -46,6 +46,9 @@ REFUSALS = {
     "a --repo-id of three parts": (["--push", "--repo-id", "a/b/c"], "is not of the form owner/name that the Hub"),
     "a --version that is not a tag": (["--push", "--version", "1.0"], "pass --version vMAJOR.MINOR.PATCH"),
     "an --output beneath a file": (["--output", "{a_file}/out"], "make it writable, or pass an --output elsewhere"),
+    "a negative number of neighbours": (["--neighbors", "-1"], "--neighbors -1 is not a number of neighbours"),
+    "a neighbour column's name": (["--column", "embedding_neighbors"],
+                                  "--column 'embedding_neighbors' is not a free column name"),
 }
 
 # Refusals of the embed stage, on an existing text-stage output that must stay as it was.
@@ -66,7 +69,7 @@ EMBED_REFUSALS = {
     "all-zero weights": (["--model", "{zero_weights}"], "not finite unit vectors"),
     "a text-stage option that contradicts it": (["--min-tokens", "150"],
                                                 "--min-tokens 150 contradicts the text stage of --output"),
-    "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max', which this build cannot reproduce"),
+    "a pooling it cannot reproduce": (["--model", "{max_pooling}"], "pools with 'max' in 1_Pooling/config.json, which this build cannot reproduce"),
     "a model that reads fewer tokens than the longest paragraph": (
         ["--model", "{short_context}"], "reads at most 64 tokens, and 57 kept paragraphs are longer in its tokens"),
     "a column name of the text stage's": (["--column", "text"], "--column 'text' is not a free column name"),
@@ -170,7 +173,10 @@ def with_max_pooling(tiny_model: str, directory: Path) -> Path:
     model_with_config(tiny_model, directory)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    # Files of their own: the linked ones are the session model's.
+    (directory / "modules.json").unlink()
     (directory / "modules.json").write_text(json.dumps(modules))
+    shutil.rmtree(directory / "1_Pooling")
     (directory / "1_Pooling").mkdir()
     (directory / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "max"}))
     return directory
@@ -195,7 +201,7 @@ def test_a_model_the_pooling_does_not_fit_is_refused_before_the_text_stage(
     status = main([str(arg) for arg in ["--source", sample_dir, "--model", broken_models["max_pooling"],
                                          "--output", tmp_path / "out"]])
     err = capsys.readouterr().err
-    assert status == 2 and "pools with 'max', which this build cannot reproduce" in err.splitlines()[-1]
+    assert status == 2 and "pools with 'max' in 1_Pooling/config.json, which this build cannot reproduce" in err.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # no output, no work folder
 
 
@@ -292,6 +298,9 @@ def test_dry_run_prints_a_readable_plan_and_writes_nothing(sample_dir, tiny_mode
     assert re.fullmatch(r"(< 1 s|\d+ s) on cpu \(its matrix products at [\d,.]+ GFLOP/s, this CPU's rate measured "
                         r"just now; .*\)", lines["here"].strip())
     assert lines["cluster"].strip().startswith("< 1 s on 2 x A100 (compiled; the busiest GPU embeds")
+    # The neighbours' search beside it: n^2 x dim multiply-adds a split (the symmetric half), dim 64.
+    search = sum(rows * rows * 64 for rows in stats["splits"].values()) / 1e12
+    assert lines["neighbours"].strip() == f"{search:.3g} TFLOP: < 1 s on cpu, < 1 s on 2 x A100"
     assert not output.exists()
 
 
@@ -474,7 +483,12 @@ def test_embed_stage_takes_the_text_stages_settings_and_the_card_rebuilds_it(tex
     again = dataclasses.asdict(parse_options(command[2:]))
     same = [key for key in text if key not in ("stage", "output")]
     assert {key: again[key] for key in same} == {key: text[key] for key in same}
-    assert manifest["command"] in (text_output_copy / "README.md").read_text()
+    # The card's copy names the model and the source as a stranger can fetch them (here, local
+    # folders without Hub ids: by their names), and the output at its default place: no path.
+    card = (text_output_copy / "README.md").read_text()
+    published = manifest["command"].replace(text["model"], Path(text["model"]).name).replace(
+        text["source"], Path(text["source"]).name).replace(f" --output {text_output_copy}", "")
+    assert published in card and str(tmp_path) not in card and text["model"] not in card
 
 
 @pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])

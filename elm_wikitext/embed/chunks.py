@@ -23,10 +23,11 @@ from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from elm_wikitext.embed import processes
-from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, check_model_config, compile_layers,
-                                       compiles, embed_rows, load_encoder, model_identity, token_batches)
-from elm_wikitext.embed.recipe import Recipe, model_recipe
-from elm_wikitext.embed.tokens import check_tokenizer, token_ids
+from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, compile_layers, compiles, embed_rows,
+                                       load_encoder, model_identity, token_batches)
+from elm_wikitext.embed.recipe import Recipe
+from elm_wikitext.embed.spec import ModelSpec
+from elm_wikitext.embed.tokens import token_ids
 from elm_wikitext.errors import BuildError, writing
 from elm_wikitext.keys import step_fingerprint
 from elm_wikitext.options import SPLIT_NAMES
@@ -260,21 +261,19 @@ def check_column_free(splits: DatasetDict, column: str, output: str) -> None:
                          "rebuild with --stage all")
 
 
-def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[DatasetDict, Manifest] | None = None
-                 ) -> tuple[DatasetDict | None, EmbedStats | None]:
+def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec,
+                 earlier: tuple[DatasetDict, Manifest] | None = None) -> tuple[DatasetDict | None, EmbedStats | None]:
     """Every process computes its share; the main process returns the splits with the
-    `options.column` column added and the stage's statistics (the others None, None). `earlier`
-    is the output already at --output, with its manifest: where its column was made under this
-    run's key, it is taken as it is and no model is loaded. Other columns are kept as they are."""
+    `options.column` column added and the stage's statistics (the others None, None). `spec` is
+    the model as the build resolved it (spec.resolve_model). `earlier` is the output already at
+    --output, with its manifest: where its column was made under this run's key, it is taken as it
+    is and no model is loaded. Other columns are kept as they are."""
     started = time.perf_counter()
-    recipe = model_recipe(options.model, options.model_revision)
-    check_tokenizer(tokenizer, recipe, options.model)
-    if recipe.origin == "sentence-transformers":
-        log.info("embedding %r with %s's sentence-transformers recipe: %s pooling%s, prompt %r", options.column,
-                 options.model, recipe.pooling, ", normalized" if recipe.normalize else "", recipe.prompt)
-    else:
-        log.info("embedding %r with %s, which has no sentence-transformers files (modules.json): the last "
-                 "token's state, L2-normalized, as Qwen3-Embedding does", options.column, options.model)
+    recipe = spec.recipe
+    log.info("embedding %r with %s: %s pooling%s, prompt %r (%s)", options.column, options.model, recipe.pooling,
+             ", normalized" if recipe.normalize else ", not normalized", recipe.prompt,
+             "its sentence-transformers files" if recipe.origin == "sentence-transformers"
+             else "as SentenceTransformer(folder) builds it: the folder has no sentence-transformers files")
     everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer,
                                 options, recipe.prompt)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
@@ -282,7 +281,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[Dataset
     check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
     # What the vectors depend on, known before any weight is loaded: dim from the config, dtype
     # from the device (load_encoder: --dtype on a GPU, float32 on a CPU).
-    dim = check_model_config(options.model, options.model_revision, options.dim)
+    dim = spec.dim
     effective_dtype = options.dtype if processes.device().type == "cuda" else "float32"
     weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
     key = work_key(options, weights, dim, effective_dtype, recipe, everything.data.column("text_id"))
@@ -290,7 +289,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[Dataset
     if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
         return reused if processes.is_main() else (None, None)
     check_column_free(splits, options.column, options.output)
-    encoder = load_encoder(options.model, options.model_revision, options.dtype, options.dim,
+    encoder = load_encoder(options.model, options.model_revision, options.dtype, dim,
                            tokenizer.pad_token_id, processes.device(), recipe)
     compiled = compiles(options.compile, encoder.device)
     if compiled:
@@ -319,6 +318,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, earlier: tuple[Dataset
         tokens_per_second=round(totals["tokens"] / embedding_seconds),
         seconds=round(time.perf_counter() - started, 2),
         padding_share=round(totals["padded_tokens"] / computed, 4) if computed else 0.0,
-        pooling=recipe.to_json())
+        pooling=recipe.to_json(), model_id=spec.hub_id, model_commit=spec.commit,
+        weights_sha256=spec.weights_sha256 or None)
     with writing(f"the embedding column in {store.directory}"):
         return add_embedding_column(splits, vectors_path, encoder.dim, key, options.column), stats

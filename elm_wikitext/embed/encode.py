@@ -252,10 +252,9 @@ def check_weight_names(model: str, info: dict, loaded_as: str = "decoder") -> No
     if loaded_as in ENCODER_ONLY_CLASSES.values():
         info = {**info, "unexpected_keys": [name for name in info.get("unexpected_keys") or []
                                             if not str(name).startswith(("decoder.", "lm_head."))]}
-    # BertModel and its kin add a pooler (a dense layer over [CLS]) that many checkpoints lack:
-    # nothing here reads its output, only the last hidden states, as sentence-transformers does.
-    info = {**info, "missing_keys": [name for name in info.get("missing_keys") or []
-                                     if not str(name).startswith("pooler.")]}
+    # BERT's pooler head (pooler_output) is never read: a checkpoint saved without it, as
+    # `BertModel(add_pooling_layer=False)` saves, embeds the same (sentence-transformers loads it too).
+    info = {**info, "missing_keys": [name for name in info.get("missing_keys") or [] if not str(name).startswith("pooler.")]}
     for kind, what in (("missing_keys", "lacks {n} weights"), ("unexpected_keys", "holds {n} weights its model class does not use"),
                        ("mismatched_keys", "holds {n} weights of other sizes than its config says")):
         names = sorted(str(name) for name in info.get(kind) or [])

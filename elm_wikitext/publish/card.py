@@ -7,6 +7,7 @@ and a few paragraphs with their nearest neighbours (visuals.py), and the YAML th
 the card as README.md: the folder that hub.py uploads as one commit.
 """
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,10 +21,10 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import on_hub
 from elm_wikitext.options import SPLIT_NAMES
-from elm_wikitext.publish.manifest import Manifest
+from elm_wikitext.publish.manifest import Manifest, rebuild_command
 from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE, expected_features,
                                          hub_data_files, hub_shard, make_hub_folder, read_output)
-from elm_wikitext.publish.visuals import nearest_neighbours, save_embedding_map
+from elm_wikitext.publish.visuals import nearest_neighbours, neighbourhood_agreement, save_embedding_map
 
 # The card's template: one real file in the package (package data: the wheel holds it too).
 CARD_TEMPLATE = Path(__file__).parents[1] / "dataset_card.md"
@@ -80,7 +81,7 @@ def save_histogram(splits: DatasetDict, path: Path) -> None:
 
 
 def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty_name: str,
-                  recipes: dict[str, dict] | None = None) -> DatasetCardData:
+                  recipes: dict[str, dict] | None = None, neighbors: dict[str, int] | None = None) -> DatasetCardData:
     """Hub YAML: license, language, categories, and the configs/dataset_info blocks that
     `load_dataset` reads, made by datasets' own helpers so they match the data; and the
     embedding's recipe per column (`embedding: {column: recipe}`), so that a copy of the Hub
@@ -91,11 +92,11 @@ def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty
         task_categories=["feature-extraction", "text-generation"],
         size_categories=["n<1K" if rows < 1000 else "1K<n<10K" if rows < 10_000 else
                          "10K<n<100K" if rows < 100_000 else "100K<n<1M"],
-        source_datasets=[source] if on_hub(source) else None,  # a local copy: unknown
+        source_datasets=[source] if source else None,  # a local copy without --source-id: unknown
         tags=["embeddings", "elm", "wikitext"], embedding=recipes)
     # num_bytes: each split's size in Arrow, as datasets records it when it writes a split.
     sizes = {name: split.data.nbytes for name, split in splits.items()}
-    info = DatasetInfo(features=expected_features(dims), dataset_size=sum(sizes.values()), splits=SplitDict(
+    info = DatasetInfo(features=expected_features(dims, neighbors), dataset_size=sum(sizes.values()), splits=SplitDict(
         {name: SplitInfo(name=name, num_examples=len(split), num_bytes=sizes[name])
          for name, split in splits.items()}))
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
@@ -106,32 +107,41 @@ def card_metadata(splits: DatasetDict, dims: dict[str, int], source: str, pretty
 
 def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-name>/elm-wikitext2",
                 version: str = "v1.0.0") -> DatasetCard:
-    """The card; its neighbours table (and write_card's map) shows the first embedding column."""
+    """The card; its neighbours table (and write_card's map) shows the first embedding column.
+    It names the model and the source by their Hub ids, never by a path on this machine."""
     # The text stage's facts come from its own statistics: a later `--stage embed` run's options
     # say nothing of the source or the length limits the text was made with.
     text, columns = manifest.stats.text, manifest.stats.embed
     first = next(iter(columns))  # the first column's model names the card
     embed = columns[first]
     config = text.source_config  # for a local folder too: it chose the .raw or .tokens files
-    from_hub = on_hub(text.source) and config.startswith("wikitext-")
+    source = public_source(text)
+    from_hub = source is not None and config.startswith("wikitext-")
     corpus = "WikiText-" + config.split("-")[1] if from_hub else "WikiText"
-    pretty_name = f"ELM {corpus}: paragraphs and their {Path(embed.model).name} vectors"
-    fields = dict(
-        pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
-        model=embed.model, columns=[column_facts(name, stats) for name, stats in columns.items()],
-        model_revision=(embed.model_revision or "main") if on_hub(embed.model) else None,
-        dim=embed.dim, dim_cut=manifest.config["dim"] is not None, dtype=embed.dtype,
-        recomputed=embed.recomputed_float32, max_tokens=text.max_tokens, source=text.source,
-        source_config=config, raw=text.raw, text=text,
-        histogram=token_histogram(splits, text.min_tokens, text.max_tokens),
-        neighbours=nearest_neighbours(splits, first), map_column=first,
-        command=manifest.command, versions=manifest.versions, created=manifest.created,
-        splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]} for name, split in splits.items()])
-    metadata = card_metadata(splits, manifest.stats.dims(), text.source, pretty_name,
-                             {column: stats.recipe() for column, stats in columns.items()})
+    model = public_model(embed)
+    pretty_name = f"ELM {corpus}: paragraphs and their {model.split(' ')[0].split('/')[-1]} vectors"
+    facts = [column_facts(name, stats) for name, stats in columns.items()]
     check_card_template()
     with template_errors():
-        return DatasetCard.from_template(metadata, template_path=str(CARD_TEMPLATE), **fields)
+        return DatasetCard.from_template(
+            card_metadata(splits, manifest.stats.dims(), source or "", pretty_name,
+                          {column: public_recipe(stats) for column, stats in columns.items()},
+                          manifest.stats.neighbor_counts()),
+            template_path=str(CARD_TEMPLATE),
+            pretty_name=pretty_name, corpus=corpus, repo_id=repo_id, version=version,
+            model=model, columns=facts, model_revision=embed.model_commit or embed.model_revision
+            or ("main" if on_hub(embed.model) else None),
+            dim=embed.dim, dim_cut=manifest.config["dim"] is not None, dtype=embed.dtype,
+            recomputed=embed.recomputed_float32, max_tokens=text.max_tokens,
+            source=source or f"{Path(text.source).name} (a local copy)", source_revision=text.source_commit,
+            source_config=config, raw=text.raw, text=text, qwen3=any(column["qwen3"] for column in facts),
+            histogram=token_histogram(splits, text.min_tokens, text.max_tokens),
+            neighbours=nearest_neighbours(splits, first), map_column=first,
+            neighbor_counts=manifest.stats.neighbor_counts(),
+            agreement=neighbourhood_agreement(splits, list(manifest.stats.neighbor_counts())),
+            command=published_command(manifest), versions=manifest.versions, created=manifest.created,
+            splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
+                    for name, split in splits.items()])
 
 
 @contextmanager
@@ -143,19 +153,98 @@ def template_errors():
 
     try:
         yield
-    except (jinja2.TemplateError, yaml.YAMLError, ValueError) as err:  # rendering, or the YAML it gives
+    except (jinja2.TemplateError, yaml.YAMLError) as err:  # rendering, or the YAML it gives
         raise BuildError(f"the card's template {CARD_TEMPLATE} does not render ({type(err).__name__}: {err}): restore "
                          "elm_wikitext/dataset_card.md from the repository, or fix the edit; then rerun (the vectors "
                          "are kept)") from None
+
+
+def public_model(stats) -> str:
+    """A column's model as a published file names it: its Hub id, or a local folder's name."""
+    if stats.model_id:
+        return stats.model_id
+    return stats.model if on_hub(stats.model) else f"{Path(stats.model).name} (a local model folder)"
+
+
+def public_source(text) -> str | None:
+    """The source's Hub id (--source, or --source-id for a local copy); None: a local copy without one."""
+    if text.recorded("source_id") and text.source_id:
+        return text.source_id
+    return text.source if on_hub(text.source) else None
+
+
+def public_recipe(stats) -> dict:
+    """The recipe the card carries for Embedder.from_dataset: the model by Hub id and commit (or a
+    local folder's name, which a reader must then pass as model=DIR), and its weights' SHA-256."""
+    recipe = stats.recipe()
+    commit = stats.model_commit
+    return {**recipe, "model": public_model(stats), "model_revision": commit or recipe["model_revision"],
+            "model_weights": commit or recipe["model_weights"], "weights_sha256": stats.weights_sha256}
+
+
+def published_command(manifest: Manifest) -> str:
+    """The rebuild command as a stranger can run it: the model and the source by Hub id and
+    commit, the output at its default place; no path of the builder's machine."""
+    from elm_wikitext.options import BuildOptions
+
+    options = BuildOptions()
+    known = {key: value for key, value in manifest.config.items() if hasattr(options, key)}
+    embed, text = next(iter(manifest.stats.embed.values())), manifest.stats.text
+    model, source = public_model(embed).split(" ")[0], public_source(text) or Path(text.source).name
+    known.update(model=model, model_id=None, source=source, source_id=None, output=options.output,
+                 model_revision=embed.model_commit or known.get("model_revision"),
+                 source_revision=text.source_commit or known.get("source_revision"))
+    return rebuild_command(dataclasses.replace(options, **known))
+
+
+def public_model(stats) -> str:
+    """A column's model as a published file names it: its Hub id, or a local folder's name."""
+    if stats.model_id:
+        return stats.model_id
+    return stats.model if on_hub(stats.model) else f"{Path(stats.model).name} (a local model folder)"
+
+
+def public_source(text) -> str | None:
+    """The source's Hub id (--source, or --source-id for a local copy); None: a local copy without one."""
+    if text.recorded("source_id") and text.source_id:
+        return text.source_id
+    return text.source if on_hub(text.source) else None
+
+
+def public_recipe(stats) -> dict:
+    """The recipe the card carries for Embedder.from_dataset: the model by Hub id and commit (or a
+    local folder's name, which a reader must then pass as model=DIR), and its weights' SHA-256."""
+    recipe = stats.recipe()
+    commit = stats.model_commit
+    return {**recipe, "model": public_model(stats), "model_revision": commit or recipe["model_revision"],
+            "model_weights": commit or recipe["model_weights"], "weights_sha256": stats.weights_sha256}
+
+
+def published_command(manifest: Manifest) -> str:
+    """The rebuild command as a stranger can run it: the model and the source by Hub id and
+    commit, the output at its default place; no path of the builder's machine."""
+    from elm_wikitext.options import BuildOptions
+
+    options = BuildOptions()
+    known = {key: value for key, value in manifest.config.items() if hasattr(options, key)}
+    embed, text = next(iter(manifest.stats.embed.values())), manifest.stats.text
+    model, source = public_model(embed).split(" ")[0], public_source(text) or Path(text.source).name
+    known.update(model=model, model_id=None, source=source, source_id=None, output=options.output,
+                 model_revision=embed.model_commit or known.get("model_revision"),
+                 source_revision=text.source_commit or known.get("source_revision"))
+    return rebuild_command(dataclasses.replace(options, **known))
 
 
 def column_facts(name: str, stats) -> dict:
     """What the card says of one embedding column: its model and recipe, in words."""
     recipe = stats.recipe()
     pooling = {"lasttoken": "last token", "mean": "mean of the tokens", "cls": "first token ([CLS])"}[recipe["pooling"]]
-    return {"name": name, "model": stats.model, "dim": stats.dim, "dtype": stats.dtype,
+    model = public_model(stats)
+    return {"name": name, "model": model, "dim": stats.dim, "dtype": stats.dtype,
             "pooling": pooling + (", L2-normalized" if recipe["normalize"] else ", not normalized"),
-            "prompt": recipe["prompt"], "normalized": recipe["normalize"], "origin": recipe["origin"]}
+            "prompt": recipe["prompt"], "normalized": recipe["normalize"], "origin": recipe["origin"],
+            "query_prompt": recipe.get("query_prompt") or "", "qwen3": "Qwen3-Embedding" in model,
+            "reference": stats.reference}
 
 
 def write_card(splits: DatasetDict, manifest: Manifest, directory: Path, **hub) -> None:

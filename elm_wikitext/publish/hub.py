@@ -20,6 +20,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from elm_wikitext.errors import BuildError
+from elm_wikitext.options import NEIGHBOR_SUFFIXES
 from elm_wikitext.publish.output import WORK_MARKER
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,13 @@ def check_features(card_data, features: Features, repo_id: str) -> None:
     --dim, say, belongs in a new repo: readers of the old versions expect their vector size); a
     new column (another model's `--column`) may join them."""
     published = DatasetInfosDict.from_dataset_card_data(card_data or {}).get("default")
-    if published is not None and published.features is not None and any(
-            features.get(name) != kind for name, kind in published.features.items()):
+    differ = [name for name, kind in (published.features if published and published.features else {}).items()
+              if features.get(name) != kind]
+    if differ and all(name.endswith(NEIGHBOR_SUFFIXES) for name in differ):  # the vectors agree, the neighbours not
+        ks = sorted({str(published.features[name].length) for name in differ})
+        raise BuildError(f"{repo_id} holds the neighbour columns {', '.join(differ)} of {'/'.join(ks)} neighbours, "
+                         f"which this build does not make as they are: pass --neighbors {ks[0]}, or another --repo-id")
+    if differ:
         raise BuildError(f"{repo_id} holds other columns ({dict(published.features)}) than this build "
                          "makes: pass another --repo-id, or the options the repo was built with")
 

@@ -87,6 +87,10 @@ class TextStats(Record):
     splits: dict[str, int]  # rows per split
     tokens: dict[str, int]  # tokens per split
     seconds: float
+    # The source's Hub identity (--source, or --source-id for a local copy) and the commit its
+    # files came from, where known: what the card names.
+    source_id: str | None = None
+    source_commit: str | None = None
 
 
 @dataclasses.dataclass
@@ -113,6 +117,14 @@ class EmbedStats(Record):
     padding_share: float
     reused: bool = False  # the vectors were taken from the output already there
     pooling: dict | None = None  # embed.recipe.Recipe as JSON; None in builds from before it was recorded
+    # The sample embedded again by sentence-transformers at the end of the build: seed, rows,
+    # lowest cosine and its floor, seconds and the model's loading apart (embed/reference.py).
+    reference: dict | None = None
+    # What the model is on the Hub (embed/spec.py): its id (--model, or --model-id for a local
+    # folder), the commit its files came from, and each weight file's SHA-256.
+    model_id: str | None = None
+    model_commit: str | None = None
+    weights_sha256: dict | None = None
 
     def recipe(self) -> dict:
         """How the vectors were made, as `elm_wikitext.training.embedder.Embedder.from_dataset` reads it
@@ -126,10 +138,25 @@ class EmbedStats(Record):
 
 
 @dataclasses.dataclass
+class NeighborStats(Record):
+    """The neighbours stage's record of one embedding column: K, the vectors it searched (their
+    EmbedStats.key: new vectors need new neighbours), and how the search ran."""
+    k: int
+    embed_key: str
+    margin: int  # candidates beyond k rescored in float64
+    device: str
+    processes: int
+    rows_searched_in_float64: int  # rows whose near-ties sent them to the float64 search over every row
+    seconds: float
+
+
+@dataclasses.dataclass
 class Stats(Record):
     text: TextStats
     # Each embedding column's record, in the columns' order; a `--stage text` output has none.
     embed: dict[str, EmbedStats] | None = None
+    # The neighbours stage's record per embedding column that has neighbour columns.
+    neighbors: dict[str, NeighborStats] | None = None
 
     @classmethod
     def read_field(cls, name: str, value):
@@ -137,6 +164,8 @@ class Stats(Record):
             return TextStats.from_json(value)
         if not isinstance(value, dict):
             return None
+        if name == "neighbors":
+            return {column: NeighborStats.from_json(record) for column, record in value.items()}
         if "key" in value:  # one column's record, as builds wrote it before there could be several
             return {DEFAULT_COLUMN: EmbedStats.from_json(value)}
         return {column: EmbedStats.from_json(record) for column, record in value.items()}
@@ -144,6 +173,10 @@ class Stats(Record):
     def dims(self) -> dict[str, int]:
         """Each embedding column's size, in the columns' order."""
         return {column: stats.dim for column, stats in (self.embed or {}).items()}
+
+    def neighbor_counts(self) -> dict[str, int]:
+        """K of each embedding column that has neighbour columns."""
+        return {column: stats.k for column, stats in (self.neighbors or {}).items()}
 
     @classmethod
     def from_json(cls, data: dict):
@@ -153,6 +186,8 @@ class Stats(Record):
 
     def to_json(self) -> dict:
         data = super().to_json()
+        if not self.neighbors:  # outputs without neighbours keep the JSON they had
+            data.pop("neighbors", None)
         if not self.embed:  # as a text stage writes it: no "embed" at all
             data.pop("embed", None)
         elif getattr(self, "_one_column", False) and self.embed.keys() == {DEFAULT_COLUMN}:
@@ -193,9 +228,10 @@ class Manifest(Record):
         return value
 
 
-def new_manifest(options, text: TextStats, embed: EmbedStats | None) -> Manifest:
+def new_manifest(options, text: TextStats, embed: EmbedStats | None,
+                 neighbors: dict[str, NeighborStats] | None = None) -> Manifest:
     return Manifest(elm_wikitext_output=OUTPUT_FORMAT, config=dataclasses.asdict(options),
-                    versions=package_versions(), stats=Stats(text, embed), command=rebuild_command(options),
+                    versions=package_versions(), stats=Stats(text, embed, neighbors or None), command=rebuild_command(options),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

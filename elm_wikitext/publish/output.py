@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import is_local
-from elm_wikitext.options import SPLIT_NAMES
+from elm_wikitext.options import SPLIT_NAMES, neighbor_columns
 from elm_wikitext.publish.manifest import OUTPUT_MARKER, Manifest, SplitEntry
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,20 @@ TEXT_FEATURES = {"text_id": Value("string"), "text": Value("string"), "article_i
 TEXT_COLUMNS = list(TEXT_FEATURES)
 
 
-def expected_features(dims: dict[str, int] | None = None) -> Features:
-    """The published schema: the text columns, then each embedding column (name: its dim)."""
-    return Features({**TEXT_FEATURES, **{column: List(Value("float32"), length=dim)
-                                         for column, dim in (dims or {}).items()}})
+def expected_features(dims: dict[str, int] | None = None, neighbors: dict[str, int] | None = None) -> Features:
+    """The published schema: the text columns, then each embedding column (name: its dim) and,
+    where `neighbors` gives it a K, its neighbours' text_ids and cosines."""
+    features = dict(TEXT_FEATURES)
+    for column, dim in (dims or {}).items():
+        features[column] = List(Value("float32"), length=dim)
+        features.update(neighbor_features(column, neighbors[column]) if column in (neighbors or {}) else {})
+    return Features(features)
+
+
+def neighbor_features(column: str, k: int) -> dict:
+    """An embedding column's neighbour columns: K text_ids of the same split, and their cosines."""
+    ids, cosines = neighbor_columns(column)
+    return {ids: List(Value("string"), length=k), cosines: List(Value("float32"), length=k)}
 
 
 # What a build writes at the top of an output; anything else there belongs to someone else.
@@ -75,10 +85,11 @@ HUB_LAYOUT_FILES = [re.escape(name) for name in (CARD_FILE, HISTOGRAM_FILE, EMBE
 # What the build's own machinery leaves in those folders by design, in one place: in an output,
 # datasets' cache of a user's `.map()` or `.filter()` on a loaded split, and the temporary file of
 # one that was stopped; in the work folder, a chunk being written when a run stopped, and the
-# column being assembled (its vectors, their Arrow files and datasets' temporary file).
+# column being assembled (its vectors, their Arrow files and datasets' temporary file), and each
+# split's vectors that the neighbours' search shares with the other processes of a launched run.
 BY_DESIGN = {"output": [rf"{_SPLIT}/cache-[^/]+\.arrow", rf"{_SPLIT}/tmp[^/]+"],
              "work": [rf"{_KEY}/\.chunk-\d{{5}}\.\d+\.tmp", rf"{_KEY}/vectors\.npy", rf"{_KEY}/{_SPLIT}\.arrow",
-                      rf"{_KEY}/tmp[^/]+"],
+                      rf"{_KEY}/tmp[^/]+", rf"neighbors-{_SPLIT}\.npy"],
              "hub": []}
 
 
@@ -297,7 +308,7 @@ def remove_work_folder(folder: Path, kind: str = "hub") -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_finished_work(output: str, key: str) -> None:
+def remove_finished_work(output: str, key: str | None) -> None:
     """Delete the chunks of one finished column (work key `key`); the work folder itself goes only
     when no other run's chunks, unfinished, are left in it."""
     folder = embed_work_folder(output)
@@ -305,7 +316,10 @@ def remove_finished_work(output: str, key: str) -> None:
     if reason:
         log.warning("left %s in place: %s", folder, reason)
         return
-    shutil.rmtree(folder / key, ignore_errors=True)
+    if key:
+        shutil.rmtree(folder / key, ignore_errors=True)
+    for shared in folder.glob("neighbors-*.npy"):  # the neighbours' search is over: no one reads them
+        shared.unlink(missing_ok=True)
     left = sorted(path.name for path in folder.iterdir() if path.name != WORK_MARKER) if folder.exists() else None
     if left == []:
         shutil.rmtree(folder, ignore_errors=True)

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import DatasetDict
 
-from elm_wikitext.embed.encode import embed_ids, load_encoder
+from elm_wikitext.embed.encode import pick_device
 from elm_wikitext.embed.recipe import Recipe
-from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+from elm_wikitext.embed.reference import MIN_COSINE, SAMPLE_ROWS, check_against_reference
 from elm_wikitext.errors import BuildError
+from elm_wikitext.options import neighbor_columns
 from elm_wikitext.keys import text_id
 from elm_wikitext.publish.manifest import DEFAULT_COLUMN, EmbedStats, Manifest, SplitEntry
 from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
@@ -20,12 +21,14 @@ from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manife
 log = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 1e-3
-MIN_COSINE = 0.999
-SAMPLE_ROWS = 8
 # What `verify` checks, in order; an output passes only when every gate ran and found nothing.
 # "vectors" and the sample run for every embedding column, with its own recipe.
+NEIGHBOR_TIE = 1e-6  # neighbours whose cosines differ by less may come in either order
+NEIGHBOR_COSINE_TOLERANCE = 1e-5
 GATES = ("schema", "counts", "files", "vectors", "uniqueness",
-         f"re-embedded sample ({SAMPLE_ROWS} rows a split and column, cosine >= {MIN_COSINE})")
+         f"neighbours (every id in its split; {SAMPLE_ROWS} rows a split and column against a float64 brute force)",
+         f"sample re-embedded by sentence-transformers ({SAMPLE_ROWS} rows a split and column, cosine >= "
+         f"{MIN_COSINE['float32']} in float32)")
 
 
 def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
@@ -34,7 +37,7 @@ def _ids(split, mask: np.ndarray, limit: int = 5) -> str:
 
 
 def check_schema(splits: DatasetDict, manifest: Manifest) -> list[str]:
-    expected = expected_features(manifest.stats.dims())
+    expected = expected_features(manifest.stats.dims(), manifest.stats.neighbor_counts())
     return [f"{name}: features {dict(split.features)} differ from the published schema"
             for name, split in splits.items() if split.features != expected]
 
@@ -116,27 +119,47 @@ def check_uniqueness(splits: DatasetDict, split_by: str) -> list[str]:
     return problems
 
 
-def check_sample(splits: DatasetDict, column: str, embed: EmbedStats, model: str | None, seed: int,
-                 cosines: list | None = None) -> list[str]:
-    """Re-embed a random sample of `column` one paragraph at a time, by its recipe, and compare
-    with the stored vectors; each row's cosine is added to `cosines`, where given."""
-    model = model or embed.model
-    recipe = Recipe.from_json(embed.pooling or {})
-    tokenizer = load_tokenizer(model, embed.model_revision)
-    encoder = load_encoder(model, embed.model_revision, embed.dtype, embed.dim, tokenizer.pad_token_id, recipe=recipe)
-    rng = np.random.default_rng(seed)
-    problems = []
+def check_neighbors(splits: DatasetDict, column: str, k: int, seed: int) -> list[str]:
+    """Every neighbour a row of `column` names is another row of its split, as many as the split
+    allows; and for a random sample of rows, the stored neighbours are the k nearest by a float64
+    brute force over the split (any order among cosines within NEIGHBOR_TIE), with their cosines."""
+    ids_name, cosines_name = neighbor_columns(column)
+    rng, problems = np.random.default_rng(seed), []
     for name, split in splits.items():
-        for index in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
-            row = split[int(index)]
-            fresh = embed_ids(encoder, token_ids([row["text"]], tokenizer, recipe.prompt)).numpy()[0]
-            stored = np.asarray(row[column], dtype=np.float32)
-            cosine = float(fresh @ stored / (np.linalg.norm(fresh) * np.linalg.norm(stored)))
-            if cosines is not None:
-                cosines.append(cosine)
-            if cosine < MIN_COSINE:
-                problems.append(f"{name}: row {row['text_id']} re-embeds its {column} with cosine {cosine:.5f}")
+        own = split.data.column("text_id").to_numpy(zero_copy_only=False)
+        stored = pc.list_flatten(split.data.column(ids_name)).to_numpy(zero_copy_only=False).reshape(len(split), k)
+        position = {text: i for i, text in enumerate(own)}
+        named = np.array([[position.get(text, -2) if text is not None else -1 for text in row] for row in stored])
+        wrong = (named == -2).any(axis=1) | (named == np.arange(len(split))[:, None]).any(axis=1) | (
+            (named >= 0).sum(axis=1) != min(k, len(split) - 1))
+        if wrong.any():
+            problems.append(f"{name}: {ids_name} names rows not of this split, the row itself, or too few, "
+                            f"in rows {_ids(split, wrong)}")
+            continue
+        vectors = pc.list_flatten(split.data.column(column)).to_numpy().reshape(len(split), -1).astype(np.float64)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        cosines = pc.list_flatten(split.data.column(cosines_name)).to_numpy(zero_copy_only=False).reshape(len(split), k)
+        for row in rng.choice(len(split), size=min(SAMPLE_ROWS, len(split)), replace=False):
+            problem = _neighbors_problem(vectors, int(row), named[row], cosines[row])
+            if problem:
+                problems.append(f"{name}: row {own[row]}'s {ids_name} {problem}")
     return problems
+
+
+def _neighbors_problem(vectors: np.ndarray, row: int, named: np.ndarray, stored: np.ndarray) -> str | None:
+    """Why `named` (row numbers, -1 past the split's last other row) and their `stored` cosines
+    are not `row`'s nearest others, by a float64 brute force; None if they are."""
+    exact = vectors @ vectors[row]
+    exact[row] = -np.inf
+    named, stored = named[named >= 0], stored[:len(named[named >= 0])].astype(np.float64)
+    if np.abs(exact[named] - stored).max(initial=0) > NEIGHBOR_COSINE_TOLERANCE:
+        return f"cosines differ from their float64 values by up to {np.abs(exact[named] - stored).max():.2e}"
+    if (np.diff(exact[named]) > NEIGHBOR_TIE).any():
+        return "are not sorted by cosine"
+    others = np.delete(exact, np.append(named, row))
+    if len(named) and others.max(initial=-np.inf) > exact[named].min() + NEIGHBOR_TIE:
+        return f"miss a row of cosine {others.max():.6f}, nearer than the last named ({exact[named].min():.6f})"
+    return None
 
 
 def verify(output: str, model: str | None = None, option: str = "--output", seed: int | None = None,
@@ -153,19 +176,31 @@ def verify(output: str, model: str | None = None, option: str = "--output", seed
         raise BuildError(f"--model {model} is for --column {column}, which {output} does not have: "
                          f"pass --column, one of {', '.join(stats.embed)}")
     seed = secrets.randbits(32) if seed is None else seed
-    problems, cosines = check_schema(splits, manifest), []
+    problems = check_schema(splits, manifest)
     if not problems:  # the other gates read the columns the schema promises
         problems += check_counts(splits, manifest) + check_files(splits, manifest, output)
+        whole = []  # the columns whose vectors the neighbours can be checked against
         for name, embed in stats.embed.items():
-            problems += check_vectors(splits, name, embed)
+            found = check_vectors(splits, name, embed)
+            problems, whole = problems + found, whole + ([] if found else [name])
         problems += check_uniqueness(splits, stats.text.split_by)
-    if not problems:  # the slow gate only for an output that passed the others
-        log.info("re-embedding a sample drawn with seed %d", seed)
-        for name, embed in stats.embed.items():
-            problems += check_sample(splits, name, embed, model if name == column else None, seed, cosines=cosines)
+        for name, k in stats.neighbor_counts().items():
+            problems += check_neighbors(splits, name, k, seed) if name in whole else []
     if problems:
         raise BuildError(f"{output} failed verification ({len(problems)} problems): " + "; ".join(problems))
+    # The slow gate only for an output that passed the others: sentence-transformers' own vectors.
+    log.info("re-embedding a sample drawn with seed %d with sentence-transformers", seed)
+    columns = {name: (model if name == column and model else embed.model, embed.model_revision, embed.dtype, embed.dim)
+               for name, embed in stats.embed.items()}
+    try:
+        reference = check_against_reference(splits, columns, seed, pick_device())
+    except BuildError as err:
+        raise BuildError(f"{output} failed verification: {err}") from None
     log.info("verified %s", output)
+    lowest = min((facts["lowest_cosine"] for facts in reference["columns"].values()
+                  if facts["lowest_cosine"] is not None), default=None)
     return {"verified": output, "rows": {name: len(split) for name, split in splits.items()},
-            "columns": list(stats.embed), "gates": list(GATES), "sample_rows": len(cosines), "sample_seed": seed,
-            "lowest_sample_cosine": round(min(cosines), 6), "min_cosine_allowed": MIN_COSINE}
+            "columns": list(stats.embed), "gates": list(GATES), "sample_rows": reference["rows"], "sample_seed": seed,
+            "lowest_sample_cosine": lowest, "min_cosine_allowed": {name: facts["min_cosine"] for name, facts
+                                                                 in reference["columns"].items()},
+            "reference_seconds": reference["seconds"], "reference_load_seconds": reference["load_seconds"]}

@@ -1,9 +1,10 @@
 """The card's pictures of the vectors: a 2D map (PCA) coloured by article, and a few paragraphs
 with their nearest neighbours in the set.
 
-Both read one embedding column (`column`: a build may carry several), all splits together, and
-use numpy alone: PCA is a centred covariance and its two leading eigenvectors, and a neighbour
-search over a few query rows is one matrix product.
+Both read one embedding column (`column`: a build may carry several), all splits together. PCA
+uses numpy alone (a centred covariance and its two leading eigenvectors); the neighbours are the
+ones the neighbours stage stored beside the column, as is the agreement of several columns'
+neighbourhoods.
 """
 
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 from datasets import DatasetDict, concatenate_datasets
+
+from elm_wikitext.options import neighbor_columns
 
 MAP_ARTICLES = 8  # the largest articles get a colour each; more would be hard to tell apart
 NEIGHBOUR_QUERIES = 3
@@ -85,19 +88,53 @@ def save_embedding_map(splits: DatasetDict, path: Path, column: str = "embedding
 def nearest_neighbours(splits: DatasetDict, column: str = "embedding",
                        queries: int = NEIGHBOUR_QUERIES) -> list[dict]:
     """`queries` rows spread evenly over the set (splits in order: the same rows every build of
-    the same data), each with its nearest other row by cosine. Only queries x rows cosines are
-    held, never rows x rows."""
-    vectors = unit_vectors(splits, column)
-    if len(vectors) < 2:  # no other row to be a neighbour
+    the same data), each with its nearest other row of its split, as the neighbours stage stored
+    it beside `column` (none where the build had --neighbors 0)."""
+    ids_name, cosines_name = neighbor_columns(column)
+    if ids_name not in splits["train"].column_names:
         return []
-    chosen = np.unique(np.linspace(0, len(vectors) - 1, min(queries, len(vectors))).round().astype(int))
-    cosines = vectors[chosen] @ vectors.T
-    cosines[np.arange(len(chosen)), chosen] = -np.inf  # a row is not its own neighbour
-    nearest = cosines.argmax(axis=1)
-    every = concatenate_datasets(list(splits.values())).select_columns(["text", "article"])  # no copy
-    # "row", "neighbour": places in the splits taken in order, for a reader to find them again.
-    return [{"row": int(query), "neighbour": int(other), "cosine": float(cosines[i, other]),
-             **_cells(every[int(query)], every[int(other)])} for i, (query, other) in enumerate(zip(chosen, nearest))]
+    every = concatenate_datasets(list(splits.values())).select_columns(["text", "article", ids_name, cosines_name])
+    # Each split's rows by text_id, as places in the splits taken in order ("row", "neighbour"),
+    # for a reader to find them again.
+    starts = np.cumsum([0] + [len(split) for split in splits.values()])
+    place = [{text: start + i for i, text in enumerate(split["text_id"])} for start, split in zip(starts, splits.values())]
+    chosen = np.unique(np.linspace(0, len(every) - 1, min(queries, len(every))).round().astype(int))
+    pairs = []
+    for query in (int(row) for row in chosen):
+        split = int(np.searchsorted(starts, query, side="right")) - 1
+        first, cosine = every[query][ids_name][0], every[query][cosines_name][0]
+        if first is not None:  # a split of one row has no neighbour
+            other = place[split][first]
+            pairs.append({"row": query, "neighbour": other, "cosine": float(cosine), **_cells(every[query], every[other])})
+    return pairs
+
+
+def neighbourhood_agreement(splits: DatasetDict, columns: list[str]) -> dict:
+    """How the stored neighbourhoods of `columns` (those with neighbour columns) compare: for each
+    column the share of its neighbours from the row's own article, and for each pair of columns
+    the mean share of a row's K neighbours that both name (rows of a split too small for K
+    neighbours count their fewer)."""
+    named = {column: [pc.list_flatten(split.data.column(neighbor_columns(column)[0])).to_numpy(
+        zero_copy_only=False).reshape(len(split), -1) for split in splits.values()] for column in columns}
+    same_article = {column: _same_article_share(splits, named[column]) for column in columns}
+    overlap = []
+    for i, first in enumerate(columns):
+        for second in columns[i + 1:]:
+            shares = [len(set(a) & set(b) - {None}) / max(len(set(a) - {None}), 1)
+                      for one, two in zip(named[first], named[second]) for a, b in zip(one, two)]
+            overlap.append({"first": first, "second": second, "overlap": float(np.mean(shares)) if shares else 0.0})
+    return {"same_article": same_article, "overlap": overlap}
+
+
+def _same_article_share(splits: DatasetDict, named: list[np.ndarray]) -> float:
+    same = total = 0
+    for split, ids in zip(splits.values(), named):
+        article = dict(zip(split["text_id"], split["article_id"]))
+        own = np.repeat(split["article_id"], ids.shape[1])
+        theirs = [article[text] if text is not None else None for text in ids.ravel()]
+        same += sum(mine == other for mine, other in zip(own, theirs) if other is not None)
+        total += sum(other is not None for other in theirs)
+    return same / total if total else 0.0
 
 
 def _cells(query: dict, neighbour: dict) -> dict:

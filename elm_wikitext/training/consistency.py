@@ -130,6 +130,8 @@ class ConsistencyArgs:
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --dataset."})
     split: Optional[str] = field(default=None, metadata={"help": "The split the text_ids come from (default: any)."})
     column: str = field(default="embedding", metadata={"help": "The embedding column to score against, embedded by its own recipe."})
+    model: Optional[str] = field(default=None, metadata={"help": "A local copy of the embedding model, for a dataset "
+                                                          "whose card names a local model folder (no Hub id)."})
     seed: int = field(default=0, metadata={"help": "Seed of the baseline's random rows."})
     json: bool = field(default=False, metadata={"help": "Print the report as JSON."})
 
@@ -156,7 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         read_recipe(args.dataset, args.revision, args.column)  # a dataset without one is refused here
         splits = load_splits(args.dataset, args.revision)
         target_rows(splits, [p["text_id"] for p in predictions], args.split)
-        embedder = Embedder.from_dataset(args.dataset, args.revision, column=args.column)
+        embedder = Embedder.from_dataset(args.dataset, args.revision, model=args.model, column=args.column)
         report = semantic_consistency(splits, predictions, embedder, args.split, args.seed, args.column)
     except BuildError as err:
         print("error:", " ".join(str(err).split()), file=sys.stderr)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from elm_wikitext.embed.encode import DTYPES, embed_rows, load_encoder, model_identity, token_batches
 from elm_wikitext.embed.recipe import POOLINGS, Recipe, model_recipe
+from elm_wikitext.embed.spec import check_weights_sha256, model_folder
 from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, token_ids
 from elm_wikitext.errors import BuildError
 from elm_wikitext.locations import is_local, looks_like_path
@@ -67,7 +68,10 @@ class Embedder:
         model_path, model_revision = _model_to_load(recipe, dataset, model)
         embedder = cls(model_path, recipe["dim"], recipe["dtype"], model_revision, device=device,
                        recipe=Recipe.from_json(recipe))
-        _check_weights(recipe, model_path, model_revision, dataset)
+        if recipe.get("weights_sha256"):  # fetched by Hub id and commit, or a copy: the same files, by SHA-256
+            check_weights_sha256(model_folder(model_path, model_revision), recipe["weights_sha256"], dataset)
+        else:
+            _check_weights(recipe, model_path, model_revision, dataset)
         if str(embedder.encoder.dtype).removeprefix("torch.") != recipe["dtype"]:
             log.warning("%s was embedded in %s and this embedder computes in %s (on a CPU, always "
                         "float32): expect cosines of about 0.999 to its vectors, not 1",

@@ -226,6 +226,8 @@ def test_two_machines_equal_one_process_and_a_lost_one_is_relaunched_for_its_chu
     for name in one:
         assert one[name]["text_id"][:] == two[name]["text_id"][:]
         assert (vectors(embedded_output)[name] * vectors(text_output_copy)[name]).sum(axis=1).min() >= 0.99999
+        assert one[name]["embedding_neighbors"] == two[name]["embedding_neighbors"]  # searched by both processes
+    assert json.loads((text_output_copy / "manifest.json").read_text())["stats"]["neighbors"]["embedding"]["processes"] == 2
 
 
 def test_compiled_layers_give_the_same_vectors(embedded_output, text_output_copy, tiny_model):
@@ -399,10 +401,13 @@ def two_columns(embedded_output, st_models, tmp_path_factory) -> Path:
 
 def test_a_second_model_adds_its_column_and_leaves_the_first_as_it_was(embedded_output, two_columns, st_models):
     splits = load_from_disk(str(two_columns))
-    assert splits["train"].column_names[-2:] == ["embedding", "embedding_b"]
+    assert splits["train"].column_names[-6:] == ["embedding", "embedding_neighbors", "embedding_neighbor_cosines",
+                                                 "embedding_b", "embedding_b_neighbors", "embedding_b_neighbor_cosines"]
     assert splits["train"].features["embedding_b"] == List(Value("float32"), length=32)
+    first = load_from_disk(str(embedded_output))
     for name, array in vectors(embedded_output).items():
         np.testing.assert_array_equal(splits[name].with_format("numpy")["embedding"][:], array)  # untouched
+        assert splits[name]["embedding_neighbors"] == first[name]["embedding_neighbors"]  # kept as they were
     manifest = json.loads((two_columns / "manifest.json").read_text())
     first, second = manifest["stats"]["embed"]["embedding"], manifest["stats"]["embed"]["embedding_b"]
     assert first == embed_stats(embedded_output)  # its record kept as it was
@@ -431,6 +436,39 @@ def test_the_card_names_every_column_with_its_recipe(two_columns):
     assert list(recipes) == ["embedding", "embedding_b"]
     assert (recipes["embedding_b"]["pooling"], recipes["embedding_b"]["normalize"]) == ("mean", False)
     assert "| `embedding_b` | 32 x float32 |" in card.text and "mean of the tokens, not normalized" in card.text
+    assert "| `embedding_b_neighbors` | 8 x string |" in card.text
+    # How far the two spaces' neighbourhoods agree, from the stored neighbours.
+    splits = load_from_disk(str(two_columns))
+    shares = [len(set(a) & set(b) - {None}) / len(set(a) - {None}) for split in splits.values()
+              for a, b in zip(split["embedding_neighbors"], split["embedding_b_neighbors"])]
+    assert f"`embedding` and `embedding_b` agree on {100 * np.mean(shares):.1f}% of a row's neighbours" in card.text
+
+
+def test_the_card_of_two_models_says_only_what_is_true_of_each(two_columns):
+    """Read as a stranger would: unit vectors only where a recipe normalizes, the query recipe of
+    the model that has one, Qwen3-Embedding's instruction and citation only for it, and a load
+    snippet with the dataset's own column names; a card led by the BERT-like column alone says none
+    of Qwen3's."""
+    from elm_wikitext.publish.card import render_card
+    from elm_wikitext.publish.manifest import Manifest
+
+    manifest = json.loads((two_columns / "manifest.json").read_text())
+    manifest["stats"]["embed"]["embedding"].update(model_id="Qwen/Qwen3-Embedding-4B", model_commit="a" * 40)
+    splits = load_from_disk(str(two_columns))
+    card = render_card(splits, Manifest.from_json(manifest)).text
+    assert "(`embedding`: 64 floats, unit length; `embedding_b`: 32 floats)." in card
+    assert "| `embedding_b` | 32 x float32 | the paragraph's `bert-mean (a local model folder)` embedding |" in card
+    assert 'columns=["embedding", "text"]' in card and "encode_query`, which puts `Instruct: Given a web search" in card
+    assert "Instruct: {task}" in card and "@article{qwen3embedding" in card
+    assert "dot product (both are unit vectors)" in card
+
+    del manifest["stats"]["embed"]["embedding"]  # the BERT-like column alone
+    manifest["config"]["column"] = "embedding_b"
+    card = render_card(splits, Manifest.from_json(manifest)).text
+    assert "a 32-float vector." in card and "unit" not in card.split("## How to load")[0]
+    assert 'columns=["embedding_b", "text"]' in card and 'batch["embedding_b"]' in card
+    assert "Instruct" not in card and "qwen3" not in card.lower() and "cosine similarity" in card
+    assert "`SentenceTransformer(model).encode_document(text)` gives" in card
 
 
 def test_a_column_is_reused_for_the_same_recipe_and_refused_for_another(two_columns, st_models, tmp_path, capsys):

@@ -216,7 +216,10 @@ def reference_model(directory) -> str:
 def test_vectors_changed_only_with_embed_version(tmp_path):
     from elm_wikitext.embed.encode import EMBED_VERSION
 
-    encoder = load_encoder(reference_model(tmp_path), None, "float16", 32, 0)
+    from elm_wikitext.embed.recipe import Recipe
+
+    # The last token's state, normalized (a plain folder would be pooled by mean, as sentence-transformers does).
+    encoder = load_encoder(reference_model(tmp_path), None, "float16", 32, 0, recipe=Recipe())
     ids = [[17, 200, 3, 99, 255], [5, 6, 7, 8, 9, 10, 11, 12, 255], [42, 255]]
     values = embed_ids(encoder, ids)[:, :6].double().numpy().round(4).tolist()
     assert EMBED_VERSION == EMBED_REFERENCE_VERSION, (
@@ -226,7 +229,7 @@ def test_vectors_changed_only_with_embed_version(tmp_path):
         f"EMBED_REFERENCE_VERSION = {EMBED_VERSION + 1} and EMBED_REFERENCE = {values}")
 
 
-@pytest.mark.parametrize("kind", ["qwen3-lasttoken", "bert-mean", "bert-cls", "t5-mean"])
+@pytest.mark.parametrize("kind", ["qwen3-lasttoken", "bert-mean", "bert-cls", "t5-mean", "plain-qwen3", "plain-bert"])
 def test_every_model_kind_equals_sentence_transformers_encode(st_models, kind, sample_dir):
     """The model's own recipe, through the build's batches (right padding, a mask for encoders):
     the vectors sentence-transformers' encode_document gives, row for row."""

@@ -23,9 +23,11 @@ def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, 
     assert main(["--stage", "embed", "--model", tiny_model, "--output", output]) == 0  # default options
     card = DatasetCard.load(Path(output) / "README.md")
     # The config says which archive files a local folder gave: the raw ones, by default.
-    assert f"Built from `{sample_dir}`, config `wikitext-2-raw-v1` (the raw text" in card.text
+    assert "Built from `wikitext_sample (a local copy)`, config `wikitext-2-raw-v1` (the raw text" in card.text
     assert "Salesforce/wikitext" not in card.text and "<unk>` stays" not in card.text
-    assert f"- Model: `{tiny_model}`." in card.text  # a local directory: no Hub config or revision
+    # A local directory without --model-id: its name, no revision, and no path of this machine.
+    assert "- Model: `tiny-qwen3 (a local model folder)`." in card.text
+    assert str(sample_dir) not in str(card) and tiny_model not in str(card) and str(tmp_path) not in str(card)
     assert "at most 3000 tokens per paragraph" in card.text and "outside 20-3000 tokens" in card.text
     table = card.text.split("| tokens | paragraphs |")[1].split("![")[0]
     buckets = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "-" in line]
@@ -44,6 +46,31 @@ def test_the_card_names_the_corpus_and_model_it_was_built_from(embedded_output):
     assert "WikiText-103 paragraphs paired with their **Qwen/Qwen3-Embedding-0.6B** embeddings" in card.text
     assert "Built from `Salesforce/wikitext`, config `wikitext-103-raw-v1` (the raw text" in card.text
     assert "revision `main`" in card.text and "WikiText-2" not in card.text
+
+
+def test_local_folders_with_hub_ids_are_published_by_id_and_commit_never_by_path(embedded_output):
+    """The README's offline route: `hf download Qwen/Qwen3-Embedding-4B --local-dir ...`, then
+    --model-id and --source-id: the card names both by Hub id and commit, the recipe Embedder reads
+    fetches by them, and no path of the builder's machine is left anywhere in it."""
+    manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
+    commit, sha = "a" * 40, "b" * 64
+    manifest["stats"]["text"].update(source_id="Salesforce/wikitext", source_commit="c" * 40)
+    manifest["stats"]["embed"]["embedding"].update(model_id="Qwen/Qwen3-Embedding-4B", model_commit=commit,
+                                                   weights_sha256={"model.safetensors": sha})
+    card = render_card(load_from_disk(str(embedded_output)), Manifest.from_json(manifest))
+    assert card.data.pretty_name == "ELM WikiText-2: paragraphs and their Qwen3-Embedding-4B vectors"
+    assert card.data.source_datasets == ["Salesforce/wikitext"]
+    assert f"- Model: `Qwen/Qwen3-Embedding-4B`, revision `{commit}`." in card.text
+    assert f"Built from `Salesforce/wikitext` (commit `{'c' * 40}`)" in card.text
+    recipe = card.data.embedding["embedding"]
+    assert (recipe["model"], recipe["model_revision"], recipe["model_weights"]) == ("Qwen/Qwen3-Embedding-4B", commit, commit)
+    assert recipe["weights_sha256"] == {"model.safetensors": sha}
+    command = card.text.split("## How it was built")[1]
+    # The model and the source are the defaults' ids now: only their commits are named.
+    assert f"--model-revision {commit}" in command and "--model " not in command and "--source " not in command
+    local = [manifest["stats"]["embed"]["embedding"]["model"], manifest["stats"]["text"]["source"], str(embedded_output)]
+    assert not any(path in str(card) for path in local), "a path of the builder's machine in the card"
+    assert "@article{qwen3embedding" in card.text and "Instruct: {task}" in card.text  # Qwen3-Embedding's own
 
 
 def test_the_card_of_a_tokenized_build_counts_its_unknown_words(embedded_output):

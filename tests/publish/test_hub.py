@@ -82,8 +82,9 @@ def no_waiting(monkeypatch):
 
 @pytest.fixture
 def push_options(options, no_waiting):
-    """A build with --push into a fresh output."""
+    """A build with --push into a fresh output; its local model and source named by Hub ids."""
     options.push, options.version = True, "v1.0.0"
+    options.model_id, options.source_id = "someone/tiny-embedding", "Salesforce/wikitext"
     return options
 
 
@@ -241,10 +242,33 @@ def test_a_push_that_cannot_succeed_is_refused_before_any_work(case, push_option
     assert "create_repo" not in api.calls and not Path(push_options.output).exists()
 
 
+def test_neighbour_columns_join_a_repo_and_a_build_without_them_is_told_their_k():
+    def card(neighbors):
+        from datasets.info import DatasetInfo
+        from huggingface_hub import DatasetCardData
+
+        data = DatasetCardData()
+        DatasetInfosDict({"default": DatasetInfo(features=expected_features({"embedding": 64}, neighbors))}
+                         ).to_dataset_card_data(data)
+        return data
+
+    with_neighbours = expected_features({"embedding": 64}, {"embedding": 8})
+    hub.check_features(card(None), with_neighbours, "someone/elm-wikitext2")  # a repo from before them
+    hub.check_features(card({"embedding": 8}), with_neighbours, "someone/elm-wikitext2")
+    for build_features in (expected_features({"embedding": 64}), expected_features({"embedding": 64}, {"embedding": 4})):
+        with pytest.raises(BuildError, match="holds the neighbour columns embedding_neighbors, "
+                                             "embedding_neighbor_cosines of 8 neighbours.*pass --neighbors 8"):
+            hub.check_features(card({"embedding": 8}), build_features, "someone/elm-wikitext2")
+
+
+# What a staged card names the local model and sample by (a local folder has no Hub id of its own).
+HUB_IDS = ["--model-id", "someone/tiny-embedding", "--source-id", "Salesforce/wikitext"]
+
+
 def staging(embedded_copy, sample_dir, tiny_model, *extra) -> list[str]:
     """The build of the shared output again (its vectors reused), staging the upload for someone/elm-wikitext2."""
     return ["--source", str(sample_dir), "--model", tiny_model, "--output", str(embedded_copy),
-            "--repo-id", "someone/elm-wikitext2", *extra]
+            "--repo-id", "someone/elm-wikitext2", *HUB_IDS, *extra]
 
 
 def test_without_the_hub_the_upload_folder_is_staged_and_loads(embedded_copy, sample_dir, tiny_model, tmp_path,
@@ -289,7 +313,7 @@ def test_a_hub_folder_that_cannot_be_staged_is_refused_before_any_work(case, ext
 
     mine = tmp_path / "mine"
     (mine / "notes").mkdir(parents=True)
-    argv = ["--source", options.source, "--model", options.model, "--output", options.output,
+    argv = ["--source", options.source, "--model", options.model, "--output", options.output, *HUB_IDS,
             "--repo-id", "someone/elm-wikitext2", "--hub-folder", str(tmp_path / "upload")]
     argv += [part.format(output=options.output, mine=mine) for part in extra]
     assert main(argv) == 2

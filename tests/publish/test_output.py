@@ -18,7 +18,7 @@ def test_output_holds_data_card_manifest_and_histogram(embedded_output):
     manifest = json.loads((embedded_output / MANIFEST_FILE).read_text())
     splits = load_from_disk(str(embedded_output))
     assert manifest["config"]["model"] and manifest["versions"]["datasets"]
-    assert set(manifest["stats"]) == {"text", "embed"}
+    assert set(manifest["stats"]) == {"text", "embed", "neighbors"}
     assert {name: entry["rows"] for name, entry in manifest["splits"].items()} == {
         name: len(split) for name, split in splits.items()}
     assert all(len(entry["sha256"]) == 64 for entry in manifest["splits"].values())

@@ -39,14 +39,17 @@ def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedde
     splits, manifest = load_from_disk(str(embedded_output)), json.loads((embedded_output / MANIFEST_FILE).read_text())
     assert printed["verified"].strip() == f"{embedded_output}: every gate passed"
     assert printed["rows"].strip() == ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    assert printed["gates"].strip() == "schema, counts, files, vectors, uniqueness, re-embedded"
-    assert printed["sample"].strip().startswith(f"{report['sample_rows']} rows re-embedded (seed {report['sample_seed']})")
+    assert printed["gates"].strip() == "schema, counts, files, vectors, uniqueness, neighbours, sample"
+    assert printed["sample"].strip().startswith(
+        f"{report['sample_rows']} rows embedded again by sentence-transformers (seed {report['sample_seed']})")
+    assert "(at least embedding 0.99999)" in printed["sample"] and "s loading the model" in printed["sample"]
     assert report["rows"] == {name: len(split) for name, split in splits.items()} == {
         name: entry["rows"] for name, entry in manifest["splits"].items()}
     assert [gate.split()[0] for gate in report["gates"]] == [
-        "schema", "counts", "files", "vectors", "uniqueness", "re-embedded"]
+        "schema", "counts", "files", "vectors", "uniqueness", "neighbours", "sample"]
     assert report["sample_rows"] == sum(min(8, len(split)) for split in splits.values())
-    assert report["min_cosine_allowed"] == 0.999 <= report["lowest_sample_cosine"] <= 1.0001
+    assert report["min_cosine_allowed"] == {"embedding": 0.99999}  # float32, on this CPU
+    assert 0.99999 <= report["lowest_sample_cosine"] <= 1.0001
 
 
 def test_rows_that_do_not_match_the_manifest_fail(embedded_copy):
@@ -80,7 +83,7 @@ def test_a_paragraph_in_two_splits_fails(embedded_copy):
         verify(str(rewrite(embedded_copy, leak)))
 
 
-def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
+def test_vectors_of_the_wrong_rows_fail_the_neighbours_then_the_sample(embedded_copy):
     def shuffle_vectors(splits):
         for name in splits:
             vectors = splits[name]["embedding"][:]
@@ -89,8 +92,21 @@ def test_vectors_of_the_wrong_rows_fail_the_sample(embedded_copy):
                 "embedding", rolled, feature=splits[name].features["embedding"])
         return splits
 
-    with pytest.raises(BuildError, match="re-embeds its embedding with cosine"):
+    # The stored neighbours no longer fit the vectors: the cheap gate says so first.
+    with pytest.raises(BuildError, match="embedding_neighbors cosines differ from their float64 values"):
         verify(str(rewrite(embedded_copy, shuffle_vectors)))
+
+    def without_neighbours(splits):  # as a --neighbors 0 build of these vectors would be
+        return shuffle_vectors(splits.remove_columns(["embedding_neighbors", "embedding_neighbor_cosines"]))
+
+    rewritten = rewrite(embedded_copy, without_neighbours)
+    manifest = json.loads((rewritten / MANIFEST_FILE).read_text())
+    del manifest["stats"]["neighbors"]
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (rewritten / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match=r"differ from SentenceTransformer\(model\).encode_document .* "
+                                         r"train row \w+ \(embedding\): cosine"):
+        verify(str(rewritten))
 
 
 def test_files_changed_after_the_build_fail(embedded_copy):

@@ -80,10 +80,12 @@ def test_the_cli_prints_the_report(embedded_output, splits, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["consistency"]["mean"] >= 0.9999
 
 
-def test_a_staged_hub_folder_is_scored_like_the_output(hub_folder, splits, perfect, tmp_path, monkeypatch, capsys):
+def test_a_staged_hub_folder_is_scored_like_the_output(hub_folder, splits, perfect, tiny_model, tmp_path, monkeypatch,
+                                                       capsys):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))  # not the user's cache
     predictions = write_jsonl(tmp_path / "p.jsonl", own_texts(splits))
-    assert main(["--dataset", str(hub_folder), "--predictions", predictions, "--json"]) == 0
+    # Its card names the local model folder by name alone (built without --model-id): a copy is passed.
+    assert main(["--dataset", str(hub_folder), "--predictions", predictions, "--json", "--model", tiny_model]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["predictions"] == perfect["predictions"]
     for score in ("consistency", "baseline"):  # the same rows, texts, vectors and seeded draws

@@ -1,6 +1,7 @@
 """Embedder: new text embedded as the dataset's rows were, from its manifest or its card."""
 
 import shutil
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
@@ -38,11 +39,55 @@ def test_every_row_re_embeds_to_its_stored_vector(embedded_output):
         assert (vectors * expected).sum(axis=1).min() >= 0.9999, name
 
 
-def test_a_staged_hub_folder_carries_the_recipe_in_its_card(embedded_output, hub_folder):
+def test_a_staged_hub_folder_carries_the_recipe_in_its_card(embedded_output, hub_folder, tiny_model):
+    """Its card names a local model folder (built without --model-id) by its name alone: a reader
+    passes a copy of it, whose weight files are checked by SHA-256."""
     assert not (hub_folder / "manifest.json").exists()
+    with pytest.raises(BuildError, match=r"tiny-qwen3 \(a local model folder\) is not a directory .* pass model=DIR"):
+        Embedder.from_dataset(str(hub_folder))
     texts, expected = stored(embedded_output)
-    vectors = Embedder.from_dataset(str(hub_folder)).embed(texts)
+    vectors = Embedder.from_dataset(str(hub_folder), model=tiny_model).embed(texts)
     assert (vectors * expected).sum(axis=1).min() >= 0.9999
+
+
+def hub_cache_of(model: str, cache: Path, repo_id: str, commit: str) -> None:
+    """`model`'s files in a Hub cache layout, as `from_pretrained(repo_id, revision=commit)`
+    leaves them on another machine: snapshots/<commit>/<file> linked to blobs/<SHA-256>."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for path in Path(model).rglob("*"):
+        if path.is_file():
+            blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, blob)
+            link = repo / "snapshots" / commit / path.relative_to(model)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_a_card_naming_a_hub_model_fetches_it_by_commit_and_checks_its_weights(
+        hub_folder, tiny_model, embedded_output, tmp_path, monkeypatch):
+    import hashlib
+
+    commit = "1" * 40
+    sha = hashlib.sha256((Path(tiny_model) / "model.safetensors").read_bytes()).hexdigest()
+    cache = tmp_path / "hub-cache"
+    hub_cache_of(tiny_model, cache, "someone/tiny-embedding", commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    card = edited_card(hub_folder, tmp_path, {"model": "someone/tiny-embedding", "model_revision": commit,
+                                              "model_weights": commit, "weights_sha256": {"model.safetensors": sha}})
+    texts, expected = stored(embedded_output)
+    vectors = Embedder.from_dataset(card).embed(texts)
+    assert (vectors * expected).sum(axis=1).min() >= 0.9999
+    other = edited_card(hub_folder, tmp_path / "other", {"model": "someone/tiny-embedding", "model_revision": commit,
+                                                         "model_weights": commit, "weights_sha256": {"model.safetensors": "0" * 64}})
+    with pytest.raises(BuildError, match="the weight file model.safetensors of .* is not the one .* was embedded with"):
+        Embedder.from_dataset(other)
 
 
 def test_an_explicit_embedder_cuts_dim_as_the_build_does(tiny_model, embedded_output):
@@ -78,7 +123,7 @@ def test_a_recipe_it_cannot_reproduce_is_refused(hub_folder, tmp_path, changes, 
         Embedder.from_dataset(edited_card(hub_folder, tmp_path, changes))
 
 
-def test_a_card_of_one_recipe_from_before_columns_still_embeds(hub_folder, tmp_path, embedded_output):
+def test_a_card_of_one_recipe_from_before_columns_still_embeds(hub_folder, tmp_path, embedded_output, tiny_model):
     copy = tmp_path / "old-card"
     shutil.copytree(hub_folder, copy)
     card = DatasetCard.load(copy / "README.md")
@@ -88,8 +133,8 @@ def test_a_card_of_one_recipe_from_before_columns_still_embeds(hub_folder, tmp_p
     card.data.embedding = {**recipe, "pooling": "last_token_l2"}  # as the first cards wrote it
     card.save(copy / "README.md")
     texts = load_from_disk(str(embedded_output))["test"]["text"][:3]
-    np.testing.assert_allclose(Embedder.from_dataset(str(copy)).embed(texts),
-                               Embedder.from_dataset(str(hub_folder)).embed(texts), atol=1e-6)
+    np.testing.assert_allclose(Embedder.from_dataset(str(copy), model=tiny_model).embed(texts),
+                               Embedder.from_dataset(str(hub_folder), model=tiny_model).embed(texts), atol=1e-6)
     with pytest.raises(BuildError, match="has no embedding column 'embedding_b': pass column= one of embedding"):
         Embedder.from_dataset(str(copy), column="embedding_b")
 
