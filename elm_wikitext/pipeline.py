@@ -107,7 +107,8 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
         if given != getattr(defaults, option) and given != recorded:
             flag = "--" + option.replace("_", "-")
             raise BuildError(f"{flag} {given} contradicts the text stage of --output {options.output}, "
-                             f"made with {flag} {recorded}: leave {flag} out, or rebuild with --stage all")
+                             f"made with {flag} {recorded}: leave {flag} out, or rebuild the text with --stage all "
+                             f"{flag} {given} --drop-columns (the columns of the old text are dropped)")
         taken[option] = recorded
     return dataclasses.replace(options, **taken)
 
