@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Only what parsing the options needs: torch, datasets and transformers load after it, so that
 # --help and a refused option answer at once.
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.options import BuildOptions, parse_options
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as err:
         print("error:", " ".join(str(err).split()), file=sys.stderr)
         return 2
-    from elm_wikitext.embed import processes
+    from elm_wikitext.core import processes
 
     on_sigterm = signal.signal(signal.SIGTERM, _terminate)
     try:

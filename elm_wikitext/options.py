@@ -9,18 +9,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Optional, get_args, get_type_hints
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.schema import DEFAULT_COLUMN, NEIGHBOR_SUFFIXES, RESERVED_COLUMNS
 
-SPLIT_NAMES = ("train", "validation", "test")
-# The text stage's columns (publish/output.py's TEXT_FEATURES) and its token ids: no embedding's name.
-RESERVED_COLUMNS = ("text_id", "text", "article_id", "article", "section", "token_count", "char_count", "input_ids")
-# Beside an embedding column C, the neighbours stage writes C + each suffix: no embedding's name ends so.
-NEIGHBOR_SUFFIXES = ("_neighbors", "_neighbor_cosines")
-
-
-def neighbor_columns(column: str) -> tuple[str, str]:
-    """The names of `column`'s neighbour columns: the neighbours' text_ids, and their cosines."""
-    return column + NEIGHBOR_SUFFIXES[0], column + NEIGHBOR_SUFFIXES[1]
 
 
 def _opt(default, help: str, **metadata):
@@ -72,7 +63,7 @@ class BuildOptions:
         None, "Embedding size to keep (Matryoshka: the first N values, re-normalized), 32 to "
         "the model's hidden size. Default: the hidden size (2560 for Qwen3-Embedding-4B).")
     column: str = _opt(
-        "embedding", "The column the embed stage writes. Another name adds another model's vectors "
+        DEFAULT_COLUMN, "The column the embed stage writes. Another name adds another model's vectors "
         "beside those already there, which stay as they are: --stage embed --model B --column "
         "embedding_b. A column that exists is reused if the same model, recipe and text made it, "
         "else refused.")

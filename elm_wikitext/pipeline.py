@@ -11,23 +11,24 @@ import numpy as np
 from datasets import DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 
-from elm_wikitext.embed import processes
+from elm_wikitext.core import processes
 from elm_wikitext.embed.chunks import embed_splits, plan_chunks
 from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
                                        row_flops)
-from elm_wikitext.embed.reference import check_against_reference
+from elm_wikitext.core.reference import check_against_reference
 from elm_wikitext.embed.spec import resolve_model
-from elm_wikitext.embed.tokens import load_tokenizer, model_on_hub
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import check_on_hub, download_record, on_hub, resolved
+from elm_wikitext.core.tokens import load_tokenizer, model_on_hub
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import check_on_hub, download_record, on_hub, resolved
 from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
 from elm_wikitext.neighbors.search import nearest, search_flops
-from elm_wikitext.options import SPLIT_NAMES, BuildOptions, neighbor_columns
+from elm_wikitext.core.schema import SPLIT_NAMES, expected_features, neighbor_columns
+from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
 from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
-from elm_wikitext.publish.manifest import NeighborStats, TextStats, new_manifest
+from elm_wikitext.core.records import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, check_output_location,
-                                         check_writable_beside, columns_on_disk, embed_work_folder, expected_features,
+                                         check_writable_beside, columns_on_disk, embed_work_folder,
                                          hub_folder, make_work_folder, output_lock, read_output, recover_output,
                                          remove_finished_work, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_files, check_vectors, verify
@@ -164,7 +165,7 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, others, other_neighbors = keep_columns(splits, earlier, others, other_neighbors, options)
     embed = neighbors = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
-        splits, embed = embed_splits(splits, tokenizer, options, spec, earlier)
+        splits, embed = embed_splits(splits, tokenizer, options, spec, embed_work_folder(options.output), earlier)
         # The build's own gates: no vector that --verify would refuse is written (nor searched: every
         # process learns the main process's verdict, and stops with it).
         problems = check_vectors(splits, options.column, embed) if processes.is_main() else None

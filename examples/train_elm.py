@@ -23,8 +23,8 @@ from torch import nn
 from huggingface_hub import constants
 from transformers import HfArgumentParser
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import HubId, check_on_hub, is_local, looks_like_path
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import HubId, check_on_hub, is_local, looks_like_path
 from elm_wikitext.training.loading import load_splits, shuffled_batches
 
 log = logging.getLogger("train_elm")

@@ -65,7 +65,7 @@ def retrained_model(tiny_model, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model):
-    from elm_wikitext.embed.tokens import load_tokenizer
+    from elm_wikitext.core.tokens import load_tokenizer
 
     return load_tokenizer(tiny_model)
 

@@ -15,7 +15,8 @@ import pytest
 from datasets import load_from_disk
 
 from build import main
-from elm_wikitext.options import SPLIT_NAMES, BuildOptions
+from elm_wikitext.core.schema import SPLIT_NAMES
+from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.output import MANIFEST_FILE
 
 BUILD = Path(__file__).parents[1] / "build.py"
@@ -240,7 +241,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_text_stage_writes_a_dataset_dict_and_its_statistics(text_output):
-    from elm_wikitext.publish.output import expected_features
+    from elm_wikitext.core.schema import expected_features
 
     # `text_output` is `build.py --stage text` on the sample (see conftest.py).
     splits = load_from_disk(str(text_output))
@@ -360,8 +361,8 @@ def test_a_hub_out_of_reach_is_reported_for_the_source_and_the_model_in_one_line
             asked.append(repo_id)
             raise ConnectionRefusedError("connection refused")
 
-    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubOutOfReach)
-    monkeypatch.setattr("elm_wikitext.embed.tokens.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("elm_wikitext.core.locations.HfApi", HubOutOfReach)
+    monkeypatch.setattr("elm_wikitext.core.tokens.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr("elm_wikitext.text.source.datasets.config.HF_HUB_OFFLINE", False)
     status, error = run(["--output", tmp_path / "out"], capsys)  # the defaults: both from the Hub
     assert status == 2 and asked == ["Salesforce/wikitext", "Qwen/Qwen3-Embedding-4B"]

@@ -22,17 +22,17 @@ from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_da
 from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
-from elm_wikitext.embed import processes
+from elm_wikitext.core import processes
 from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, compile_layers, compiles, embed_rows,
                                        load_encoder, model_identity, token_batches)
-from elm_wikitext.embed.recipe import Recipe
-from elm_wikitext.embed.spec import ModelSpec
-from elm_wikitext.embed.tokens import token_ids
-from elm_wikitext.errors import BuildError, writing
-from elm_wikitext.keys import step_fingerprint
-from elm_wikitext.options import SPLIT_NAMES
-from elm_wikitext.publish.manifest import EmbedStats, Manifest
-from elm_wikitext.publish.output import TEXT_COLUMNS, embed_work_folder, make_work_folder
+from elm_wikitext.core.recipe import Recipe
+from elm_wikitext.core.spec import ModelSpec
+from elm_wikitext.core.tokens import token_ids
+from elm_wikitext.core.errors import BuildError, writing
+from elm_wikitext.core.keys import step_fingerprint
+from elm_wikitext.core.schema import SPLIT_NAMES, TEXT_COLUMNS
+from elm_wikitext.core.ownership import make_work_folder
+from elm_wikitext.core.records import EmbedStats, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +261,12 @@ def check_column_free(splits: DatasetDict, column: str, output: str) -> None:
                          "rebuild with --stage all")
 
 
-def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec,
+def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec, work_folder: Path,
                  earlier: tuple[DatasetDict, Manifest] | None = None) -> tuple[DatasetDict | None, EmbedStats | None]:
     """Every process computes its share; the main process returns the splits with the
     `options.column` column added and the stage's statistics (the others None, None). `spec` is
-    the model as the build resolved it (spec.resolve_model). `earlier` is the output already at
+    the model as the build resolved it (spec.resolve_model); `work_folder` where its chunks wait
+    (beside --output: the pipeline knows where). `earlier` is the output already at
     --output, with its manifest: where its column was made under this run's key, it is taken as it
     is and no model is loaded. Other columns are kept as they are."""
     started = time.perf_counter()
@@ -295,7 +296,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec,
     if compiled:
         compiled = compile_layers(encoder, required=options.compile == "yes")
     with writing(f"the embedding's work folder beside --output {options.output}"):
-        work = make_work_folder(embed_work_folder(options.output))
+        work = make_work_folder(work_folder)
     store = ChunkStore(work / key, encoder.dim)
     chunks = plan_chunks(lengths, options.chunk_tokens)
     embedding_started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The embedding model and its pooling, as the model's own recipe (recipe.py) specifies them.
+"""The embedding model and its pooling, as the model's own recipe (core/recipe.py) specifies them.
 
 Qwen3-Embedding's, the default: documents get no instruction; the tokenizer appends
 `<|endoftext|>`; the vector is the last layer's hidden state at that appended token, L2-normalized
@@ -27,8 +27,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoConfig, AutoModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from elm_wikitext.embed.recipe import Recipe, model_recipe
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.recipe import Recipe, model_recipe
+from elm_wikitext.core.devices import DTYPES, pick_device
+from elm_wikitext.core.errors import BuildError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ EMBED_VERSION = 2  # 2: every layer runs the model's own forward (1: the last on
 
 # Where lengths are sparse (the long tail), smaller batches beat computing padding.
 MAX_PADDING = 0.03
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # PyTorch's SDPA prefers cuDNN's attention on H100s, which builds a plan for each new shape of
 # (rows, length), and nearly every batch here is one: a quarter of a build's embedding time on an
 # H100 (benchmarks/README.md). Its other fused kernels have no such cost.
@@ -62,10 +62,6 @@ class Encoder:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def check_config_file(model: str) -> None:

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from elm_wikitext.neighbors.search import MARGIN
-from elm_wikitext.options import neighbor_columns
+from elm_wikitext.core.schema import neighbor_columns
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,6 @@ def without_neighbors(split: Dataset, column: str) -> Dataset:
 
 
 def neighbor_stats(k: int, seconds: float, device: torch.device, processes: int, searched: int) -> dict:
-    """What the manifest records of the stage (publish.manifest.NeighborStats' fields)."""
+    """What the manifest records of the stage (core.records.NeighborStats' fields)."""
     return {"k": k, "margin": MARGIN, "device": str(device), "processes": processes,
             "rows_searched_in_float64": searched, "seconds": round(seconds, 2)}

@@ -18,11 +18,11 @@ from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import on_hub
-from elm_wikitext.options import SPLIT_NAMES
-from elm_wikitext.publish.manifest import Manifest, rebuild_command
-from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE, expected_features,
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import on_hub
+from elm_wikitext.core.schema import SPLIT_NAMES, expected_features
+from elm_wikitext.core.records import Manifest, rebuild_command
+from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE,
                                          hub_data_files, hub_shard, make_hub_folder, read_output)
 from elm_wikitext.publish.visuals import nearest_neighbours, neighbourhood_agreement, save_embedding_map
 
@@ -157,44 +157,6 @@ def template_errors():
         raise BuildError(f"the card's template {CARD_TEMPLATE} does not render ({type(err).__name__}: {err}): restore "
                          "elm_wikitext/dataset_card.md from the repository, or fix the edit; then rerun (the vectors "
                          "are kept)") from None
-
-
-def public_model(stats) -> str:
-    """A column's model as a published file names it: its Hub id, or a local folder's name."""
-    if stats.model_id:
-        return stats.model_id
-    return stats.model if on_hub(stats.model) else f"{Path(stats.model).name} (a local model folder)"
-
-
-def public_source(text) -> str | None:
-    """The source's Hub id (--source, or --source-id for a local copy); None: a local copy without one."""
-    if text.recorded("source_id") and text.source_id:
-        return text.source_id
-    return text.source if on_hub(text.source) else None
-
-
-def public_recipe(stats) -> dict:
-    """The recipe the card carries for Embedder.from_dataset: the model by Hub id and commit (or a
-    local folder's name, which a reader must then pass as model=DIR), and its weights' SHA-256."""
-    recipe = stats.recipe()
-    commit = stats.model_commit
-    return {**recipe, "model": public_model(stats), "model_revision": commit or recipe["model_revision"],
-            "model_weights": commit or recipe["model_weights"], "weights_sha256": stats.weights_sha256}
-
-
-def published_command(manifest: Manifest) -> str:
-    """The rebuild command as a stranger can run it: the model and the source by Hub id and
-    commit, the output at its default place; no path of the builder's machine."""
-    from elm_wikitext.options import BuildOptions
-
-    options = BuildOptions()
-    known = {key: value for key, value in manifest.config.items() if hasattr(options, key)}
-    embed, text = next(iter(manifest.stats.embed.values())), manifest.stats.text
-    model, source = public_model(embed).split(" ")[0], public_source(text) or Path(text.source).name
-    known.update(model=model, model_id=None, source=source, source_id=None, output=options.output,
-                 model_revision=embed.model_commit or known.get("model_revision"),
-                 source_revision=text.source_commit or known.get("source_revision"))
-    return rebuild_command(dataclasses.replace(options, **known))
 
 
 def public_model(stats) -> str:

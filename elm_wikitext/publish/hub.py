@@ -19,9 +19,9 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.options import NEIGHBOR_SUFFIXES
-from elm_wikitext.publish.output import WORK_MARKER
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.schema import NEIGHBOR_SUFFIXES
+from elm_wikitext.core.ownership import WORK_MARKER
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from datasets import DatasetDict, Features, List, Value, load_from_disk
+from datasets import DatasetDict, load_from_disk
 from filelock import FileLock, Timeout
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import is_local
-from elm_wikitext.options import SPLIT_NAMES, neighbor_columns
-from elm_wikitext.publish.manifest import OUTPUT_MARKER, Manifest, SplitEntry
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import is_local
+from elm_wikitext.core.ownership import WORK_MARKER, make_work_folder
+from elm_wikitext.core.schema import SPLIT_NAMES, TEXT_COLUMNS, TOKEN_IDS
+from elm_wikitext.core.records import OUTPUT_MARKER, Manifest, SplitEntry
 
 log = logging.getLogger(__name__)
 
@@ -40,34 +41,10 @@ HUB_LAYOUT = ".hub"
 HUB_DATA = "data"  # the Hub layout's folder of parquet shards
 
 
-TEXT_FEATURES = {"text_id": Value("string"), "text": Value("string"), "article_id": Value("int32"),
-                 "article": Value("string"), "section": Value("string"), "token_count": Value("int32"),
-                 "char_count": Value("int32")}
-TEXT_COLUMNS = list(TEXT_FEATURES)
-
-
-def expected_features(dims: dict[str, int] | None = None, neighbors: dict[str, int] | None = None) -> Features:
-    """The published schema: the text columns, then each embedding column (name: its dim) and,
-    where `neighbors` gives it a K, its neighbours' text_ids and cosines."""
-    features = dict(TEXT_FEATURES)
-    for column, dim in (dims or {}).items():
-        features[column] = List(Value("float32"), length=dim)
-        features.update(neighbor_features(column, neighbors[column]) if column in (neighbors or {}) else {})
-    return Features(features)
-
-
-def neighbor_features(column: str, k: int) -> dict:
-    """An embedding column's neighbour columns: K text_ids of the same split, and their cosines."""
-    ids, cosines = neighbor_columns(column)
-    return {ids: List(Value("string"), length=k), cosines: List(Value("float32"), length=k)}
-
-
 # What a build writes at the top of an output; anything else there belongs to someone else.
 OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, CARD_FILE, HISTOGRAM_FILE, EMBEDDING_MAP_FILE, *SPLIT_NAMES}
-# A file that marks the folders a build makes beside its output (the embedding's chunks, the Hub
-# layout, an output being written): only a marked folder is ever deleted, and only if it holds
-# nothing but what its layout below allows.
-WORK_MARKER = ".elm-wikitext-work"
+# core/ownership.py's WORK_MARKER marks the folders a build makes beside its output: only a marked
+# folder is ever deleted, and only if it holds nothing but what its layout below allows.
 
 # What each folder the build owns may hold, as regular expressions of a path inside it (`/`
 # between names). A folder is replaced or deleted only when every path in it, at any depth, is
@@ -182,7 +159,7 @@ def columns_on_disk(output: str) -> list[str] | None:
         return []
     try:
         features = json.loads((target / "train" / "dataset_info.json").read_text())["features"]
-        return [name for name in features if name not in TEXT_FEATURES]
+        return [name for name in features if name not in TEXT_COLUMNS]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -292,13 +269,6 @@ def make_hub_folder(folder: Path) -> None:
     (folder / WORK_MARKER).touch()
 
 
-def make_work_folder(folder: Path) -> Path:
-    """Create a work folder and mark it as the build's, so that only such a folder is deleted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / WORK_MARKER).touch()
-    return folder
-
-
 def remove_work_folder(folder: Path, kind: str = "hub") -> None:
     """Delete a work folder the build made (`kind` as not_our_folder); leave anything else."""
     reason = not_our_folder(folder, kind) if folder.exists() else None
@@ -354,7 +324,7 @@ def output_lock(output: str):
 def publishable(splits: DatasetDict) -> DatasetDict:
     """The published columns, in their order (the token ids stay behind)."""
     columns = TEXT_COLUMNS + [name for name in splits["train"].column_names
-                              if name not in TEXT_FEATURES and name != "input_ids"]  # the embeddings
+                              if name not in TEXT_COLUMNS and name != TOKEN_IDS]  # the embeddings
     return splits.select_columns(columns)
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import DatasetDict
 
-from elm_wikitext.embed.encode import pick_device
-from elm_wikitext.embed.recipe import Recipe
-from elm_wikitext.embed.reference import MIN_COSINE, SAMPLE_ROWS, check_against_reference
-from elm_wikitext.errors import BuildError
-from elm_wikitext.options import neighbor_columns
-from elm_wikitext.keys import text_id
-from elm_wikitext.publish.manifest import DEFAULT_COLUMN, EmbedStats, Manifest, SplitEntry
-from elm_wikitext.publish.output import MANIFEST_FILE, expected_features, manifest_intact, read_output, split_checksum
+from elm_wikitext.core.devices import pick_device
+from elm_wikitext.core.recipe import Recipe
+from elm_wikitext.core.reference import MIN_COSINE, SAMPLE_ROWS, check_against_reference
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.schema import DEFAULT_COLUMN, expected_features, neighbor_columns
+from elm_wikitext.core.keys import text_id
+from elm_wikitext.core.records import EmbedStats, Manifest, SplitEntry
+from elm_wikitext.publish.output import MANIFEST_FILE, manifest_intact, read_output, split_checksum
 
 log = logging.getLogger(__name__)
 

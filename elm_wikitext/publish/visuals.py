@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import DatasetDict, concatenate_datasets
 
-from elm_wikitext.options import neighbor_columns
+from elm_wikitext.core.schema import neighbor_columns
 
 MAP_ARTICLES = 8  # the largest articles get a colour each; more would be hard to tell apart
 NEIGHBOUR_QUERIES = 3

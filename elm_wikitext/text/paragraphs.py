@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value
 
-from elm_wikitext.embed.tokens import token_ids
-from elm_wikitext.errors import BuildError
-from elm_wikitext.keys import step_fingerprint, text_id
+from elm_wikitext.core.tokens import token_ids
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.keys import step_fingerprint, text_id
 from elm_wikitext.text.detokenize import detokenize
 from elm_wikitext.text.rows import take_rows
 

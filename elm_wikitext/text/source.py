@@ -11,8 +11,8 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import HubId, check_on_hub, looks_like_path
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import HubId, check_on_hub, looks_like_path
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ phrasing, so a plain paragraph shuffle would leak an article's text from train i
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.options import SPLIT_NAMES
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.schema import SPLIT_NAMES
 from elm_wikitext.text.rows import take_rows
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 from transformers import HfArgumentParser
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.training.embedder import Embedder, read_recipe
 from elm_wikitext.training.loading import as_matrix, load_splits
 

@@ -24,12 +24,12 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from tqdm.auto import tqdm
 
 from elm_wikitext.embed.encode import DTYPES, embed_rows, load_encoder, model_identity, token_batches
-from elm_wikitext.embed.recipe import POOLINGS, Recipe, model_recipe
-from elm_wikitext.embed.spec import check_weights_sha256, model_folder
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, token_ids
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import is_local, looks_like_path
-from elm_wikitext.publish.manifest import DEFAULT_COLUMN
+from elm_wikitext.core.recipe import POOLINGS, Recipe, model_recipe
+from elm_wikitext.core.spec import check_weights_sha256, model_folder
+from elm_wikitext.core.tokens import check_tokenizer, load_tokenizer, token_ids
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import is_local, looks_like_path
+from elm_wikitext.core.schema import DEFAULT_COLUMN
 from elm_wikitext.publish.output import CARD_FILE, MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 
 
 def load_splits(source: str, revision: str | None = None) -> DatasetDict:

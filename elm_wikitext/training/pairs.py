@@ -20,8 +20,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.options import neighbor_columns
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.schema import neighbor_columns
 from elm_wikitext.training.loading import as_matrix
 
 UNIT_TOLERANCE = 1e-3  # stored vectors this close to norm 1 come from a normalizing recipe

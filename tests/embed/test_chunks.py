@@ -293,7 +293,7 @@ def test_damaged_chunks_are_recomputed_not_loaded(embedded_output, killed_copy, 
 
 def test_a_chunk_no_process_could_see_names_the_shared_storage_fix(tmp_path):
     from elm_wikitext.embed.chunks import ChunkStore, assemble, plan_chunks
-    from elm_wikitext.errors import BuildError
+    from elm_wikitext.core.errors import BuildError
 
     store = ChunkStore(tmp_path / "work", dim=4)
     chunks = plan_chunks(np.array([3, 2, 2]), chunk_tokens=4)
@@ -450,7 +450,7 @@ def test_the_card_of_two_models_says_only_what_is_true_of_each(two_columns):
     snippet with the dataset's own column names; a card led by the BERT-like column alone says none
     of Qwen3's."""
     from elm_wikitext.publish.card import render_card
-    from elm_wikitext.publish.manifest import Manifest
+    from elm_wikitext.core.records import Manifest
 
     manifest = json.loads((two_columns / "manifest.json").read_text())
     manifest["stats"]["embed"]["embedding"].update(model_id="Qwen/Qwen3-Embedding-4B", model_commit="a" * 40)
@@ -628,8 +628,8 @@ def test_a_model_that_reads_fewer_tokens_is_refused_with_the_max_tokens_that_fit
     from datasets import Dataset
 
     from elm_wikitext.embed.chunks import check_lengths
-    from elm_wikitext.embed.recipe import Recipe
-    from elm_wikitext.errors import BuildError
+    from elm_wikitext.core.recipe import Recipe
+    from elm_wikitext.core.errors import BuildError
 
     # The text stage's counts, and another model's of the same paragraphs (it counts more).
     paragraphs = Dataset.from_dict({"token_count": [100, 150, 300, 250, 140]})

@@ -6,7 +6,7 @@ import torch
 from transformers import Qwen3Config, Qwen3Model
 
 from elm_wikitext.embed.encode import embed_ids, embed_rows, load_encoder, model_identity, token_batches
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 
 TEXTS = [
     "The river rises in the northern hills and flows south for 120 km before it reaches the sea.",
@@ -216,7 +216,7 @@ def reference_model(directory) -> str:
 def test_vectors_changed_only_with_embed_version(tmp_path):
     from elm_wikitext.embed.encode import EMBED_VERSION
 
-    from elm_wikitext.embed.recipe import Recipe
+    from elm_wikitext.core.recipe import Recipe
 
     # The last token's state, normalized (a plain folder would be pooled by mean, as sentence-transformers does).
     encoder = load_encoder(reference_model(tmp_path), None, "float16", 32, 0, recipe=Recipe())
@@ -235,7 +235,7 @@ def test_every_model_kind_equals_sentence_transformers_encode(st_models, kind, s
     the vectors sentence-transformers' encode_document gives, row for row."""
     from sentence_transformers import SentenceTransformer
 
-    from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+    from elm_wikitext.core.tokens import load_tokenizer, token_ids
 
     texts = [line for line in (sample_dir / "wiki.train.raw").read_text(encoding="utf-8").splitlines()
              if len(line) > 80][:12]
@@ -259,7 +259,7 @@ def test_a_bert_checkpoint_without_pooler_weights_embeds_as_sentence_transformer
     from safetensors.torch import load_file, save_file
     from sentence_transformers import SentenceTransformer
 
-    from elm_wikitext.embed.tokens import load_tokenizer, token_ids
+    from elm_wikitext.core.tokens import load_tokenizer, token_ids
 
     folder = shutil.copytree(st_models["bert-mean"], tmp_path / "no-pooler")
     weights = load_file(folder / "model.safetensors")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from elm_wikitext.embed.recipe import Recipe, model_recipe
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.recipe import Recipe, model_recipe
+from elm_wikitext.core.errors import BuildError
 
 
 @pytest.mark.parametrize("kind, pooling, normalize", [

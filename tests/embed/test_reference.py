@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from elm_wikitext.embed import spec
-from elm_wikitext.embed.recipe import Recipe
+from elm_wikitext.core.recipe import Recipe
 from elm_wikitext.publish.output import MANIFEST_FILE
 
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from elm_wikitext.embed.spec import resolve_model
-from elm_wikitext.embed.tokens import load_tokenizer
+from elm_wikitext.core.tokens import load_tokenizer
 from elm_wikitext.publish.output import MANIFEST_FILE
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

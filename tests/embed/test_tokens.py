@@ -1,9 +1,9 @@
 import pytest
 from datasets import load_from_disk
 
-from elm_wikitext.embed.recipe import Recipe
-from elm_wikitext.embed.tokens import check_tokenizer, load_tokenizer, token_ids
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.recipe import Recipe
+from elm_wikitext.core.tokens import check_tokenizer, load_tokenizer, token_ids
+from elm_wikitext.core.errors import BuildError
 
 
 def test_token_ids_are_the_tokenizers_own_with_end_of_text(text_output, tokenizer):
@@ -45,8 +45,8 @@ def test_a_model_id_the_hub_does_not_know_is_refused_before_any_download(monkeyp
             response = SimpleNamespace(status_code=404, headers={}, request=None)
             raise RepositoryNotFoundError(f"404: {repo_id}", response=response)
 
-    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubWithoutIt)
-    monkeypatch.setattr("elm_wikitext.embed.tokens.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("elm_wikitext.core.locations.HfApi", HubWithoutIt)
+    monkeypatch.setattr("elm_wikitext.core.tokens.constants.HF_HUB_OFFLINE", False)
     with pytest.raises(BuildError, match=r"--model Qwen/Qwen3-Embeding-4B \(revision main\) is not a model "
                                          r"on the Hub.*check the id and --model-revision"):
         load_tokenizer("Qwen/Qwen3-Embeding-4B")

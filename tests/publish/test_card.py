@@ -9,7 +9,7 @@ from datasets import List, Value, load_dataset, load_from_disk
 from huggingface_hub import DatasetCard
 
 from elm_wikitext.publish.card import render_card, stage_hub_folder
-from elm_wikitext.publish.manifest import Manifest
+from elm_wikitext.core.records import Manifest
 from elm_wikitext.publish.output import EMBEDDING_MAP_FILE, HISTOGRAM_FILE, MANIFEST_FILE
 from elm_wikitext.publish.visuals import nearest_neighbours, table_cell
 

@@ -14,11 +14,11 @@ import pytest
 from datasets.info import DatasetInfosDict
 from huggingface_hub.errors import HfHubHTTPError
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.pipeline import build
 from elm_wikitext.publish import hub
-from elm_wikitext.publish.output import expected_features
+from elm_wikitext.core.schema import expected_features
 
 TOKEN = "hf_secretTOKENvalue1234567890"
 

@@ -2,7 +2,7 @@
 
 import json
 
-from elm_wikitext.publish.manifest import EmbedStats, Manifest, TextStats
+from elm_wikitext.core.records import EmbedStats, Manifest, TextStats
 from elm_wikitext.publish.output import MANIFEST_FILE
 
 

@@ -9,7 +9,7 @@ from datasets import load_from_disk
 from huggingface_hub import DatasetCard
 from torch.utils.data import DataLoader
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.publish.output import (MANIFEST_FILE, OUTPUT_ENTRIES, _not_ours, make_hub_folder, make_work_folder,
                                          output_lock, read_output, recover_output, write_output)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.publish.output import MANIFEST_FILE, manifest_checksum, split_checksum
 from elm_wikitext.publish.verify import verify
 

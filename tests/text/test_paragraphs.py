@@ -147,7 +147,7 @@ def test_text_ids_are_stable_across_runs(text_output, options):
     from elm_wikitext.pipeline import text_stage
 
     options.seed = 7  # another split, same paragraphs
-    splits, _ = text_stage(options, __import__("elm_wikitext.embed.tokens", fromlist=["x"]).load_tokenizer(options.model))
+    splits, _ = text_stage(options, __import__("elm_wikitext.core.tokens", fromlist=["x"]).load_tokenizer(options.model))
     first = {row["text_id"]: row["text"] for split in load_from_disk(str(text_output)).values() for row in split}
     second = {row["text_id"]: row["text"] for split in splits.values() for row in split}
     assert first == second

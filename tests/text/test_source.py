@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.text.source import load_lines
 
 # One small WikiText copy: blank lines (" " as in WikiText, and a truly empty one) count as lines.

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.options import SPLIT_NAMES, BuildOptions
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.schema import SPLIT_NAMES
+from elm_wikitext.options import BuildOptions
 from elm_wikitext.text.split import make_splits, split_by_article, split_by_paragraph
 
 RATIOS = (0.8, 0.1, 0.1)

@@ -9,7 +9,7 @@ import pytest
 from datasets import load_from_disk
 from huggingface_hub import DatasetCard
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.training.embedder import Embedder
 
 

@@ -242,7 +242,7 @@ def test_the_example_says_what_to_do_when_the_hub_is_out_of_reach(monkeypatch, c
         def repo_info(self, repo_id, revision=None, repo_type=None, timeout=None):
             raise ConnectionRefusedError("connection refused")
 
-    monkeypatch.setattr("elm_wikitext.locations.HfApi", HubOutOfReach)
+    monkeypatch.setattr("elm_wikitext.core.locations.HfApi", HubOutOfReach)
     spec = importlib.util.spec_from_file_location("train_elm", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

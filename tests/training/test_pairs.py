@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset, load_from_disk
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 from elm_wikitext.neighbors.columns import with_neighbors
 from elm_wikitext.neighbors.search import nearest
 from elm_wikitext.training.loading import shuffled_batches, slerp

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from accelerate import PartialState
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 
 
 def _state() -> PartialState:

@@ -10,8 +10,8 @@ from pathlib import Path
 from huggingface_hub import constants
 from transformers import AutoTokenizer
 
-from elm_wikitext.errors import BuildError
-from elm_wikitext.locations import HubId, check_on_hub, looks_like_path
+from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.locations import HubId, check_on_hub, looks_like_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 

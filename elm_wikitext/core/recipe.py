@@ -17,7 +17,7 @@ from pathlib import Path
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 
 POOLINGS = ("lasttoken", "mean", "cls")  # sentence-transformers' names of the poolings reproduced here
 # sentence-transformers' pooling_mode_* flags (its files before v6) by the pooling they select.

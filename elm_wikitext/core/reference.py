@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 
-from elm_wikitext.embed.encode import DTYPES
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.devices import DTYPES
+from elm_wikitext.core.errors import BuildError
 
 log = logging.getLogger(__name__)
 

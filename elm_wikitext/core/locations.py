@@ -14,7 +14,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-from elm_wikitext.errors import BuildError
+from elm_wikitext.core.errors import BuildError
 
 log = logging.getLogger(__name__)
 

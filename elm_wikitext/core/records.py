@@ -13,10 +13,11 @@ import shlex
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
+from elm_wikitext.core.schema import DEFAULT_COLUMN
+
 # Only a build writes a manifest with this key: it is what makes a directory ours to replace.
 OUTPUT_MARKER = "elm_wikitext_output"
 OUTPUT_FORMAT = 1
-DEFAULT_COLUMN = "embedding"  # the column of builds from before there could be several
 
 
 class Record:
@@ -116,9 +117,9 @@ class EmbedStats(Record):
     seconds: float
     padding_share: float
     reused: bool = False  # the vectors were taken from the output already there
-    pooling: dict | None = None  # embed.recipe.Recipe as JSON; None in builds from before it was recorded
+    pooling: dict | None = None  # core.recipe.Recipe as JSON; None in builds from before it was recorded
     # The sample embedded again by sentence-transformers at the end of the build: seed, rows,
-    # lowest cosine and its floor, seconds and the model's loading apart (embed/reference.py).
+    # lowest cosine and its floor, seconds and the model's loading apart (core/reference.py).
     reference: dict | None = None
     # What the model is on the Hub (embed/spec.py): its id (--model, or --model-id for a local
     # folder), the commit its files came from, and each weight file's SHA-256.
@@ -131,7 +132,7 @@ class EmbedStats(Record):
         back from the manifest or from the card: model, its weights' identity (a Hub commit, or the
         SHA-256 of a local directory's files), dtype, dim, and the pooling recipe (recipe.Recipe:
         pooling, normalize, prompt, max_length; the last token's, L2-normalized, before it was recorded)."""
-        from elm_wikitext.embed.recipe import Recipe  # torch-free, but kept off the CLI's import path
+        from elm_wikitext.core.recipe import Recipe  # torch-free, but kept off the CLI's import path
 
         return {"model": self.model, "model_revision": self.model_revision, "model_weights": self.model_weights,
                 "dtype": self.dtype, "dim": self.dim, **Recipe.from_json(self.pooling or {}).to_json()}
