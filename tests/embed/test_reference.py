@@ -23,7 +23,7 @@ def test_vectors_made_by_a_misread_recipe_stop_the_build_before_anything_is_writ
         sample_dir, tiny_model, tmp_path, monkeypatch, capsys):
     """The build's own reading of the recipe cannot vouch for itself: a mean where the model's
     files say last token is caught by sentence-transformers' vectors, exit 2, no output."""
-    from build import main
+    from elm_wikitext.cli import main
 
     monkeypatch.setattr(spec, "model_recipe", lambda model, revision=None: Recipe("mean", True, "", 4096))
     output = tmp_path / "out"
@@ -36,7 +36,7 @@ def test_vectors_made_by_a_misread_recipe_stop_the_build_before_anything_is_writ
 
 def test_the_summary_states_the_check_its_seed_and_its_seconds(sample_dir, st_models, tmp_path, capsys):
     """A BERT-like model with mean pooling and no Normalize, checked the same way."""
-    from build import main
+    from elm_wikitext.cli import main
 
     model = shutil.copytree(st_models["bert-mean"], tmp_path / "bert")
     assert main(["--source", str(sample_dir), "--model", str(model), "--output", str(tmp_path / "out"),
@@ -53,7 +53,7 @@ def test_a_float16_overflow_of_sentence_transformers_is_left_out_and_counted(emb
     import torch
     from datasets import load_from_disk
 
-    from elm_wikitext.embed import reference
+    from elm_wikitext.core import reference
 
     splits = load_from_disk(str(embedded_output))
     stored = {text: vector for split in splits.values()
