@@ -31,10 +31,15 @@ def count() -> int:
     return _state().num_processes
 
 
+def share(items, index: int, processes: int):
+    """Process `index`'s share of `items` among `processes`: every n-th item (they are of about equal cost)."""
+    return items[index::processes]
+
+
 def my_share(items: list) -> list:
-    """Every process takes every n-th item: the items are of about equal cost."""
+    """This process's share of `items` (`share`)."""
     state = _state()
-    return items[state.process_index::state.num_processes]
+    return share(items, state.process_index, state.num_processes)
 
 
 @contextmanager

@@ -5,9 +5,11 @@ The text stage counts tokens to filter by length, the embed stage feeds the ids 
 embed stage checks that they do).
 """
 
+import weakref
 from pathlib import Path
 
 from huggingface_hub import constants
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from elm_wikitext.core.errors import BuildError
@@ -63,13 +65,24 @@ def token_ids(texts: list[str], tokenizer, prompt: str = "") -> list[list[int]]:
     nothing here reads."""
     if prompt:
         texts = [prompt + text for text in texts]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = _plain_backend(tokenizer)
     if backend is None:  # a tokenizer written in Python
         return tokenizer(texts, add_special_tokens=True)["input_ids"]
-    # A call without truncation or padding: as transformers does for one, switch off any the
-    # tokenizer's files set.
-    if backend.truncation is not None:
-        backend.no_truncation()
-    if backend.padding is not None:
-        backend.no_padding()
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=True)]
+
+
+# Each tokenizer's Rust tokenizer, copied once without truncation or padding (as transformers calls
+# it for one text): the caller's tokenizer is left as it is.
+_PLAIN_BACKENDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _plain_backend(tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    if tokenizer not in _PLAIN_BACKENDS:
+        plain = Tokenizer.from_str(backend.to_str())
+        plain.no_truncation()
+        plain.no_padding()
+        _PLAIN_BACKENDS[tokenizer] = plain
+    return _PLAIN_BACKENDS[tokenizer]

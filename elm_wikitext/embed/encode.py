@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from elm_wikitext.core.recipe import Recipe, model_recipe
 from elm_wikitext.core.devices import DTYPES, pick_device
 from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.processes import share
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def estimate_embedding(flops: np.ndarray, chunks: list[np.ndarray], setting: str
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     cpu_flops = measure_cpu() if name == "cpu" else None
     chunk_flops = np.array([flops[rows].sum() for rows in chunks])
-    busiest = max(chunk_flops[i::gpus].sum() for i in range(gpus)) if len(chunks) else 0.0
+    busiest = max(share(chunk_flops, i, gpus).sum() for i in range(gpus)) if len(chunks) else 0.0
     on_gpus = compiles(setting, torch.device("cuda"))
     return {"tflop": float(flops.sum()) / 1e12, "chunks": len(chunks),
             "device": name, "device_compiled": compiles(setting, device),
@@ -288,21 +289,17 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
     and one for a single row, whatever their length: no batch compiles again.
     """
     layers = getattr(encoder.model, "layers", None)  # decoders named otherwise are compiled whole
-    modules = list(layers or [encoder.model])
-    for module in modules:
-        module.compile(dynamic=True)
-    what = f"{len(modules)} decoder layers" if layers else "the model"
-    log.info("compiling %s with torch.compile", what)
+    eager = list(layers) if layers else [encoder.model]
+    compiled = [torch.compile(module, dynamic=True) for module in eager]  # wrappers sharing the weights
+    log.info("compiling %s with torch.compile", f"{len(eager)} decoder layers" if layers else "the model")
+    _put_layers(encoder, compiled, layers)
     try:
         # Sizes no model dimension has: dynamo gives input dimensions of equal size one symbol,
         # and a length equal to the head size, say, would fix the length of the compiled graph.
         for rows in (1, 3):
             embed_ids(encoder, [[encoder.pad_id] * 37] * rows)
     except Exception as err:  # inductor's and Triton's errors come in many types
-        for module in modules:
-            # Eager again: PyTorch has no public way to undo `Module.compile`, which keeps the
-            # compiled call in this attribute (None: the module's own call).
-            module._compiled_call_impl = None
+        _put_layers(encoder, eager, layers)  # the eager modules back in their places: nothing compiled stays
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         if required:
             raise BuildError(f"--compile yes cannot compile on this machine ({reason}): install a C "
@@ -311,6 +308,15 @@ def compile_layers(encoder: Encoder, required: bool = True) -> bool:
                     "slower on a GPU; install a C compiler (gcc) that torch.compile can use", reason)
         return False
     return True
+
+
+def _put_layers(encoder: Encoder, modules: list, layers) -> None:
+    """Put `modules` in the model's layer list (`layers`), or in place of the whole model where it has none."""
+    if layers:
+        for index, module in enumerate(modules):
+            layers[index] = module
+    else:
+        encoder.model = modules[0]
 
 
 def _attention(device: torch.device, dtype: torch.dtype) -> str:

@@ -16,6 +16,8 @@ def test_token_ids_are_the_tokenizers_own_with_end_of_text(text_output, tokenize
     tokenizer.backend_tokenizer.enable_truncation(max_length=16)
     try:
         assert token_ids(texts, tokenizer) == expected
+        # and the caller's tokenizer keeps the truncation it was given
+        assert tokenizer.backend_tokenizer.truncation["max_length"] == 16
     finally:
         tokenizer.backend_tokenizer.no_truncation()
     assert token_ids([], tokenizer) == []
