@@ -80,7 +80,7 @@ def build_sample(directory: Path, sample_dir: Path, tiny_model: str, *stage: str
     """`build.py` on the sample with the tiny model, in-process, writing `directory`/out; it runs
     from a folder beside `directory`, where its logs/ go (a session fixture starts before any
     test's own folder). Returns the output directory."""
-    from build import main
+    from elm_wikitext.cli import main
 
     output, before = directory / "out", os.getcwd()
     cwd = directory.with_name(f"{directory.name}-cwd")

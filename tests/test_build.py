@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from build import main
+from elm_wikitext.cli import main
 from elm_wikitext.core.schema import SPLIT_NAMES
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.output import MANIFEST_FILE
@@ -374,7 +374,7 @@ def test_a_hub_out_of_reach_is_reported_for_the_source_and_the_model_in_one_line
 
 
 def test_library_warnings_show_once_and_reach_the_log(tmp_path, monkeypatch, capsys):
-    from build import start_logging
+    from elm_wikitext.cli import start_logging
 
     monkeypatch.chdir(tmp_path)
     log_path = start_logging()

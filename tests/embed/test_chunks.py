@@ -18,9 +18,9 @@ SMALL_CHUNKS = ["--chunk-tokens", "2048"]  # the sample's ~12k tokens make sever
 
 
 def build_code(kill_at: tuple | None = None) -> str:
-    """Python code that runs build.py's main. `kill_at=("module:attr.path", n, "before" or "after")`
+    """Python code that runs the command line's main (elm_wikitext.cli). `kill_at=("module:attr.path", n, "before" or "after")`
     makes it SIGKILL itself at the n-th call of that function: a real kill -9 at a chosen point."""
-    code = "import sys; from build import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from elm_wikitext.cli import main; sys.exit(main(sys.argv[1:]))"
     if kill_at is not None:
         target, n, when = kill_at
         code = KILL_HOOK.format(target=target, n=n, after=when == "after") + code
@@ -73,7 +73,7 @@ def embed_stats(output: Path) -> dict:
 
 def run_main(*args: str, capsys) -> tuple[int, str]:
     """build.py's main in this process (a rerun needs no process of its own): status and stderr."""
-    from build import main
+    from elm_wikitext.cli import main
 
     capsys.readouterr()
     status = main([str(arg) for arg in args])
@@ -134,7 +134,7 @@ def test_kill_9_then_rerun_resumes_and_matches(embedded_output, killed_copy, tin
 
 def test_rerunning_on_an_up_to_date_output_reuses_its_vectors_without_the_model(
         embedded_copy, sample_dir, tiny_model, monkeypatch):
-    from build import main
+    from elm_wikitext.cli import main
     from elm_wikitext.embed import chunks as embed
 
     def no_model(*args, **kwargs):
@@ -369,7 +369,7 @@ def half_a_chunk_then_full(handle, **arrays):
 @pytest.mark.parametrize("where", ["saving a chunk", "adding the column"])
 def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(where, text_output_copy, tiny_model,
                                                              monkeypatch, capsys):
-    from build import main
+    from elm_wikitext.cli import main
     from elm_wikitext.embed import chunks as embed
 
     if where == "saving a chunk":

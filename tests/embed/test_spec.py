@@ -39,7 +39,7 @@ def test_a_downloaded_folder_gets_the_commit_and_weights_hash_hf_download_record
 def test_the_offline_route_publishes_the_models_and_sources_hub_ids(sample_dir, tiny_model, tmp_path):
     """README's offline route: both downloaded with `hf download --local-dir`, built with
     --model-id and --source-id: the published card names them by Hub id and commit, no path."""
-    from build import main
+    from elm_wikitext.cli import main
 
     from elm_wikitext.publish.card import stage_hub_folder
 
@@ -60,7 +60,7 @@ def test_the_offline_route_publishes_the_models_and_sources_hub_ids(sample_dir, 
 
 
 def test_push_of_a_local_folder_without_its_hub_id_is_refused_before_any_work(sample_dir, tiny_model, tmp_path, capsys):
-    from build import main
+    from elm_wikitext.cli import main
 
     output = tmp_path / "out"
     assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output), "--push"]) == 2

@@ -88,7 +88,7 @@ def test_verify_refuses_stored_cosines_that_are_not_the_vectors(embedded_copy):
 
 
 def run(*args, capsys) -> tuple[int, str]:
-    from build import main
+    from elm_wikitext.cli import main
 
     capsys.readouterr()
     status = main([str(arg) for arg in args])

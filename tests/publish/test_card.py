@@ -15,7 +15,7 @@ from elm_wikitext.publish.visuals import nearest_neighbours, table_cell
 
 
 def test_the_card_describes_the_text_stage_a_later_embed_run_reuses(sample_dir, tiny_model, tmp_path):
-    from build import main
+    from elm_wikitext.cli import main
 
     output = str(tmp_path / "out")
     assert main(["--stage", "text", "--source", str(sample_dir), "--model", tiny_model, "--output", output,

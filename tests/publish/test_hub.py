@@ -275,7 +275,7 @@ def test_without_the_hub_the_upload_folder_is_staged_and_loads(embedded_copy, sa
                                                                  monkeypatch, capsys):
     from datasets import load_dataset, load_from_disk
 
-    from build import main
+    from elm_wikitext.cli import main
 
     api = StandInApi()
     monkeypatch.setattr("elm_wikitext.pipeline.HfApi", lambda: api)
@@ -309,7 +309,7 @@ def test_without_the_hub_the_upload_folder_is_staged_and_loads(embedded_copy, sa
     ("a folder of the user's", ["--hub-folder", "{mine}"], "exists and holds what this build did not stage"),
 ])
 def test_a_hub_folder_that_cannot_be_staged_is_refused_before_any_work(case, extra, says, options, tmp_path, capsys):
-    from build import main
+    from elm_wikitext.cli import main
 
     mine = tmp_path / "mine"
     (mine / "notes").mkdir(parents=True)

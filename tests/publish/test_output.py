@@ -52,7 +52,7 @@ def test_failed_write_leaves_earlier_output_intact(embedded_copy):
 
 
 def test_a_second_build_into_the_same_output_is_refused(embedded_copy, options, capsys):
-    from build import main
+    from elm_wikitext.cli import main
 
     before = (embedded_copy / MANIFEST_FILE).read_bytes()
     with output_lock(str(embedded_copy)):  # a first build, still running
@@ -109,7 +109,7 @@ NOT_OURS = {
 
 @pytest.mark.parametrize("case", list(NOT_OURS))
 def test_a_build_never_replaces_a_folder_it_did_not_write(case, user_places, tmp_path, monkeypatch, capsys):
-    from build import main
+    from elm_wikitext.cli import main
 
     output, says = NOT_OURS[case]
     (tmp_path / "fresh.embed-work").mkdir()
@@ -125,7 +125,7 @@ def test_a_build_never_replaces_a_folder_it_did_not_write(case, user_places, tmp
 
 
 def test_a_trailing_slash_keeps_the_work_files_beside_the_output(text_output_copy, tiny_model):
-    from build import main
+    from elm_wikitext.cli import main
 
     assert main(["--stage", "embed", "--model", tiny_model, "--output", f"{text_output_copy}/"]) == 0
     assert {p.name for p in text_output_copy.iterdir()} <= OUTPUT_ENTRIES
@@ -133,7 +133,7 @@ def test_a_trailing_slash_keeps_the_work_files_beside_the_output(text_output_cop
 
 
 def test_a_symlinked_output_is_written_through_the_link(text_output_copy, sample_dir, tiny_model, tmp_path):
-    from build import main
+    from elm_wikitext.cli import main
 
     link = tmp_path / "link"
     link.symlink_to(text_output_copy)
@@ -221,7 +221,7 @@ def put(folder: Path, path: str) -> None:
 @pytest.mark.parametrize("case", list(FOREIGN))
 def test_a_foreign_file_anywhere_in_what_the_build_owns_stops_it_and_survives(case, stage, embedded_copy, sample_dir,
                                                                                tiny_model, capsys):
-    from build import main
+    from elm_wikitext.cli import main
 
     kind, path = FOREIGN[case]
     folders = {"output": embedded_copy, "work": work_folder_beside(embedded_copy), "hub": hub_folder_beside(embedded_copy)}
@@ -263,7 +263,7 @@ BY_DESIGN_FILES = {
 
 @pytest.mark.parametrize("case", list(BY_DESIGN_FILES))
 def test_what_the_builds_machinery_leaves_by_design_is_the_builds(case, embedded_copy, sample_dir, tiny_model):
-    from build import main
+    from elm_wikitext.cli import main
 
     kind, path = BY_DESIGN_FILES[case]
     folders = {"output": embedded_copy, "work": work_folder_beside(embedded_copy)}

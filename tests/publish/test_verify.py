@@ -29,7 +29,7 @@ def rewrite(output, change, update_checksums=True):
 
 
 def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedded_output, capsys):
-    from build import main
+    from elm_wikitext.cli import main
 
     assert main(["--verify", str(embedded_output)]) == 0
     printed = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
@@ -147,7 +147,7 @@ def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
 
 
 def test_a_paragraph_split_passes_though_its_articles_span_splits(sample_dir, tiny_model, tmp_path):
-    from build import main
+    from elm_wikitext.cli import main
 
     output = tmp_path / "out"
     assert main(["--source", str(sample_dir), "--model", tiny_model, "--output", str(output),
@@ -176,7 +176,7 @@ def test_an_edited_manifest_fails(embedded_copy):
 def test_verify_from_elsewhere_and_with_moved_weights(text_output_copy, tiny_model, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from build import main
+    from elm_wikitext.cli import main
 
     def sample_seed() -> int:
         return int(re.search(r"\nsample: .*\(seed (\d+)\)", capsys.readouterr().out).group(1))
