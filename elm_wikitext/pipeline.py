@@ -12,7 +12,7 @@ from datasets import DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 
 from elm_wikitext.core import processes
-from elm_wikitext.embed.chunks import embed_splits, plan_chunks
+from elm_wikitext.embed.chunks import EmbedParams, embed_splits, plan_chunks
 from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
                                        row_flops)
 from elm_wikitext.core.reference import check_against_reference
@@ -34,6 +34,7 @@ from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, ch
 from elm_wikitext.publish.verify import check_files, check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
 from elm_wikitext.text.source import is_raw, load_lines, source_on_hub
+from elm_wikitext.text.params import TextParams
 from elm_wikitext.text.split import make_splits
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,12 @@ def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tupl
     settings they ran with); with `keep_ids`, the token ids too, for an embed stage in this process."""
     started = time.perf_counter()
     lines = load_lines(options.source, options.source_config, options.source_revision)
-    paragraphs, counts = build_paragraphs(lines, tokenizer, options, keep_ids)
+    params = TextParams.of(options)
+    paragraphs, counts = build_paragraphs(lines, tokenizer, params, keep_ids)
     # Each step's dataset maps its own file, and every page read of it stays in this process's
     # memory while the dataset lives: let each go once the next is written (0.8 GiB at WikiText-103).
     del lines
-    splits = make_splits(paragraphs, options)
+    splits = make_splits(paragraphs, params)
     del paragraphs
     stats = TextStats(
         **counts, source=options.source, source_config=options.source_config,
@@ -165,7 +167,8 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits, others, other_neighbors = keep_columns(splits, earlier, others, other_neighbors, options)
     embed = neighbors = None
     if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
-        splits, embed = embed_splits(splits, tokenizer, options, spec, embed_work_folder(options.output), earlier)
+        splits, embed = embed_splits(splits, tokenizer, EmbedParams.of(options), spec, embed_work_folder(options.output),
+                                     earlier)
         # The build's own gates: no vector that --verify would refuse is written (nor searched: every
         # process learns the main process's verdict, and stops with it).
         problems = check_vectors(splits, options.column, embed) if processes.is_main() else None

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,24 @@ log = logging.getLogger(__name__)
 # Part of the resume key beside encode.EMBED_VERSION: bump it when the chunks' layout changes
 # (plan_chunks, the chunk files' format), so that no chunk of the old layout is read.
 CHUNKS_VERSION = "embed/1"
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    """What the embed stage reads of the build's options, and nothing else (the pipeline hands it these)."""
+    model: str
+    model_revision: str | None
+    column: str
+    dtype: str
+    compile: str
+    chunk_tokens: int
+    max_batch_tokens: int
+    max_tokens: int  # the text stage's longest paragraph: part of the work key
+    output: str  # named in the one line a refusal gets; the pipeline decides where the work goes
+
+    @classmethod
+    def of(cls, options) -> "EmbedParams":
+        return cls(**{field.name: getattr(options, field.name) for field in fields(cls)})
 
 
 def plan_chunks(lengths: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
@@ -92,7 +111,7 @@ class ChunkStore:
             temporary.unlink(missing_ok=True)
 
 
-def work_key(options, weights: str, dim: int, effective_dtype: str, recipe: Recipe, text_ids: pa.ChunkedArray) -> str:
+def work_key(params: EmbedParams, weights: str, dim: int, effective_dtype: str, recipe: Recipe, text_ids: pa.ChunkedArray) -> str:
     """What the vectors depend on: other weights (another model or revision, or new files under
     the same name: `weights` is their `model_identity`, the content of the weights, tokenizer and
     recipe files), dtype, dim, pooling recipe, text, chunking or embedding code never reuse them.
@@ -100,7 +119,7 @@ def work_key(options, weights: str, dim: int, effective_dtype: str, recipe: Reci
     texts = joined_digest(text_ids)
     pooling = [recipe.pooling, recipe.normalize, recipe.prompt]
     return Hasher.hash([CHUNKS_VERSION, EMBED_VERSION, weights, effective_dtype, dim, pooling,
-                        options.max_tokens, options.chunk_tokens, texts])[:16]
+                        params.max_tokens, params.chunk_tokens, texts])[:16]
 
 
 def joined_digest(strings: pa.ChunkedArray, slice_rows: int = 65536) -> str:
@@ -135,7 +154,7 @@ def tokenize(batch: dict, tokenizer, prompt: str) -> dict:
     return {"input_ids": token_ids(batch["text"], tokenizer, prompt)}
 
 
-def with_token_ids(paragraphs: Dataset, tokenizer, options, prompt: str) -> Dataset:
+def with_token_ids(paragraphs: Dataset, tokenizer, params: EmbedParams, prompt: str) -> Dataset:
     """The text stage's token ids when it ran in this process (its model, no prompt); else
     tokenize once, here, with the model's document prompt."""
     if "input_ids" in paragraphs.column_names and not prompt:
@@ -145,8 +164,8 @@ def with_token_ids(paragraphs: Dataset, tokenizer, options, prompt: str) -> Data
         tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer, "prompt": prompt}, desc="Tokenizing",
         features=Features({**paragraphs.features, "input_ids": List(Value("int32"))}),
         keep_in_memory=True,  # no cache files inside an earlier output that is being read
-        new_fingerprint=step_fingerprint(paragraphs, tokenize, EMBED_VERSION, options.model,
-                                         options.model_revision, prompt))
+        new_fingerprint=step_fingerprint(paragraphs, tokenize, EMBED_VERSION, params.model,
+                                         params.model_revision, prompt))
 
 
 def check_lengths(paragraphs: Dataset, lengths: np.ndarray, recipe: Recipe, model: str) -> None:
@@ -261,46 +280,46 @@ def check_column_free(splits: DatasetDict, column: str, output: str) -> None:
                          "rebuild with --stage all")
 
 
-def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec, work_folder: Path,
+def embed_splits(splits: DatasetDict, tokenizer, params: EmbedParams, spec: ModelSpec, work_folder: Path,
                  earlier: tuple[DatasetDict, Manifest] | None = None) -> tuple[DatasetDict | None, EmbedStats | None]:
     """Every process computes its share; the main process returns the splits with the
-    `options.column` column added and the stage's statistics (the others None, None). `spec` is
+    `params.column` column added and the stage's statistics (the others None, None). `spec` is
     the model as the build resolved it (spec.resolve_model); `work_folder` where its chunks wait
     (beside --output: the pipeline knows where). `earlier` is the output already at
     --output, with its manifest: where its column was made under this run's key, it is taken as it
     is and no model is loaded. Other columns are kept as they are."""
     started = time.perf_counter()
     recipe = spec.recipe
-    log.info("embedding %r with %s: %s pooling%s, prompt %r (%s)", options.column, options.model, recipe.pooling,
+    log.info("embedding %r with %s: %s pooling%s, prompt %r (%s)", params.column, params.model, recipe.pooling,
              ", normalized" if recipe.normalize else ", not normalized", recipe.prompt,
              "its sentence-transformers files" if recipe.origin == "sentence-transformers"
              else "as SentenceTransformer(folder) builds it: the folder has no sentence-transformers files")
     everything = with_token_ids(concatenate_datasets([splits[name] for name in SPLIT_NAMES]), tokenizer,
-                                options, recipe.prompt)
+                                params, recipe.prompt)
     lengths = pc.list_value_length(everything.data.column("input_ids")).to_numpy()
-    check_lengths(everything, lengths, recipe, options.model)
-    check_budget(lengths, options.max_batch_tokens)  # before minutes of model loading
+    check_lengths(everything, lengths, recipe, params.model)
+    check_budget(lengths, params.max_batch_tokens)  # before minutes of model loading
     # What the vectors depend on, known before any weight is loaded: dim from the config, dtype
     # from the device (load_encoder: --dtype on a GPU, float32 on a CPU).
     dim = spec.dim
-    effective_dtype = options.dtype if processes.device().type == "cuda" else "float32"
-    weights = model_identity(options.model, options.model_revision)  # recorded: the Embedder checks it
-    key = work_key(options, weights, dim, effective_dtype, recipe, everything.data.column("text_id"))
-    reused = reuse_vectors(splits, earlier, key, options.column, started, options.model)
+    effective_dtype = params.dtype if processes.device().type == "cuda" else "float32"
+    weights = model_identity(params.model, params.model_revision)  # recorded: the Embedder checks it
+    key = work_key(params, weights, dim, effective_dtype, recipe, everything.data.column("text_id"))
+    reused = reuse_vectors(splits, earlier, key, params.column, started, params.model)
     if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
         return reused if processes.is_main() else (None, None)
-    check_column_free(splits, options.column, options.output)
-    encoder = load_encoder(options.model, options.model_revision, options.dtype, dim,
+    check_column_free(splits, params.column, params.output)
+    encoder = load_encoder(params.model, params.model_revision, params.dtype, dim,
                            tokenizer.pad_token_id, processes.device(), recipe)
-    compiled = compiles(options.compile, encoder.device)
+    compiled = compiles(params.compile, encoder.device)
     if compiled:
-        compiled = compile_layers(encoder, required=options.compile == "yes")
-    with writing(f"the embedding's work folder beside --output {options.output}"):
+        compiled = compile_layers(encoder, required=params.compile == "yes")
+    with writing(f"the embedding's work folder beside --output {params.output}"):
         work = make_work_folder(work_folder)
     store = ChunkStore(work / key, encoder.dim)
-    chunks = plan_chunks(lengths, options.chunk_tokens)
+    chunks = plan_chunks(lengths, params.chunk_tokens)
     embedding_started = time.perf_counter()
-    counts = compute_chunks(encoder, everything, lengths, chunks, store, options.max_batch_tokens)
+    counts = compute_chunks(encoder, everything, lengths, chunks, store, params.max_batch_tokens)
     all_counts = processes.gather(counts)  # waits for the slowest process
     embedding_seconds = time.perf_counter() - embedding_started
     if not processes.is_main():  # gathering above was the last step together
@@ -312,7 +331,7 @@ def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec, work_
     stats = EmbedStats(
         paragraphs=totals["paragraphs"], tokens=totals["tokens"], padded_tokens=totals["padded_tokens"],
         recomputed_float32=recomputed,  # of every row, whichever run computed it
-        key=key, model=options.model, model_revision=options.model_revision, model_weights=weights,
+        key=key, model=params.model, model_revision=params.model_revision, model_weights=weights,
         dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
         processes=processes.count(), chunks=len(chunks),
         embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
@@ -322,4 +341,4 @@ def embed_splits(splits: DatasetDict, tokenizer, options, spec: ModelSpec, work_
         pooling=recipe.to_json(), model_id=spec.hub_id, model_commit=spec.commit,
         weights_sha256=spec.weights_sha256 or None)
     with writing(f"the embedding column in {store.directory}"):
-        return add_embedding_column(splits, vectors_path, encoder.dim, key, options.column), stats
+        return add_embedding_column(splits, vectors_path, encoder.dim, key, params.column), stats

@@ -20,6 +20,7 @@ from elm_wikitext.core.tokens import token_ids
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.keys import step_fingerprint, text_id
 from elm_wikitext.text.detokenize import detokenize
+from elm_wikitext.text.params import TextParams
 from elm_wikitext.text.rows import take_rows
 
 log = logging.getLogger(__name__)
@@ -192,26 +193,26 @@ def paragraph_batch(lines: pa.Table, indices: list[int], level: np.ndarray, arti
     return table.append_column("input_ids", ids) if keep_ids else table
 
 
-def prepare_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False) -> tuple[Dataset, dict]:
+def prepare_paragraphs(lines: Dataset, tokenizer, params: TextParams, keep_ids: bool = False) -> tuple[Dataset, dict]:
     """Every paragraph of the lines, labelled, cleaned, counted and with its own drop reason
     (see `paragraph_batch`), in one pass over the text; and the count of each kind of line."""
     labels, counts = outline_corpus(lines)
     if not counts["paragraph_lines"]:  # datasets skips a map over no rows: no columns would follow
-        raise BuildError(f"--source {options.source} holds no paragraph, only headings and blank lines: "
+        raise BuildError(f"--source {params.source} holds no paragraph, only headings and blank lines: "
                          "point it at WikiText's articles")
     features = {**PARAGRAPH_FEATURES, "text_id": Value("string"), "token_count": Value("int32"),
                 "char_count": Value("int32"), "drop": Value("string"), "unknown_words": Value("int32"),
                 **({"input_ids": List(Value("int32"))} if keep_ids else {})}
-    settings = {"tokenizer": tokenizer, "min_tokens": options.min_tokens, "max_tokens": options.max_tokens,
+    settings = {"tokenizer": tokenizer, "min_tokens": params.min_tokens, "max_tokens": params.max_tokens,
                 "keep_ids": keep_ids}
     paragraphs = lines.with_format("arrow").map(
         paragraph_batch, batched=True, batch_size=BATCH_LINES, with_indices=True,
-        num_proc=options.num_proc or default_workers(len(lines)),
+        num_proc=params.num_proc or default_workers(len(lines)),
         remove_columns=lines.column_names, features=Features(features), desc="Cleaning and counting",
         fn_kwargs={**labels, **settings},
         new_fingerprint=step_fingerprint(lines, paragraph_batch, TEXT_VERSION, tokenizer.name_or_path,
-                                         len(tokenizer), options.model_revision, options.min_tokens,
-                                         options.max_tokens, keep_ids))
+                                         len(tokenizer), params.model_revision, params.min_tokens,
+                                         params.max_tokens, keep_ids))
     return paragraphs.with_format(None), counts
 
 
@@ -240,11 +241,11 @@ def final_reasons(paragraphs: Dataset) -> np.ndarray:
     return reasons
 
 
-def build_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False) -> tuple[Dataset, dict]:
+def build_paragraphs(lines: Dataset, tokenizer, params: TextParams, keep_ids: bool = False) -> tuple[Dataset, dict]:
     """Lines -> kept paragraphs with text_id, text, article_id, article, section, token_count,
     char_count (and input_ids with `keep_ids`, for an embed stage in this process); and the
     statistics of what was dropped and why."""
-    paragraphs, stats = prepare_paragraphs(lines, tokenizer, options, keep_ids)
+    paragraphs, stats = prepare_paragraphs(lines, tokenizer, params, keep_ids)
     reasons = final_reasons(paragraphs)
     kept = reasons == ""
     stats["paragraphs"] = len(paragraphs)
@@ -252,7 +253,7 @@ def build_paragraphs(lines: Dataset, tokenizer, options, keep_ids: bool = False)
     stats["kept"] = int(kept.sum())
     if not stats["kept"]:
         raise BuildError(f"no paragraph is left after filtering ({stats['dropped']} dropped): widen "
-                         f"--min-tokens {options.min_tokens} / --max-tokens {options.max_tokens}")
+                         f"--min-tokens {params.min_tokens} / --max-tokens {params.max_tokens}")
     unknown = paragraphs.data.column("unknown_words").to_numpy()[kept]
     stats["unknown_words"] = {"words": int(unknown.sum()), "paragraphs": int((unknown > 0).sum())}
     assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values())

@@ -9,6 +9,7 @@ from datasets import Dataset, DatasetDict
 
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.schema import SPLIT_NAMES
+from elm_wikitext.text.params import TextParams
 from elm_wikitext.text.rows import take_rows
 
 
@@ -54,6 +55,6 @@ def _select(paragraphs: Dataset, split_of_row: np.ndarray) -> DatasetDict:
                         for index, name in enumerate(SPLIT_NAMES)})
 
 
-def make_splits(paragraphs: Dataset, options) -> DatasetDict:
-    split = split_by_article if options.split_by == "article" else split_by_paragraph
-    return split(paragraphs, options.split_ratios(), options.seed)
+def make_splits(paragraphs: Dataset, params: TextParams) -> DatasetDict:
+    split = split_by_article if params.split_by == "article" else split_by_paragraph
+    return split(paragraphs, params.ratios, params.seed)
