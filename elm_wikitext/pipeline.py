@@ -131,60 +131,30 @@ def build(options: BuildOptions, api=None) -> dict | None:
 
 
 def _build(options: BuildOptions, api) -> dict | None:
+    """The build from top to bottom: its input, the checks before any work, the text, the embedding
+    (gates, reference check, neighbours), the output, the upload."""
     if processes.is_main():
         recover_output(options.output)
     processes.wait_for_everyone()  # the others read the output only once it is whole again
-    if options.stage == "embed":  # the text stage's output, and the settings it was made with
-        splits, manifest = read_output(options.output)
-        options = with_text_settings(options, manifest.stats.text)
-        text = manifest.stats.text
-        if options.source_id and not text.source_id:
-            text = text.replaced(source_id=options.source_id)
-    if options.push or options.hub_folder:  # what both publish names the model and source by Hub id
-        check_publishable(options)
-    check_hub_ids(options)
-    check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
-    tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
-    if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
-        spec = resolve_model(options.model, options.model_revision, options.model_id, options.dim, tokenizer)
-        dim = spec.dim
+    options, read, text = read_text_stage(options)
+    tokenizer, spec = check_inputs(options)
     # The output already there, its columns this run keeps (all but --column), their neighbours.
-    earlier, others, other_neighbors = earlier_columns(options, (splits, manifest) if options.stage == "embed" else None)
-    recorded = (manifest.stats.neighbors or {}).get(options.column) if options.stage == "embed" and earlier else None
-    if options.push and processes.is_main():
-        dims = {**{column: stats.dim for column, stats in others.items()}, options.column: dim}
-        ks = {**{column: stats.k for column, stats in other_neighbors.items()},
-              **({options.column: options.neighbors} if options.neighbors else {})}
-        repo_id = preflight(options, api, expected_features(dims, ks))
-    elif options.hub_folder and processes.is_main():
-        repo_id = offline_preflight(options)
-        check_hub_folder_location(options.hub_folder, options.output)
+    earlier, others, other_neighbors = earlier_columns(options, read)
+    recorded = (read[1].stats.neighbors or {}).get(options.column) if read and earlier else None
+    repo_id = check_destination(options, api, spec, others, other_neighbors)
+    if read:
+        splits = read[0]
     else:
-        repo_id = None
-    if options.stage != "embed":
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
         splits, others, other_neighbors = keep_columns(splits, earlier, others, other_neighbors, options)
     embed = neighbors = None
-    if options.stage in ("embed", "all"):  # an up-to-date output's vectors are reused, not recomputed
-        splits, embed = embed_splits(splits, tokenizer, EmbedParams.of(options), spec, embed_work_folder(options.output),
-                                     earlier)
-        # The build's own gates: no vector that --verify would refuse is written (nor searched: every
-        # process learns the main process's verdict, and stops with it).
-        problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
-        refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output,
-                           embed.key if embed is not None else None)
-        embed = checked_by_sentence_transformers(splits, options, embed)
-        splits, neighbors = neighbors_stage(splits, embed, options, recorded)
+    if options.stage in ("embed", "all"):
+        splits, embed, neighbors = embed_stage(splits, tokenizer, options, spec, earlier, recorded)
     if not processes.is_main():
         return None
-    splits, columns = in_earlier_order(splits, {**others, options.column: embed} if embed is not None else others,
-                                       earlier)
-    all_neighbors = {**other_neighbors, **({options.column: neighbors} if neighbors else {})}
-    all_neighbors = {column: all_neighbors[column] for column in columns if column in all_neighbors}
-    manifest = new_manifest(options, text, columns or None, all_neighbors)
-    write_output(splits, manifest, options.output, card=write_card if columns else None)
-    stats = manifest.stats.to_json()
+    stats = write(splits, options, text, earlier, {**others, options.column: embed} if embed is not None else others,
+                  {**other_neighbors, **({options.column: neighbors} if neighbors else {})})
     if options.push:
         stats["published"] = publish(options, repo_id, api)
     elif options.hub_folder:
@@ -194,6 +164,72 @@ def _build(options: BuildOptions, api) -> dict | None:
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_finished_work(options.output, embed.key)
     return stats
+
+
+def read_text_stage(options: BuildOptions) -> tuple:
+    """`--stage embed` starts from the text stage's output: the options with its settings, the
+    output (splits, manifest) and its text record. Other stages: the options, None, None."""
+    if options.stage != "embed":
+        return options, None, None
+    splits, manifest = read_output(options.output)
+    options = with_text_settings(options, manifest.stats.text)
+    text = manifest.stats.text
+    if options.source_id and not text.source_id:
+        text = text.replaced(source_id=options.source_id)
+    return options, (splits, manifest), text
+
+
+def check_inputs(options: BuildOptions) -> tuple:
+    """The checks before any work that read the source's and the model's names and files: the
+    tokenizer, and the model resolved once (None for a text stage)."""
+    if options.push or options.hub_folder:  # what both publish names the model and source by Hub id
+        check_publishable(options)
+    check_hub_ids(options)
+    check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
+    tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
+    spec = None
+    if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
+        spec = resolve_model(options.model, options.model_revision, options.model_id, options.dim, tokenizer)
+    return tokenizer, spec
+
+
+def check_destination(options: BuildOptions, api, spec, others: dict, other_neighbors: dict) -> str | None:
+    """Where the output goes, checked before any work (main process): the Hub repo of --push, with
+    the schema it will get, or the --hub-folder. The repo id, or None."""
+    if options.push and processes.is_main():
+        dims = {**{column: stats.dim for column, stats in others.items()}, options.column: spec.dim}
+        ks = {**{column: stats.k for column, stats in other_neighbors.items()},
+              **({options.column: options.neighbors} if options.neighbors else {})}
+        return preflight(options, api, expected_features(dims, ks))
+    if options.hub_folder and processes.is_main():
+        repo_id = offline_preflight(options)
+        check_hub_folder_location(options.hub_folder, options.output)
+        return repo_id
+    return None
+
+
+def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier, recorded) -> tuple:
+    """The embedding column (an up-to-date output's vectors are reused, not recomputed), the
+    build's gates on it, the check against sentence-transformers, and its neighbours."""
+    splits, embed = embed_splits(splits, tokenizer, EmbedParams.of(options), spec, embed_work_folder(options.output),
+                                 earlier)
+    # The build's own gates: no vector that --verify would refuse is written (nor searched: every
+    # process learns the main process's verdict, and stops with it).
+    problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
+    refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output,
+                       embed.key if embed is not None else None)
+    embed = checked_by_sentence_transformers(splits, options, embed)
+    splits, neighbors = neighbors_stage(splits, embed, options, recorded)
+    return splits, embed, neighbors
+
+
+def write(splits, options: BuildOptions, text, earlier, columns: dict, all_neighbors: dict) -> dict:
+    """The output, written whole with its manifest (and card, where it has vectors); its statistics as JSON."""
+    splits, columns = in_earlier_order(splits, columns, earlier)
+    all_neighbors = {column: all_neighbors[column] for column in columns if column in all_neighbors}
+    manifest = new_manifest(options, text, columns or None, all_neighbors)
+    write_output(splits, manifest, options.output, card=write_card if columns else None)
+    return manifest.stats.to_json()
 
 
 def check_hub_ids(options: BuildOptions) -> None:
