@@ -159,3 +159,30 @@ def st_models(tiny_model, sample_dir, tmp_path_factory) -> dict[str, str]:
             "bert-mean": save_sentence_transformer(bert, root / "bert-mean", "mean", False),
             "bert-cls": save_sentence_transformer(bert, root / "bert-cls", "cls", True),
             "t5-mean": save_sentence_transformer(t5, root / "t5-mean", "mean", True)}
+
+
+@pytest.fixture(scope="session")
+def rewrite_output():
+    """A function that rewrites an output's splits beside it, as a damaged or tampered output."""
+    return _rewrite
+
+
+def _rewrite(output, change, update_checksums=True):
+    """Apply `change` to the splits and save them beside `output` with its manifest, the files'
+    checksums updated as a build that made these rows would have written them (or not)."""
+    import json
+
+    from datasets import load_from_disk
+
+    from elm_wikitext.publish.output import MANIFEST_FILE, manifest_checksum, split_checksum
+
+    splits = change(load_from_disk(str(output)))
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
+    tmp = output.parent / "rewritten"
+    splits.save_to_disk(str(tmp))
+    if update_checksums:
+        for name, entry in manifest["splits"].items():
+            entry["sha256"] = split_checksum(tmp / name, entry["files"])
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return tmp

@@ -48,13 +48,7 @@ def test_neighbours_are_found_by_text_id_after_a_shuffle_and_a_filter(embedded_o
     assert found > len(mine)
 
 
-def rewrite(output, change):
-    from tests.publish.test_verify import rewrite as rewrite_with_checksums
-
-    return rewrite_with_checksums(output, change)
-
-
-def test_verify_refuses_a_neighbour_from_another_split(embedded_copy):
+def test_verify_refuses_a_neighbour_from_another_split(embedded_copy, rewrite_output):
     def leak(splits):
         stranger = splits["test"][0]["text_id"]
         splits["train"] = splits["train"].map(
@@ -63,10 +57,10 @@ def test_verify_refuses_a_neighbour_from_another_split(embedded_copy):
         return splits
 
     with pytest.raises(BuildError, match="train: embedding_neighbors names rows not of this split"):
-        verify(str(rewrite(embedded_copy, leak)))
+        verify(str(rewrite_output(embedded_copy, leak)))
 
 
-def test_verify_refuses_neighbours_that_are_not_the_nearest(embedded_copy):
+def test_verify_refuses_neighbours_that_are_not_the_nearest(embedded_copy, rewrite_output):
     def reverse(splits):  # every row's neighbours, farthest first: the sample meets one whatever it draws
         splits["train"] = splits["train"].map(lambda row: {
             "embedding_neighbors": row["embedding_neighbors"][::-1],
@@ -74,17 +68,17 @@ def test_verify_refuses_neighbours_that_are_not_the_nearest(embedded_copy):
         return splits
 
     with pytest.raises(BuildError, match="embedding_neighbors are not sorted by cosine"):
-        verify(str(rewrite(embedded_copy, reverse)))
+        verify(str(rewrite_output(embedded_copy, reverse)))
 
 
-def test_verify_refuses_stored_cosines_that_are_not_the_vectors(embedded_copy):
+def test_verify_refuses_stored_cosines_that_are_not_the_vectors(embedded_copy, rewrite_output):
     def shift(splits):
         splits["validation"] = splits["validation"].map(lambda row: {
             "embedding_neighbor_cosines": [None if c is None else c - 1e-3 for c in row["embedding_neighbor_cosines"]]})
         return splits
 
     with pytest.raises(BuildError, match="cosines differ from their float64 values"):
-        verify(str(rewrite(embedded_copy, shift)))
+        verify(str(rewrite_output(embedded_copy, shift)))
 
 
 def run(*args, capsys) -> tuple[int, str]:

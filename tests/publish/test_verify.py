@@ -9,23 +9,8 @@ import pytest
 from datasets import load_from_disk
 
 from elm_wikitext.core.errors import BuildError
-from elm_wikitext.publish.output import MANIFEST_FILE, manifest_checksum, split_checksum
+from elm_wikitext.publish.output import MANIFEST_FILE, manifest_checksum
 from elm_wikitext.publish.verify import verify
-
-
-def rewrite(output, change, update_checksums=True):
-    """Apply `change` to the splits and save them beside `output` with its manifest, the files'
-    checksums updated as a build that made these rows would have written them (or not)."""
-    splits = change(load_from_disk(str(output)))
-    manifest = json.loads((output / MANIFEST_FILE).read_text())
-    tmp = output.parent / "rewritten"
-    splits.save_to_disk(str(tmp))
-    if update_checksums:
-        for name, entry in manifest["splits"].items():
-            entry["sha256"] = split_checksum(tmp / name, entry["files"])
-        manifest["manifest_sha256"] = manifest_checksum(manifest)
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return tmp
 
 
 def test_a_good_output_passes_every_gate_and_the_command_line_names_them(embedded_output, capsys):
@@ -61,7 +46,7 @@ def test_rows_that_do_not_match_the_manifest_fail(embedded_copy):
         verify(str(embedded_copy))
 
 
-def test_a_vector_without_unit_norm_fails(embedded_copy):
+def test_a_vector_without_unit_norm_fails(embedded_copy, rewrite_output):
     def scale_first(splits):
         def scale(row, index):
             return {"embedding": (np.asarray(row["embedding"]) * (2.0 if index == 0 else 1.0)).tolist()}
@@ -69,10 +54,10 @@ def test_a_vector_without_unit_norm_fails(embedded_copy):
         return splits
 
     with pytest.raises(BuildError, match="test: embedding vectors without unit norm in rows"):
-        verify(str(rewrite(embedded_copy, scale_first)))
+        verify(str(rewrite_output(embedded_copy, scale_first)))
 
 
-def test_a_paragraph_in_two_splits_fails(embedded_copy):
+def test_a_paragraph_in_two_splits_fails(embedded_copy, rewrite_output):
     from datasets import concatenate_datasets
 
     def leak(splits):
@@ -80,10 +65,10 @@ def test_a_paragraph_in_two_splits_fails(embedded_copy):
         return splits
 
     with pytest.raises(BuildError, match="text_id repeated.*in both train and test"):
-        verify(str(rewrite(embedded_copy, leak)))
+        verify(str(rewrite_output(embedded_copy, leak)))
 
 
-def test_vectors_of_the_wrong_rows_fail_the_neighbours_then_the_sample(embedded_copy):
+def test_vectors_of_the_wrong_rows_fail_the_neighbours_then_the_sample(embedded_copy, rewrite_output):
     def shuffle_vectors(splits):
         for name in splits:
             vectors = splits[name]["embedding"][:]
@@ -94,12 +79,12 @@ def test_vectors_of_the_wrong_rows_fail_the_neighbours_then_the_sample(embedded_
 
     # The stored neighbours no longer fit the vectors: the cheap gate says so first.
     with pytest.raises(BuildError, match="embedding_neighbors cosines differ from their float64 values"):
-        verify(str(rewrite(embedded_copy, shuffle_vectors)))
+        verify(str(rewrite_output(embedded_copy, shuffle_vectors)))
 
     def without_neighbours(splits):  # as a --neighbors 0 build of these vectors would be
         return shuffle_vectors(splits.remove_columns(["embedding_neighbors", "embedding_neighbor_cosines"]))
 
-    rewritten = rewrite(embedded_copy, without_neighbours)
+    rewritten = rewrite_output(embedded_copy, without_neighbours)
     manifest = json.loads((rewritten / MANIFEST_FILE).read_text())
     del manifest["stats"]["neighbors"]
     manifest["manifest_sha256"] = manifest_checksum(manifest)
@@ -109,27 +94,27 @@ def test_vectors_of_the_wrong_rows_fail_the_neighbours_then_the_sample(embedded_
         verify(str(rewritten))
 
 
-def test_files_changed_after_the_build_fail(embedded_copy):
+def test_files_changed_after_the_build_fail(embedded_copy, rewrite_output):
     def edit_text(splits):
         splits["test"] = splits["test"].map(
             lambda row, index: {"section": row["section"] + ("!" if index == 0 else "")}, with_indices=True)
         return splits
 
     with pytest.raises(BuildError, match="test: its files differ from the SHA-256 in the manifest"):
-        verify(str(rewrite(embedded_copy, edit_text, update_checksums=False)))
+        verify(str(rewrite_output(embedded_copy, edit_text, update_checksums=False)))
 
 
-def test_a_text_id_that_is_not_its_texts_fails(embedded_copy):
+def test_a_text_id_that_is_not_its_texts_fails(embedded_copy, rewrite_output):
     def relabel(splits):
         splits["train"] = splits["train"].map(
             lambda row, index: {"text_id": "0" * 16 if index == 2 else row["text_id"]}, with_indices=True)
         return splits
 
     with pytest.raises(BuildError, match="train: text_id is not the SHA-256 of the text in rows 0000000000000000"):
-        verify(str(rewrite(embedded_copy, relabel)))
+        verify(str(rewrite_output(embedded_copy, relabel)))
 
 
-def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
+def test_a_missing_vector_is_named_not_a_crash(embedded_copy, rewrite_output):
     import pyarrow as pa
     from datasets import Dataset
 
@@ -143,7 +128,7 @@ def test_a_missing_vector_is_named_not_a_crash(embedded_copy):
         return splits
 
     with pytest.raises(BuildError, match="test: rows whose embedding is not 64 values"):
-        verify(str(rewrite(embedded_copy, drop_vector)))
+        verify(str(rewrite_output(embedded_copy, drop_vector)))
 
 
 def test_a_paragraph_split_passes_though_its_articles_span_splits(sample_dir, tiny_model, tmp_path):
