@@ -375,7 +375,7 @@ def manifest_checksum(manifest: dict) -> str:
 def manifest_intact(manifest: Manifest) -> bool:
     """Whether the manifest has its checksum and matches it: a manifest without one, edited or
     from before it was recorded, is trusted no more than one that does not match."""
-    return manifest.recorded("manifest_sha256") and manifest.manifest_sha256 == manifest_checksum(manifest.to_json())
+    return _sealed(manifest.to_json())  # a checksum never recorded is left out of the JSON: not sealed
 
 
 def _split_entry(directory: Path, rows: int) -> SplitEntry:
