@@ -102,8 +102,8 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
     defaults, taken = BuildOptions(), {}
     other_model = options.model not in (defaults.model, text.tokenizer)
     for option, key in TEXT_SETTINGS.items():
-        if not text.recorded(key) or (other_model and option in ("model", "model_revision")):
-            continue  # an output from before this setting was recorded, or another model's own
+        if other_model and option in ("model", "model_revision"):
+            continue  # another model's own
         given, recorded = getattr(options, option), getattr(text, key)
         if option == "source_id" and recorded is None:
             continue  # a local source named only now, at a later run: the card takes it (_build)
@@ -140,7 +140,7 @@ def _build(options: BuildOptions, api) -> dict | None:
     tokenizer, spec = check_inputs(options)
     # The output already there, its columns this run keeps (all but --column), their neighbours.
     earlier, others, other_neighbors = earlier_columns(options, read)
-    recorded = (read[1].stats.neighbors or {}).get(options.column) if read and earlier else None
+    recorded = read[1].stats.neighbors.get(options.column) if read and earlier else None
     repo_id = check_destination(options, api, spec, others, other_neighbors)
     if read:
         splits = read[0]
@@ -175,7 +175,7 @@ def read_text_stage(options: BuildOptions) -> tuple:
     options = with_text_settings(options, manifest.stats.text)
     text = manifest.stats.text
     if options.source_id and not text.source_id:
-        text = text.replaced(source_id=options.source_id)
+        text = dataclasses.replace(text, source_id=options.source_id)
     return options, (splits, manifest), text
 
 
@@ -227,7 +227,7 @@ def write(splits, options: BuildOptions, text, earlier, columns: dict, all_neigh
     """The output, written whole with its manifest (and card, where it has vectors); its statistics as JSON."""
     splits, columns = in_earlier_order(splits, columns, earlier)
     all_neighbors = {column: all_neighbors[column] for column in columns if column in all_neighbors}
-    manifest = new_manifest(options, text, columns or None, all_neighbors)
+    manifest = new_manifest(options, text, columns, all_neighbors)
     write_output(splits, manifest, options.output, card=write_card if columns else None)
     return manifest.stats.to_json()
 
@@ -242,11 +242,11 @@ def earlier_columns(options: BuildOptions, read: tuple | None) -> tuple:
     """The output already there (`read` by --stage embed), whose vectors may be reused, and the
     records of its columns that this run keeps: all but the one it embeds (a text stage: all)."""
     earlier = read or earlier_output(options)
-    others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
+    others = {column: stats for column, stats in earlier[1].stats.embed.items()
               if column != options.column or options.stage == "text"} if earlier else {}
     if earlier and not untouched(earlier, others, options):  # nothing of it is reused; `others` dropped
         return None, {}, {}
-    neighbors = {column: stats for column, stats in (earlier[1].stats.neighbors or {}).items()
+    neighbors = {column: stats for column, stats in earlier[1].stats.neighbors.items()
                  if column in others} if earlier else {}
     return earlier, others, neighbors
 
@@ -256,7 +256,7 @@ def in_earlier_order(splits, columns: dict, earlier: tuple | None) -> tuple:
     one last), so that the card's first column stays first."""
     if not (earlier and columns):
         return splits, columns
-    order = [column for column in earlier[1].stats.embed or {} if column in columns]
+    order = [column for column in earlier[1].stats.embed if column in columns]
     columns = {column: columns[column] for column in order + [c for c in columns if c not in order]}
     had = earlier[0]["train"].column_names  # each column beside its neighbours, as the output had them
     names = sorted(splits["train"].column_names, key=lambda name: had.index(name) if name in had else len(had))
@@ -361,7 +361,7 @@ def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
         try:
             report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
             facts = report["columns"][options.column]
-            embed = embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
+            embed = dataclasses.replace(embed, reference={"seed": report["seed"], **{key: facts[key] for key in (
                 "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
         except BuildError as err:
             error = f"nothing was written: {err}"

@@ -204,3 +204,19 @@ def _rewrite(output, change, update_checksums=True):
         manifest["manifest_sha256"] = manifest_checksum(manifest)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
     return tmp
+
+
+@pytest.fixture(scope="session")
+def as_built():
+    """A function that reads a manifest's JSON, edited to stand for another build, as that build
+    would have written it: its card's command made from these records (a build records it)."""
+    return _as_built
+
+
+def _as_built(manifest: dict):
+    from elm_wikitext.core.records import Manifest, published_command
+
+    record = Manifest.from_json(manifest)
+    first = next(iter(record.stats.embed.values()))  # the column that leads the card
+    record.published_command = published_command(BuildOptions(**manifest["config"]), record.stats.text, first)
+    return record

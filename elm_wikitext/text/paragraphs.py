@@ -1,10 +1,11 @@
 """Text stage: WikiText lines -> clean paragraphs with their article and section, filtered.
 
-Two passes over the text, each a `Dataset.map` over batches: one finds the headings (a level
-per line), the other labels, cleans and counts each paragraph and says why it would drop it.
-Duplicates are then found from a 16-character id per paragraph. What is kept of the whole
-corpus in memory is a few numbers per line, so memory does not grow with the text. Every drop
-has a reason, and the reasons are counted.
+One pass over the lines finds the headings (a level per line); then each step is a `Dataset.map`
+over batches, given only the parameters it reads: clean and label the paragraphs, count their
+tokens, describe them (id, length), and a filter per reason (quality, length), each writing only
+its own columns. Duplicates are then found from a 16-character id per paragraph. What is kept of
+the whole corpus in memory is a few numbers per line, so memory does not grow with the text.
+Every drop has a reason, and the reasons are counted.
 """
 
 import itertools
@@ -14,7 +15,7 @@ import os
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from elm_wikitext.core.tokens import token_ids
 from elm_wikitext.core.errors import BuildError
@@ -25,9 +26,13 @@ from elm_wikitext.text.rows import take_rows
 
 log = logging.getLogger(__name__)
 
-PARAGRAPH_FEATURES = Features({
-    "text": Value("string"), "article_id": Value("int32"), "article": Value("string"),
-    "section": Value("string")})
+# What each step adds to a paragraph, in the order the output holds them (`OUTPUT_COLUMNS`).
+PARAGRAPH_FEATURES = {"text": Value("string"), "article_id": Value("int32"), "article": Value("string"),
+                      "section": Value("string")}
+DESCRIPTION_FEATURES = {"text_id": Value("string"), "char_count": Value("int32"), "unknown_words": Value("int32")}
+COUNT_FEATURES = {"token_count": Value("int32")}
+TOKEN_FEATURES = {**COUNT_FEATURES, "input_ids": List(Value("int32"))}
+OUTPUT_COLUMNS = (*PARAGRAPH_FEATURES, "text_id", "token_count", "char_count", "input_ids")
 DROP_REASONS = ("empty", "low_quality", "unknown_words", "duplicate", "too_short", "too_long")
 # Part of every text step's cache key (keys.step_fingerprint): bump it when a step's output
 # changes (not for comments or refactors), so that no cached result of the old code is reused.
@@ -49,8 +54,9 @@ MIN_LETTER_SHARE = 0.5
 # WikiText-2's real validation file).
 MAX_UNK_SHARE = 0.1
 BATCH_LINES = 10_000
-# Cleaning is Python, a line at a time: on a large source, worker processes share it among the
-# cores (WikiText-103 at 1.8M lines); on WikiText-2 (45k lines) starting them costs what they save.
+# Cleaning and tokenizing are Python, a row at a time: on a large source, worker processes share
+# them among the cores (WikiText-103 at 1.8M lines); on WikiText-2 (45k lines) starting them costs
+# what they save.
 WORKERS_FROM_LINES = 100_000
 MAX_WORKERS = 8
 
@@ -167,53 +173,84 @@ def token_column(texts: list[str], tokenizer) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def paragraph_batch(lines: pa.Table, indices: list[int], level: np.ndarray, article_id: np.ndarray,
-                    article_line: np.ndarray, section_line: np.ndarray, titles: dict[int, str], tokenizer,
-                    min_tokens: int, max_tokens: int, keep_ids: bool) -> pa.Table:
-    """A batch of lines -> its paragraphs' clean text, labels, id, token count and the reason to
-    drop each for its own sake ('' to keep it): a quality reason first, then a length reason.
-    Duplicates are found across batches afterwards (`final_reasons`)."""
+def clean_paragraphs(lines: pa.Table, indices: list[int], level: np.ndarray, article_id: np.ndarray,
+                     article_line: np.ndarray, section_line: np.ndarray, titles: dict[int, str]) -> pa.Table:
+    """A batch of lines -> its paragraphs: the clean text, the article's id and name, the section
+    (the other arguments are the corpus's `outline`, by line)."""
     at = np.asarray(indices)
     is_paragraph = level[at] == 0
     at = at[is_paragraph]
     texts = [clean_text(text) for text in visible_text(lines.filter(pa.array(is_paragraph))).to_pylist()]
     articles, sections = clean_labels(article_id[at], article_line[at], section_line[at], titles)
-    ids = token_column(texts, tokenizer)
-    counts = pc.list_value_length(ids)
-    length = pc.if_else(pc.less(counts, min_tokens), "too_short",
-                        pc.if_else(pc.greater(counts, max_tokens), "too_long", ""))
-    column = pa.array(texts, pa.string())
-    quality = quality_reasons(column)
-    table = pa.table({
-        "text": column, "article_id": pa.array(article_id[at]), "article": articles, "section": sections,
-        "text_id": [text_id(text) for text in texts], "token_count": counts,
-        "char_count": pc.cast(pc.utf8_length(column), pa.int32()),
-        "drop": pc.if_else(pc.equal(quality, ""), length, quality),
-        "unknown_words": pc.cast(pc.count_substring(column, UNK), pa.int32())})
-    return table.append_column("input_ids", ids) if keep_ids else table
+    return pa.table({"text": pa.array(texts, pa.string()), "article_id": pa.array(article_id[at]),
+                     "article": articles, "section": sections})
+
+
+def count_tokens(paragraphs: pa.Table, tokenizer, keep_ids: bool) -> pa.Table:
+    """Each paragraph's token count (and with `keep_ids` its token ids, for an embed stage in this
+    process)."""
+    ids = token_column(paragraphs.column("text").to_pylist(), tokenizer)
+    counts = pa.table({"token_count": pc.list_value_length(ids)})
+    return counts.append_column("input_ids", ids) if keep_ids else counts
+
+
+def describe_paragraphs(paragraphs: pa.Table) -> pa.Table:
+    """Each paragraph's id (`text_id`), length in characters and number of `<unk>` words."""
+    column = paragraphs.column("text")
+    return pa.table({"text_id": [text_id(text) for text in column.to_pylist()],
+                     "char_count": pc.cast(pc.utf8_length(column), pa.int32()),
+                     "unknown_words": pc.cast(pc.count_substring(column, UNK), pa.int32())})
+
+
+def quality_filter(paragraphs: pa.Table) -> pa.Table:
+    """Why each paragraph is dropped for its text ('' to keep it): see `quality_reasons`."""
+    return pa.table({"quality": quality_reasons(paragraphs.column("text"))})
+
+
+def length_filter(paragraphs: pa.Table, min_tokens: int, max_tokens: int) -> pa.Table:
+    """Why each paragraph is dropped for its length in tokens ('' to keep it)."""
+    counts = paragraphs.column("token_count")
+    return pa.table({"length": pc.if_else(pc.less(counts, min_tokens), "too_short",
+                                          pc.if_else(pc.greater(counts, max_tokens), "too_long", ""))})
 
 
 def prepare_paragraphs(lines: Dataset, tokenizer, params: TextParams, keep_ids: bool = False) -> tuple[Dataset, dict]:
-    """Every paragraph of the lines, labelled, cleaned, counted and with its own drop reason
-    (see `paragraph_batch`), in one pass over the text; and the count of each kind of line."""
+    """Every paragraph of the lines, labelled, cleaned, counted and with the reasons to drop it
+    for its own sake (each filter's column, '' to keep it; duplicates are found across batches
+    afterwards, `final_reasons`); and the count of each kind of line."""
     labels, counts = outline_corpus(lines)
     if not counts["paragraph_lines"]:  # datasets skips a map over no rows: no columns would follow
         raise BuildError(f"--source {params.source} holds no paragraph, only headings and blank lines: "
                          "point it at WikiText's articles")
-    features = {**PARAGRAPH_FEATURES, "text_id": Value("string"), "token_count": Value("int32"),
-                "char_count": Value("int32"), "drop": Value("string"), "unknown_words": Value("int32"),
-                **({"input_ids": List(Value("int32"))} if keep_ids else {})}
-    settings = {"tokenizer": tokenizer, "min_tokens": params.min_tokens, "max_tokens": params.max_tokens,
-                "keep_ids": keep_ids}
-    paragraphs = lines.with_format("arrow").map(
-        paragraph_batch, batched=True, batch_size=BATCH_LINES, with_indices=True,
-        num_proc=params.num_proc or default_workers(len(lines)),
-        remove_columns=lines.column_names, features=Features(features), desc="Cleaning and counting",
-        fn_kwargs={**labels, **settings},
-        new_fingerprint=step_fingerprint(lines, paragraph_batch, TEXT_VERSION, tokenizer.name_or_path,
-                                         len(tokenizer), params.model_revision, params.min_tokens,
-                                         params.max_tokens, keep_ids))
-    return paragraphs.with_format(None), counts
+    workers = params.num_proc or default_workers(len(lines))  # for the steps that run Python a row at a time
+    paragraphs = text_step(lines, clean_paragraphs, PARAGRAPH_FEATURES, "Cleaning paragraphs", labels, (), workers,
+                           with_indices=True)
+    tokenizer_key = (tokenizer.name_or_path, len(tokenizer), params.model_revision, keep_ids)
+    paragraphs = with_step(paragraphs, count_tokens, TOKEN_FEATURES if keep_ids else COUNT_FEATURES,
+                           "Counting tokens", {"tokenizer": tokenizer, "keep_ids": keep_ids}, tokenizer_key, workers)
+    paragraphs = with_step(paragraphs, describe_paragraphs, DESCRIPTION_FEATURES, "Describing paragraphs", {}, ())
+    paragraphs = with_step(paragraphs, quality_filter, {"quality": Value("string")}, "Judging the text", {}, ())
+    lengths = {"min_tokens": params.min_tokens, "max_tokens": params.max_tokens}
+    paragraphs = with_step(paragraphs, length_filter, {"length": Value("string")}, "Judging the length", lengths,
+                           tuple(lengths.values()))
+    return paragraphs, counts
+
+
+def text_step(ds: Dataset, step, features: dict, desc: str, params: dict, key: tuple, workers: int | None = None,
+              **map_options) -> Dataset:
+    """The columns `step` makes of `ds`, a batch at a time, given only `params`; `key` is what of
+    them names the result in datasets' cache (beside `ds` and the step: the outline, made of `ds`,
+    needs none; a tokenizer is named, not hashed)."""
+    return ds.with_format("arrow").map(
+        step, batched=True, batch_size=BATCH_LINES, num_proc=workers, remove_columns=ds.column_names,
+        features=Features(features), desc=desc, fn_kwargs=params,
+        new_fingerprint=step_fingerprint(ds, step, TEXT_VERSION, *key), **map_options).with_format(None)
+
+
+def with_step(ds: Dataset, step, features: dict, desc: str, params: dict, key: tuple,
+              workers: int | None = None) -> Dataset:
+    """`ds` with the columns `step` adds to each row; only they are written, beside its own."""
+    return concatenate_datasets([ds, text_step(ds, step, features, desc, params, key, workers)], axis=1)
 
 
 def default_workers(lines: int) -> int | None:
@@ -224,15 +261,14 @@ def default_workers(lines: int) -> int | None:
     return min(cores, MAX_WORKERS) if cores > 1 else None
 
 
-QUALITY_REASONS = ("empty", "low_quality", "unknown_words")
-
-
 def final_reasons(paragraphs: Dataset) -> np.ndarray:
-    """Each paragraph's drop reason, '' to keep it: its own reason, except that a paragraph
-    whose text (by `text_id`) already passed the quality filter earlier is a duplicate. Reads
-    two short columns, never the text."""
-    reasons = paragraphs.data.column("drop").to_numpy(zero_copy_only=False).astype(object)
-    passed = np.flatnonzero(~np.isin(reasons, QUALITY_REASONS))
+    """Each paragraph's drop reason, '' to keep it: its quality reason first, then its length
+    reason, except that a paragraph whose text (by `text_id`) already passed the quality filter
+    earlier is a duplicate. Reads short columns, never the text."""
+    quality, length = (paragraphs.data.column(name).to_numpy(zero_copy_only=False).astype(object)
+                       for name in ("quality", "length"))
+    passed = np.flatnonzero(quality == "")
+    reasons = np.where(quality == "", length, quality)
     ids = paragraphs.data.column("text_id").take(pa.array(passed)).to_numpy(zero_copy_only=False)
     _, first = np.unique(ids, return_index=True)
     repeated = np.ones(len(passed), dtype=bool)
@@ -257,4 +293,5 @@ def build_paragraphs(lines: Dataset, tokenizer, params: TextParams, keep_ids: bo
     unknown = paragraphs.data.column("unknown_words").to_numpy()[kept]
     stats["unknown_words"] = {"words": int(unknown.sum()), "paragraphs": int((unknown > 0).sum())}
     assert stats["paragraphs"] == stats["kept"] + sum(stats["dropped"].values())
-    return take_rows(paragraphs.remove_columns(["drop", "unknown_words"]), kept, "Keeping"), stats
+    columns = [name for name in OUTPUT_COLUMNS if name in paragraphs.column_names]
+    return take_rows(paragraphs.select_columns(columns), kept, "Keeping"), stats
