@@ -30,6 +30,24 @@ def checkout_stays_clean():
     assert not added, f"tests wrote into the checkout: {added}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def libraries_kept_out_of_garbage_collection():
+    """The libraries a build imports hold about half a million objects that live as long as the
+    session: frozen (gc.freeze), the gc.collect a build makes before and after the
+    sentence-transformers check scans only what the tests made, not them (half a second a call)."""
+    import gc
+
+    import matplotlib.pyplot  # noqa: F401  (what a build imports late, imported here first)
+    import sentence_transformers  # noqa: F401
+
+    import elm_wikitext.pipeline  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture(autouse=True)
 def work_in_a_temporary_folder(tmp_path_factory, monkeypatch):
     """Each test runs in a fresh folder of its own: what a build writes beside it (logs/, data/,
