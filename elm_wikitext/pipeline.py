@@ -103,8 +103,8 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
     defaults, taken = BuildOptions(), {}
     other_model = options.model not in (defaults.model, text.tokenizer)
     for option, key in TEXT_SETTINGS.items():
-        if not text.recorded(key) or (other_model and option in ("model", "model_revision")):
-            continue  # an output from before this setting was recorded, or another model's own
+        if other_model and option in ("model", "model_revision"):
+            continue  # another model's own
         given, recorded = getattr(options, option), getattr(text, key)
         if option == "source_id" and recorded is None:
             continue  # a local source named only now, at a later run: the card takes it (_build)
@@ -171,7 +171,7 @@ def read_text_stage(options: BuildOptions) -> tuple:
     options = with_text_settings(options, manifest.stats.text)
     text = manifest.stats.text
     if options.source_id and not text.source_id:
-        text = text.replaced(source_id=options.source_id)
+        text = dataclasses.replace(text, source_id=options.source_id)
     return options, (splits, manifest), text
 
 
@@ -217,7 +217,7 @@ def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier) -> tupl
     problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
     refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output, key)
     embed = checked_by_sentence_transformers(splits, options, embed)
-    recorded = (earlier[1].stats.neighbors or {}).get(options.column) if earlier else None
+    recorded = earlier[1].stats.neighbors.get(options.column) if earlier else None
     params = NeighborParams(column=options.column, k=options.neighbors)
     splits, neighbors = neighbors_stage(splits, key, params, work_folder, recorded)
     return splits, embed, neighbors
@@ -227,7 +227,7 @@ def write(splits, options: BuildOptions, text, earlier, columns: dict, all_neigh
     """The output, written whole with its manifest (and card, where it has vectors); its statistics as JSON."""
     splits, columns = in_earlier_order(splits, columns, earlier)
     all_neighbors = {column: all_neighbors[column] for column in columns if column in all_neighbors}
-    manifest = new_manifest(options, text, columns or None, all_neighbors)
+    manifest = new_manifest(options, text, columns, all_neighbors)
     write_output(splits, manifest, options.output, card=write_card if columns else None)
     return manifest.stats.to_json()
 
@@ -242,11 +242,11 @@ def earlier_columns(options: BuildOptions, read: tuple | None, embeds: bool) -> 
     """The output already there (`read` by --stage embed), whose vectors may be reused, and the
     records of its columns that this run keeps: all but the one it embeds (a text stage: all)."""
     earlier = read or earlier_output(options, embeds)
-    others = {column: stats for column, stats in (earlier[1].stats.embed or {}).items()
+    others = {column: stats for column, stats in earlier[1].stats.embed.items()
               if column != options.column or not embeds} if earlier else {}
     if earlier and not untouched(earlier, others, options, is_input=read is not None):  # nothing of it is reused
         return None, {}, {}
-    neighbors = {column: stats for column, stats in (earlier[1].stats.neighbors or {}).items()
+    neighbors = {column: stats for column, stats in earlier[1].stats.neighbors.items()
                  if column in others} if earlier else {}
     return earlier, others, neighbors
 
@@ -256,7 +256,7 @@ def in_earlier_order(splits, columns: dict, earlier: tuple | None) -> tuple:
     one last), so that the card's first column stays first."""
     if not (earlier and columns):
         return splits, columns
-    order = [column for column in earlier[1].stats.embed or {} if column in columns]
+    order = [column for column in earlier[1].stats.embed if column in columns]
     columns = {column: columns[column] for column in order + [c for c in columns if c not in order]}
     had = earlier[0]["train"].column_names  # each column beside its neighbours, as the output had them
     names = sorted(splits["train"].column_names, key=lambda name: had.index(name) if name in had else len(had))
@@ -362,7 +362,7 @@ def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
         try:
             report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
             facts = report["columns"][options.column]
-            embed = embed.replaced(reference={"seed": report["seed"], **{key: facts[key] for key in (
+            embed = dataclasses.replace(embed, reference={"seed": report["seed"], **{key: facts[key] for key in (
                 "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
         except BuildError as err:
             error = f"nothing was written: {err}"

@@ -61,9 +61,22 @@ def make_tiny_model(directory: str, hidden_size: int = 64, layers: int = 2, seed
     """Save a random-weight Qwen3 model and the Qwen tokenizer to `directory`; return it."""
     torch.manual_seed(seed)
     Qwen3Model(tiny_qwen3_config(hidden_size, layers)).save_pretrained(directory)
-    build_qwen_tokenizer().save_pretrained(directory)
+    tokenizer = build_qwen_tokenizer()
+    tokenizer.save_pretrained(directory)
+    list_added_tokens(Path(directory), tokenizer)
     save_last_token_recipe(Path(directory), hidden_size)
     return directory
+
+
+def list_added_tokens(directory: Path, tokenizer) -> None:
+    """The special tokens in tokenizer_config.json too, as Qwen's own files list them
+    (`added_tokens_decoder`): where they are missing, transformers parses the whole tokenizer.json
+    in Python to find them, a second or more at every load of the tokenizer."""
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["added_tokens_decoder"] = {str(token_id): token.__getstate__()
+                                      for token_id, token in tokenizer.added_tokens_decoder.items()}
+    path.write_text(json.dumps(config, indent=2))
 
 
 def save_last_token_recipe(directory: Path, hidden_size: int) -> None:

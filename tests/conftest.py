@@ -30,6 +30,24 @@ def checkout_stays_clean():
     assert not added, f"tests wrote into the checkout: {added}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def libraries_kept_out_of_garbage_collection():
+    """The libraries a build imports hold about half a million objects that live as long as the
+    session: frozen (gc.freeze), the gc.collect a build makes before and after the
+    sentence-transformers check scans only what the tests made, not them (half a second a call)."""
+    import gc
+
+    import matplotlib.pyplot  # noqa: F401  (what a build imports late, imported here first)
+    import sentence_transformers  # noqa: F401
+
+    import elm_wikitext.pipeline  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture(autouse=True)
 def work_in_a_temporary_folder(tmp_path_factory, monkeypatch):
     """Each test runs in a fresh folder of its own: what a build writes beside it (logs/, data/,
@@ -186,3 +204,19 @@ def _rewrite(output, change, update_checksums=True):
         manifest["manifest_sha256"] = manifest_checksum(manifest)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest))
     return tmp
+
+
+@pytest.fixture(scope="session")
+def as_built():
+    """A function that reads a manifest's JSON, edited to stand for another build, as that build
+    would have written it: its card's command made from these records (a build records it)."""
+    return _as_built
+
+
+def _as_built(manifest: dict):
+    from elm_wikitext.core.records import Manifest, published_command
+
+    record = Manifest.from_json(manifest)
+    first = next(iter(record.stats.embed.values()))  # the column that leads the card
+    record.published_command = published_command(BuildOptions(**manifest["config"]), record.stats.text, first)
+    return record

@@ -2,64 +2,80 @@
 
 The contract between the stages, the card and the gates: the text stage makes `TextStats`, the
 embed stage `EmbedStats`, `new_manifest` puts them together with the options, and output.py
-writes the whole as manifest.json and reads it back. A record read from JSON keeps its JSON
-whole: a key an older build did not write reads as None and is left out again when the record is
-written, and a key this version does not know is kept, so an output read and written again (by
-`--stage embed`, or by `--verify` checking the manifest's checksum) keeps the JSON it had.
+writes the whole as manifest.json (core/manifest.py reads it back). There is one format,
+OUTPUT_FORMAT: every field is written, and a manifest read back must hold exactly these fields,
+so an output of another format or shape is refused (then rebuilt), never read in part.
 """
 
 import dataclasses
 import shlex
+import types
+import typing
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from elm_wikitext.core.schema import DEFAULT_COLUMN
+from elm_wikitext.core.locations import on_hub
 
 # Only a build writes a manifest with this key: it is what makes a directory ours to replace.
 OUTPUT_MARKER = "elm_wikitext_output"
-OUTPUT_FORMAT = 1
+OUTPUT_FORMAT = 2  # the records below; a manifest of any other format is refused, not migrated
+
+
+class NotThisFormat(ValueError):
+    """JSON that is not a record of this format: a key missing or unknown, or a value of another type."""
 
 
 class Record:
-    """A JSON object as the fields of a dataclass (the subclasses)."""
+    """A dataclass (the subclasses) read from and written as a JSON object, every field always written."""
 
     @classmethod
-    def from_json(cls, data: dict):
-        names = [field.name for field in dataclasses.fields(cls)]
-        record = cls(**{name: cls.read_field(name, data.get(name)) for name in names})
-        record._absent = {name for name in names if name not in data}
-        record._unknown = {key: value for key, value in data.items() if key not in names}
-        return record
-
-    @classmethod
-    def read_field(cls, name: str, value):
-        """A field's value from its JSON (a record holding records reads them here)."""
-        return value
+    def from_json(cls, data):
+        return read_json(cls, data)
 
     def to_json(self) -> dict:
-        absent = getattr(self, "_absent", set())
-        fields = {field.name: _as_json(getattr(self, field.name)) for field in dataclasses.fields(self)
-                  if field.name not in absent}
-        return {**fields, **getattr(self, "_unknown", {})}
-
-    def recorded(self, name: str) -> bool:
-        """Whether the JSON this record was read from has `name` (a new record has every field)."""
-        return name not in getattr(self, "_absent", set())
-
-    def replaced(self, **changes):
-        """A copy with `changes`, keeping what the JSON it was read from lacked or added."""
-        copy = dataclasses.replace(self, **changes)
-        copy._absent = getattr(self, "_absent", set()) - set(changes)
-        copy._unknown = getattr(self, "_unknown", {})
-        return copy
+        return dataclasses.asdict(self)
 
 
-def _as_json(value):
-    if isinstance(value, Record):
-        return value.to_json()
-    if isinstance(value, dict):
-        return {key: _as_json(item) for key, item in value.items()}
+def read_json(kind, value, where: str = ""):
+    """`value` (parsed JSON) as the type `kind`: a record from an object with exactly its fields,
+    a dict or list of them, `X | None`, or a plain type. `where` names the value in a refusal
+    (`stats.text.seed`; "" the whole)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [arg for arg in args if arg is not type(None)]
+        return read_json(kind, value, where)
+    if dataclasses.is_dataclass(kind):
+        _expect(value, dict, where)
+        names = [field.name for field in dataclasses.fields(kind)]
+        missing = [name for name in names if name not in value]
+        unknown = [key for key in value if key not in names]
+        if missing or unknown:
+            raise NotThisFormat(f"{where or 'the top level'} " + " and ".join(
+                ([f"lacks {', '.join(missing)}"] if missing else [])
+                + ([f"has {', '.join(unknown)}, which this format does not know"] if unknown else [])))
+        hints = typing.get_type_hints(kind)
+        return kind(**{name: read_json(hints[name], value[name], _inside(where, name)) for name in names})
+    if origin is dict:
+        _expect(value, dict, where)
+        return {key: read_json(args[1], item, _inside(where, key)) for key, item in value.items()} if args else value
+    if origin is list:
+        _expect(value, list, where)
+        return [read_json(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)] if args else value
+    _expect(value, (int, float) if kind is float else kind, where)  # an int is a float in JSON
     return value
+
+
+def _inside(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _expect(value, kind, where: str) -> None:
+    if not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise NotThisFormat(f"{where or 'the top level'} is {type(value).__name__}, not {names}")
 
 
 @dataclasses.dataclass
@@ -90,8 +106,14 @@ class TextStats(Record):
     seconds: float
     # The source's Hub identity (--source, or --source-id for a local copy) and the commit its
     # files came from, where known: what the card names.
-    source_id: str | None = None
-    source_commit: str | None = None
+    source_id: str | None
+    source_commit: str | None
+
+    def public_source(self) -> str | None:
+        """The source's Hub id (--source, or --source-id for a local copy); None: a local copy without one."""
+        if self.source_id:
+            return self.source_id
+        return self.source if on_hub(self.source) else None
 
 
 @dataclasses.dataclass
@@ -105,7 +127,7 @@ class EmbedStats(Record):
     key: str
     model: str
     model_revision: str | None
-    model_weights: str | None  # None in builds from before it was recorded
+    model_weights: str  # encode.model_identity: a Hub commit, or a local directory's SHA-256
     dtype: str
     dim: int
     device: str
@@ -116,26 +138,33 @@ class EmbedStats(Record):
     tokens_per_second: int
     seconds: float
     padding_share: float
-    reused: bool = False  # the vectors were taken from the output already there
-    pooling: dict | None = None  # core.recipe.Recipe as JSON; None in builds from before it was recorded
-    # The sample embedded again by sentence-transformers at the end of the build: seed, rows,
-    # lowest cosine and its floor, seconds and the model's loading apart (core/reference.py).
-    reference: dict | None = None
+    pooling: dict  # core.recipe.Recipe as JSON
     # What the model is on the Hub (embed/spec.py): its id (--model, or --model-id for a local
     # folder), the commit its files came from, and each weight file's SHA-256.
-    model_id: str | None = None
-    model_commit: str | None = None
-    weights_sha256: dict | None = None
+    model_id: str | None
+    model_commit: str | None
+    weights_sha256: dict | None
+    reused: bool = False  # the vectors were taken from the output already there
+    # The sample embedded again by sentence-transformers at the end of the build: seed, rows,
+    # lowest cosine and its floor, seconds and the model's loading apart (core/reference.py).
+    # Set before the output is written.
+    reference: dict | None = None
 
     def recipe(self) -> dict:
         """How the vectors were made, as `elm_wikitext.training.embedder.Embedder.from_dataset` reads it
         back from the manifest or from the card: model, its weights' identity (a Hub commit, or the
         SHA-256 of a local directory's files), dtype, dim, and the pooling recipe (recipe.Recipe:
-        pooling, normalize, prompt, max_length; the last token's, L2-normalized, before it was recorded)."""
+        pooling, normalize, prompt, max_length)."""
         from elm_wikitext.core.recipe import Recipe  # torch-free, but kept off the CLI's import path
 
         return {"model": self.model, "model_revision": self.model_revision, "model_weights": self.model_weights,
-                "dtype": self.dtype, "dim": self.dim, **Recipe.from_json(self.pooling or {}).to_json()}
+                "dtype": self.dtype, "dim": self.dim, **Recipe.from_json(self.pooling).to_json()}
+
+    def public_model(self) -> str:
+        """The model as a published file names it: its Hub id, or a local folder's name."""
+        if self.model_id:
+            return self.model_id
+        return self.model if on_hub(self.model) else f"{Path(self.model).name} (a local model folder)"
 
 
 @dataclasses.dataclass
@@ -155,84 +184,51 @@ class NeighborStats(Record):
 class Stats(Record):
     text: TextStats
     # Each embedding column's record, in the columns' order; a `--stage text` output has none.
-    embed: dict[str, EmbedStats] | None = None
+    embed: dict[str, EmbedStats] = dataclasses.field(default_factory=dict)
     # The neighbours stage's record per embedding column that has neighbour columns.
-    neighbors: dict[str, NeighborStats] | None = None
-
-    @classmethod
-    def read_field(cls, name: str, value):
-        if name == "text":
-            return TextStats.from_json(value)
-        if not isinstance(value, dict):
-            return None
-        if name == "neighbors":
-            return {column: NeighborStats.from_json(record) for column, record in value.items()}
-        if "key" in value:  # one column's record, as builds wrote it before there could be several
-            return {DEFAULT_COLUMN: EmbedStats.from_json(value)}
-        return {column: EmbedStats.from_json(record) for column, record in value.items()}
+    neighbors: dict[str, NeighborStats] = dataclasses.field(default_factory=dict)
 
     def dims(self) -> dict[str, int]:
         """Each embedding column's size, in the columns' order."""
-        return {column: stats.dim for column, stats in (self.embed or {}).items()}
+        return {column: stats.dim for column, stats in self.embed.items()}
 
     def neighbor_counts(self) -> dict[str, int]:
         """K of each embedding column that has neighbour columns."""
-        return {column: stats.k for column, stats in (self.neighbors or {}).items()}
-
-    @classmethod
-    def from_json(cls, data: dict):
-        record = super().from_json(data)
-        record._one_column = "key" in (data.get("embed") or {})  # written back in the shape it was read
-        return record
-
-    def to_json(self) -> dict:
-        data = super().to_json()
-        if not self.neighbors:  # outputs without neighbours keep the JSON they had
-            data.pop("neighbors", None)
-        if not self.embed:  # as a text stage writes it: no "embed" at all
-            data.pop("embed", None)
-        elif getattr(self, "_one_column", False) and self.embed.keys() == {DEFAULT_COLUMN}:
-            data["embed"] = data["embed"][DEFAULT_COLUMN]
-        return data
+        return {column: stats.k for column, stats in self.neighbors.items()}
 
 
 @dataclasses.dataclass
 class SplitEntry(Record):
-    """A split's rows and the SHA-256 of the Arrow files the build wrote (`files`; absent in
-    builds from before it was recorded)."""
+    """A split's rows and the SHA-256 of the Arrow files the build wrote (`files`)."""
     rows: int
-    files: list[str] | None
+    files: list[str]
     sha256: str
 
 
 @dataclasses.dataclass
 class Manifest(Record):
     """Everything needed to know how the output was made (never the Hub token)."""
-    elm_wikitext_output: int | None  # OUTPUT_FORMAT; absent in outputs from before the marker
+    elm_wikitext_output: int  # OUTPUT_FORMAT
     config: dict  # the build's options (BuildOptions as a dict)
     versions: dict[str, str]
     stats: Stats
-    command: str
+    command: str  # rebuild_command: the options as given, local paths included
+    # The rebuild command as the card prints it (published_command); None: no vectors, no card.
+    published_command: str | None
     created: str
     splits: dict[str, SplitEntry] = dataclasses.field(default_factory=dict)  # set when written
     # Every file of the output but manifest.json, set when written: a later build replaces only
-    # these (and output.BY_DESIGN's). None in builds from before it was recorded.
-    files: list[str] | None = None
+    # these (and output.BY_DESIGN's).
+    files: list[str] = dataclasses.field(default_factory=list)
     manifest_sha256: str | None = None  # set when written
 
-    @classmethod
-    def read_field(cls, name: str, value):
-        if name == "stats":
-            return Stats.from_json(value)
-        if name == "splits":
-            return {split: SplitEntry.from_json(entry) for split, entry in value.items()}
-        return value
 
-
-def new_manifest(options, text: TextStats, embed: EmbedStats | None,
-                 neighbors: dict[str, NeighborStats] | None = None) -> Manifest:
+def new_manifest(options, text: TextStats, embed: dict[str, EmbedStats],
+                 neighbors: dict[str, NeighborStats]) -> Manifest:
+    first = next(iter(embed.values()), None)  # the card's first column names the model
     return Manifest(elm_wikitext_output=OUTPUT_FORMAT, config=dataclasses.asdict(options),
-                    versions=package_versions(), stats=Stats(text, embed, neighbors or None), command=rebuild_command(options),
+                    versions=package_versions(), stats=Stats(text, embed, neighbors), command=rebuild_command(options),
+                    published_command=published_command(options, text, first) if first else None,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -261,3 +257,13 @@ def rebuild_command(options) -> str:
         if field.name not in NOT_REBUILDING and value != getattr(defaults, field.name):
             words += [f"--{field.name.replace('_', '-')}", shlex.quote(str(value))]
     return " ".join(words)
+
+
+def published_command(options, text: TextStats, embed: EmbedStats) -> str:
+    """The rebuild command as a stranger can run it: the model (`embed`'s) and the source by Hub
+    id and commit, the output at its default place; no path of the builder's machine."""
+    return rebuild_command(dataclasses.replace(
+        options, model=embed.public_model().split(" ")[0], model_id=None, source_id=None,
+        source=text.public_source() or Path(text.source).name, output=type(options)().output,
+        model_revision=embed.model_commit or options.model_revision,
+        source_revision=text.source_commit or options.source_revision))

@@ -71,8 +71,8 @@ def token_ids(texts: list[str], tokenizer, prompt: str = "") -> list[list[int]]:
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=True)]
 
 
-# Each tokenizer's Rust tokenizer, copied once without truncation or padding (as transformers calls
-# it for one text): the caller's tokenizer is left as it is.
+# A tokenizer's Rust tokenizer where it truncates or pads, copied once without either (as
+# transformers calls it for one text): the caller's tokenizer is left as it is.
 _PLAIN_BACKENDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -80,6 +80,8 @@ def _plain_backend(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
+    if backend.truncation is None and backend.padding is None:  # already plain: a copy of a large
+        return backend  # vocabulary takes a second or two
     if tokenizer not in _PLAIN_BACKENDS:
         plain = Tokenizer.from_str(backend.to_str())
         plain.no_truncation()

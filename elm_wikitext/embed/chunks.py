@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,14 +257,14 @@ def reuse_vectors(splits: DatasetDict, earlier: tuple[DatasetDict, Manifest] | N
     if earlier is None:
         return None
     vectors, manifest = earlier
-    stats = (manifest.stats.embed or {}).get(column)
+    stats = manifest.stats.embed.get(column)
     if (stats is None or stats.key != key
             or any(column not in vectors[name].column_names or len(vectors[name]) != len(splits[name])
                    for name in SPLIT_NAMES)):
         return None
     log.info("the output already holds %r made by this model, recipe and text (key %s): reusing it", column, key)
     # The same files may lie elsewhere now: the record names where they are.
-    stats = stats.replaced(reused=True, seconds=round(time.perf_counter() - started, 2), model=model)
+    stats = replace(stats, reused=True, seconds=round(time.perf_counter() - started, 2), model=model)
     if all(column in splits[name].column_names for name in SPLIT_NAMES):  # --stage embed: the output's own
         return splits, stats
     out = DatasetDict({name: concatenate_datasets(

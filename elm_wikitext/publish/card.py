@@ -7,7 +7,6 @@ and a few paragraphs with their nearest neighbours (visuals.py), and the YAML th
 the card as README.md: the folder that hub.py uploads as one commit.
 """
 
-import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.locations import on_hub
 from elm_wikitext.core.schema import SPLIT_NAMES, expected_features
-from elm_wikitext.core.records import Manifest, rebuild_command
+from elm_wikitext.core.records import Manifest
 from elm_wikitext.publish.output import (CARD_FILE, EMBEDDING_MAP_FILE, HISTOGRAM_FILE,
                                          hub_data_files, hub_shard, make_hub_folder, read_output)
 from elm_wikitext.publish.visuals import nearest_neighbours, neighbourhood_agreement, save_embedding_map
@@ -115,10 +114,10 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
     first = next(iter(columns))  # the first column's model names the card
     embed = columns[first]
     config = text.source_config  # for a local folder too: it chose the .raw or .tokens files
-    source = public_source(text)
+    source = text.public_source()
     from_hub = source is not None and config.startswith("wikitext-")
     corpus = "WikiText-" + config.split("-")[1] if from_hub else "WikiText"
-    model = public_model(embed)
+    model = embed.public_model()
     pretty_name = f"ELM {corpus}: paragraphs and their {model.split(' ')[0].split('/')[-1]} vectors"
     facts = [column_facts(name, stats) for name, stats in columns.items()]
     check_card_template()
@@ -139,7 +138,7 @@ def render_card(splits: DatasetDict, manifest: Manifest, repo_id: str = "<your-n
             neighbours=nearest_neighbours(splits, first), map_column=first,
             neighbor_counts=manifest.stats.neighbor_counts(),
             agreement=neighbourhood_agreement(splits, list(manifest.stats.neighbor_counts())),
-            command=published_command(manifest), versions=manifest.versions, created=manifest.created,
+            command=manifest.published_command, versions=manifest.versions, created=manifest.created,
             splits=[{"name": name, "rows": len(split), "tokens": text.tokens[name]}
                     for name, split in splits.items()])
 
@@ -159,49 +158,20 @@ def template_errors():
                          "are kept)") from None
 
 
-def public_model(stats) -> str:
-    """A column's model as a published file names it: its Hub id, or a local folder's name."""
-    if stats.model_id:
-        return stats.model_id
-    return stats.model if on_hub(stats.model) else f"{Path(stats.model).name} (a local model folder)"
-
-
-def public_source(text) -> str | None:
-    """The source's Hub id (--source, or --source-id for a local copy); None: a local copy without one."""
-    if text.recorded("source_id") and text.source_id:
-        return text.source_id
-    return text.source if on_hub(text.source) else None
-
-
 def public_recipe(stats) -> dict:
     """The recipe the card carries for Embedder.from_dataset: the model by Hub id and commit (or a
     local folder's name, which a reader must then pass as model=DIR), and its weights' SHA-256."""
     recipe = stats.recipe()
     commit = stats.model_commit
-    return {**recipe, "model": public_model(stats), "model_revision": commit or recipe["model_revision"],
+    return {**recipe, "model": stats.public_model(), "model_revision": commit or recipe["model_revision"],
             "model_weights": commit or recipe["model_weights"], "weights_sha256": stats.weights_sha256}
-
-
-def published_command(manifest: Manifest) -> str:
-    """The rebuild command as a stranger can run it: the model and the source by Hub id and
-    commit, the output at its default place; no path of the builder's machine."""
-    from elm_wikitext.options import BuildOptions
-
-    options = BuildOptions()
-    known = {key: value for key, value in manifest.config.items() if hasattr(options, key)}
-    embed, text = next(iter(manifest.stats.embed.values())), manifest.stats.text
-    model, source = public_model(embed).split(" ")[0], public_source(text) or Path(text.source).name
-    known.update(model=model, model_id=None, source=source, source_id=None, output=options.output,
-                 model_revision=embed.model_commit or known.get("model_revision"),
-                 source_revision=text.source_commit or known.get("source_revision"))
-    return rebuild_command(dataclasses.replace(options, **known))
 
 
 def column_facts(name: str, stats) -> dict:
     """What the card says of one embedding column: its model and recipe, in words."""
     recipe = stats.recipe()
     pooling = {"lasttoken": "last token", "mean": "mean of the tokens", "cls": "first token ([CLS])"}[recipe["pooling"]]
-    model = public_model(stats)
+    model = stats.public_model()
     return {"name": name, "model": model, "dim": stats.dim, "dtype": stats.dtype,
             "pooling": pooling + (", L2-normalized" if recipe["normalize"] else ", not normalized"),
             "prompt": recipe["prompt"], "normalized": recipe["normalize"], "origin": recipe["origin"],

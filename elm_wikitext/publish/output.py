@@ -1,7 +1,7 @@
 """The output directory: every path and file of an output, and the folders beside it.
 
-Only this module names them: the data, manifest.json (the typed `manifest.Manifest`, read and
-written here), the card's files, and the work folders beside the output (the embedding's chunks
+Only this module names them: the data, manifest.json (the typed `core.records.Manifest`, written
+here, read through core/manifest.py), the card's files, and the work folders beside the output (the embedding's chunks
 in `OUTPUT.embed-work`, the Hub layout in `OUTPUT.hub`). It decides which folders the build may
 replace or delete: only ones it wrote.
 
@@ -25,14 +25,14 @@ from filelock import FileLock, Timeout
 
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.locations import is_local
+from elm_wikitext.core.manifest import (CARD_FILE, ELSEWHERE, MANIFEST_FILE, is_our_manifest, is_sealed,
+                                        load_manifest_json, manifest_checksum, manifest_problem, rebuild_in_place)
 from elm_wikitext.core.ownership import WORK_MARKER, make_work_folder
 from elm_wikitext.core.schema import SPLIT_NAMES, TEXT_COLUMNS, TOKEN_IDS
-from elm_wikitext.core.records import OUTPUT_MARKER, Manifest, SplitEntry
+from elm_wikitext.core.records import Manifest, SplitEntry
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-CARD_FILE = "README.md"
 HISTOGRAM_FILE = "token_lengths.png"
 EMBEDDING_MAP_FILE = "embedding_map.png"  # the vectors' PCA map, coloured by article
 # The work folders beside OUTPUT: the embedding's chunks, and the Hub layout being uploaded.
@@ -52,7 +52,7 @@ OUTPUT_ENTRIES = {"dataset_dict.json", MANIFEST_FILE, CARD_FILE, HISTOGRAM_FILE,
 _SPLIT = "(" + "|".join(SPLIT_NAMES) + ")"
 _KEY = "[0-9a-f]{16}"  # chunks.work_key
 # The files a build records: an output's files are listed in its manifest (OUTPUT_LAYOUT is the
-# list's shape, for a manifest that cannot be trusted or is from before the list); a chunk's
+# list's shape, for a manifest that cannot be trusted); a chunk's
 # name carries its SHA-256; the Hub layout is what stage_hub_folder writes.
 OUTPUT_LAYOUT = [*(re.escape(name) for name in OUTPUT_ENTRIES - set(SPLIT_NAMES)), _SPLIT,
                  rf"{_SPLIT}/(state|dataset_info)\.json", rf"{_SPLIT}/data-\d{{5}}-of-\d{{5}}\.arrow"]
@@ -205,11 +205,11 @@ def _not_ours(directory: Path) -> str | None:
     """Why `directory` is not an output this project wrote (None: it is one, or empty)."""
     if not any(directory.iterdir()):
         return None
-    manifest = _load_manifest(directory)
+    manifest = load_manifest_json(directory)
     foreign = first_foreign(directory, owned_paths(manifest))
     if foreign:
         return f"it holds {foreign}, which this build did not write"
-    if not (directory / MANIFEST_FILE).is_file() or (isinstance(manifest, dict) and not _is_our_manifest(manifest)):
+    if not (directory / MANIFEST_FILE).is_file() or (isinstance(manifest, dict) and not is_our_manifest(manifest)):
         return f"it has no {MANIFEST_FILE} written by this build"
     if not isinstance(manifest, dict) and not (directory / "dataset_dict.json").is_file():
         return f"its {MANIFEST_FILE} is not JSON and it has no dataset_dict.json"  # too little to call it ours
@@ -219,28 +219,11 @@ def _not_ours(directory: Path) -> str | None:
 def owned_paths(manifest) -> list[str]:
     """What an output may hold: the files its manifest lists, where that manifest is sealed (an
     edited one could list a user's file); else only the layout's names. Both with BY_DESIGN's."""
-    files = manifest.get("files") if isinstance(manifest, dict) and _is_our_manifest(manifest) else None
-    if isinstance(files, list) and _sealed(manifest):
+    files = manifest.get("files") if is_our_manifest(manifest) else None
+    if isinstance(files, list) and is_sealed(manifest):
         listed = [re.escape(name) for name in files if isinstance(name, str)]
         return [re.escape(MANIFEST_FILE), _SPLIT, *listed, *BY_DESIGN["output"]]
     return OUTPUT_LAYOUT + BY_DESIGN["output"]
-
-
-def _sealed(manifest: dict) -> bool:
-    return manifest.get("manifest_sha256") == manifest_checksum(manifest)
-
-
-def _load_manifest(directory: Path):
-    try:
-        return json.loads((directory / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):  # missing, unreadable, or not JSON
-        return None
-
-
-def _is_our_manifest(manifest: dict) -> bool:
-    # Outputs from before the marker carry the package's version under "versions".
-    versions = manifest.get("versions")
-    return OUTPUT_MARKER in manifest or (isinstance(versions, dict) and "elm-wikitext" in versions)
 
 
 def not_our_folder(folder: Path, kind: str) -> str | None:
@@ -366,16 +349,9 @@ def write_output(splits: DatasetDict, manifest: Manifest, output: str, card=None
     return target
 
 
-def manifest_checksum(manifest: dict) -> str:
-    """SHA-256 of the manifest's content but this checksum itself, so --verify sees an edit."""
-    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
 def manifest_intact(manifest: Manifest) -> bool:
-    """Whether the manifest has its checksum and matches it: a manifest without one, edited or
-    from before it was recorded, is trusted no more than one that does not match."""
-    return _sealed(manifest.to_json())  # a checksum never recorded is left out of the JSON: not sealed
+    """Whether the manifest still matches its checksum (an edit of the output since it was read)."""
+    return is_sealed(manifest.to_json())
 
 
 def _split_entry(directory: Path, rows: int) -> SplitEntry:
@@ -410,9 +386,6 @@ def _swap_into_place(staging: Path, target: Path, output: str) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-REQUIRED_MANIFEST = {"config": dict, "stats": dict, "splits": dict}
-
-
 def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, Manifest]:
     """An output written earlier by this build, and its manifest, each part checked before use:
     `option` names where the path came from in the one line a problem gets."""
@@ -422,8 +395,8 @@ def read_output(output: str, option: str = "--output") -> tuple[DatasetDict, Man
             raise BuildError(f"--verify {output} holds no build output: pass the --output of an earlier build")
         raise BuildError(f"--output {output} holds no build output: run "
                          "`python build.py --stage text` first, or --stage all")
-    manifest = _load_manifest(directory)
-    problem = _manifest_problem(manifest) or _not_ours(directory)
+    manifest = load_manifest_json(directory)
+    problem = manifest_problem(manifest) or _not_ours(directory)
     if problem is None:
         missing = [name for name in SPLIT_NAMES if not (directory / name / "state.json").is_file()]
         problem = f"it lacks the split folders {missing}" if missing else None
@@ -451,40 +424,7 @@ class NotWhole(BuildError):
 def rebuild_advice(output: str, directory: Path) -> str:
     """What to do with an output that cannot be read whole: rebuild it in place where it is ours
     (the command works on it: a damaged output of the build is replaced), else go elsewhere."""
-    if _not_ours(directory) is not None:
-        return "pass the --output of an earlier build, or another directory"
-    return (f"nothing its {MANIFEST_FILE} says is trusted, so rebuild it from your own options: "
-            f"python build.py --stage all --drop-columns --output {output} with the --source, --model and "
-            "other options you built it with (this recomputes the text and the --column's vectors; "
-            "add other columns again with --stage embed --column NAME)")
-
-
-def read_manifest(directory: Path) -> Manifest:
-    """The manifest of an output this build wrote, sealed, or one line saying why it cannot be read."""
-    manifest = _load_manifest(directory)
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise BuildError(f"{directory} is not a whole output of this build ({problem}): "
-                         + rebuild_advice(str(directory), directory))
-    return Manifest.from_json(manifest)
-
-
-def _manifest_problem(manifest) -> str | None:
-    if not isinstance(manifest, dict):
-        return f"its {MANIFEST_FILE} is not a JSON object"
-    if not _is_our_manifest(manifest):
-        return f"its {MANIFEST_FILE} was not written by this build"
-    wrong = [key for key, kind in REQUIRED_MANIFEST.items() if not isinstance(manifest.get(key), kind)]
-    if not wrong:  # the records inside, which Manifest.from_json reads as objects
-        wrong = ["stats.text"] if not isinstance(manifest["stats"].get("text"), dict) else [
-            f"splits.{name}" for name, entry in manifest["splits"].items() if not isinstance(entry, dict)]
-    if wrong:
-        return f"its {MANIFEST_FILE} lacks {wrong}"
-    if not isinstance(manifest.get("manifest_sha256"), str):
-        return f"its {MANIFEST_FILE} has no manifest_sha256, so an edit of it cannot be told"
-    if not _sealed(manifest):
-        return f"its {MANIFEST_FILE} was changed since the build: it does not match its manifest_sha256"
-    return None
+    return ELSEWHERE if _not_ours(directory) is not None else rebuild_in_place(output)
 
 
 def _columns_problem(splits: DatasetDict) -> str | None:

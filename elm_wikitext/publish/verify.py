@@ -54,7 +54,7 @@ def check_counts(splits: DatasetDict, manifest: Manifest) -> list[str]:
 def check_vectors(splits: DatasetDict, column: str, embed: EmbedStats) -> list[str]:
     """Every row of `column` holds `embed.dim` finite values, of unit norm where its recipe normalizes."""
     problems, dim = [], embed.dim
-    normalized = Recipe.from_json(embed.pooling or {}).normalize
+    normalized = Recipe.from_json(embed.pooling).normalize
     for name, split in splits.items():
         if column not in split.column_names:
             continue  # the schema gate reports it
@@ -92,10 +92,9 @@ def check_files(splits: DatasetDict, manifest: Manifest, output: str) -> list[st
 
 def _changed(directory: Path, entry: SplitEntry) -> bool:
     # Only the files the build wrote: datasets adds cache-*.arrow files beside them when a user
-    # maps a split. (Outputs from before the list was recorded: every Arrow file but those.)
-    files = entry.files or [path.name for path in directory.glob("*.arrow") if not path.name.startswith("cache-")]
+    # maps a split.
     try:
-        return split_checksum(directory, files) != entry.sha256
+        return split_checksum(directory, entry.files) != entry.sha256
     except OSError:  # a file the build wrote is gone
         return True
 

@@ -29,8 +29,8 @@ from elm_wikitext.core.spec import check_weights_sha256, model_folder
 from elm_wikitext.core.tokens import check_tokenizer, load_tokenizer, token_ids
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.locations import is_local, looks_like_path
+from elm_wikitext.core.manifest import CARD_FILE, MANIFEST_FILE, read_manifest
 from elm_wikitext.core.schema import DEFAULT_COLUMN
-from elm_wikitext.publish.output import CARD_FILE, MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _download_card(repo_id: str, revision: str | None) -> str:
 
 def _checked(recipe: dict, dataset: str) -> dict:
     """A recipe this code can reproduce, or one line saying why not."""
-    missing = [key for key in ("model", "dtype", "dim", "pooling") if recipe.get(key) is None]
+    missing = [key for key in ("model", "model_weights", "dtype", "dim", "pooling") if recipe.get(key) is None]
     if missing:
         raise BuildError(f"the embedding recipe of {dataset} lacks {', '.join(missing)}: it is damaged; "
                          "use Embedder(model=..., dim=..., dtype=...) explicitly")
@@ -178,7 +178,7 @@ def _checked(recipe: dict, dataset: str) -> dict:
 def _model_to_load(recipe: dict, dataset: str, model: str | None) -> tuple[str, str | None]:
     """Where to load the recipe's model from (`model` overrides it), and which revision: a model
     directory as it is; a Hub model at the very commit the build used."""
-    weights, name = recipe.get("model_weights") or "", model or recipe["model"]
+    weights, name = recipe["model_weights"], model or recipe["model"]
     if Path(name).is_dir():
         return name, None
     if DIRECTORY_SHA256.match(weights):  # the build read a model directory, and this is none
@@ -191,11 +191,7 @@ def _model_to_load(recipe: dict, dataset: str, model: str | None) -> tuple[str, 
 def _check_weights(recipe: dict, model: str, revision: str | None, dataset: str) -> None:
     """Other weights under the same name (a retrained model, a changed directory) would give other
     vectors without any error: compare their identity with the one the build recorded."""
-    recorded = recipe.get("model_weights")
-    if not recorded:
-        log.warning("%s records no identity of its model's weights (built before it was recorded): "
-                    "cannot check that %s holds the same ones", dataset, model)
-        return
+    recorded = recipe["model_weights"]
     found = model_identity(model, revision)
     if found != recorded:
         raise BuildError(f"the weights of {model} ({found[:12]}) are not the ones {dataset} was embedded "

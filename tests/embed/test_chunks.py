@@ -444,7 +444,7 @@ def test_the_card_names_every_column_with_its_recipe(two_columns):
     assert f"`embedding` and `embedding_b` agree on {100 * np.mean(shares):.1f}% of a row's neighbours" in card.text
 
 
-def test_the_card_of_two_models_says_only_what_is_true_of_each(two_columns):
+def test_the_card_of_two_models_says_only_what_is_true_of_each(two_columns, as_built):
     """Read as a stranger would: unit vectors only where a recipe normalizes, the query recipe of
     the model that has one, Qwen3-Embedding's instruction and citation only for it, and a load
     snippet with the dataset's own column names; a card led by the BERT-like column alone says none
@@ -464,7 +464,7 @@ def test_the_card_of_two_models_says_only_what_is_true_of_each(two_columns):
 
     del manifest["stats"]["embed"]["embedding"]  # the BERT-like column alone
     manifest["config"]["column"] = "embedding_b"
-    card = render_card(splits, Manifest.from_json(manifest)).text
+    card = render_card(splits, as_built(manifest)).text
     assert "a 32-float vector." in card and "unit" not in card.split("## How to load")[0]
     assert 'columns=["embedding_b", "text"]' in card and 'batch["embedding_b"]' in card
     assert "Instruct" not in card and "qwen3" not in card.lower() and "cosine similarity" in card

@@ -48,7 +48,7 @@ def test_the_card_names_the_corpus_and_model_it_was_built_from(embedded_output):
     assert "revision `main`" in card.text and "WikiText-2" not in card.text
 
 
-def test_local_folders_with_hub_ids_are_published_by_id_and_commit_never_by_path(embedded_output):
+def test_local_folders_with_hub_ids_are_published_by_id_and_commit_never_by_path(embedded_output, as_built):
     """The README's offline route: `hf download Qwen/Qwen3-Embedding-4B --local-dir ...`, then
     --model-id and --source-id: the card names both by Hub id and commit, the recipe Embedder reads
     fetches by them, and no path of the builder's machine is left anywhere in it."""
@@ -57,7 +57,7 @@ def test_local_folders_with_hub_ids_are_published_by_id_and_commit_never_by_path
     manifest["stats"]["text"].update(source_id="Salesforce/wikitext", source_commit="c" * 40)
     manifest["stats"]["embed"]["embedding"].update(model_id="Qwen/Qwen3-Embedding-4B", model_commit=commit,
                                                    weights_sha256={"model.safetensors": sha})
-    card = render_card(load_from_disk(str(embedded_output)), Manifest.from_json(manifest))
+    card = render_card(load_from_disk(str(embedded_output)), as_built(manifest))
     assert card.data.pretty_name == "ELM WikiText-2: paragraphs and their Qwen3-Embedding-4B vectors"
     assert card.data.source_datasets == ["Salesforce/wikitext"]
     assert f"- Model: `Qwen/Qwen3-Embedding-4B`, revision `{commit}`." in card.text
