@@ -41,12 +41,23 @@ from elm_wikitext.text.split import make_splits
 log = logging.getLogger(__name__)
 
 
+def stage_params(kind: type, options: BuildOptions, **given):
+    """A stage's own parameters (a frozen dataclass: TextParams, EmbedParams, NeighborParams,
+    HubParams), each field the option of its name unless `given`: the stage reads nothing else."""
+    named = {field.name: getattr(options, field.name) for field in dataclasses.fields(kind) if field.name not in given}
+    return kind(**named, **given)
+
+
+def text_params(options: BuildOptions) -> TextParams:
+    return stage_params(TextParams, options, ratios=options.split_ratios())  # parsed from --split
+
+
 def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tuple:
     """The splits of paragraphs, and the text stage's statistics (what the steps counted, and the
     settings they ran with); with `keep_ids`, the token ids too, for an embed stage in this process."""
     started = time.perf_counter()
     lines = load_lines(options.source, options.source_config, options.source_revision)
-    params = TextParams.of(options)
+    params = text_params(options)
     paragraphs, counts = build_paragraphs(lines, tokenizer, params, keep_ids)
     # Each step's dataset maps its own file, and every page read of it stays in this process's
     # memory while the dataset lives: let each go once the next is written (0.8 GiB at WikiText-103).
@@ -192,7 +203,7 @@ def check_inputs(options: BuildOptions, reads_source: bool, embeds: bool) -> tup
 def check_destination(options: BuildOptions, api, spec, others: dict, other_neighbors: dict) -> HubParams | None:
     """Where the output goes, checked before any work (main process): the Hub repo of --push, with
     the schema it will get, or the --hub-folder. The Hub's parameters with the repo id, or None."""
-    hub = HubParams(repo_id=options.repo_id, version=options.version, private=options.private)
+    hub = stage_params(HubParams, options)
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: spec.dim}
         ks = {**{column: stats.k for column, stats in other_neighbors.items()},
@@ -210,7 +221,7 @@ def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier) -> tupl
     build's gates on it, the check against sentence-transformers, and its neighbours (those the
     output records for these very vectors are kept)."""
     work_folder = embed_work_folder(options.output)
-    splits, embed = embed_splits(splits, tokenizer, EmbedParams.of(options), spec, work_folder, earlier)
+    splits, embed = embed_splits(splits, tokenizer, stage_params(EmbedParams, options), spec, work_folder, earlier)
     key = embed.key if embed is not None else None  # the main process's
     # The build's own gates: no vector that --verify would refuse is written (nor searched: every
     # process learns the main process's verdict, and stops with it).
@@ -218,7 +229,7 @@ def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier) -> tupl
     refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output, key)
     embed = checked_by_sentence_transformers(splits, options, embed)
     recorded = earlier[1].stats.neighbors.get(options.column) if earlier else None
-    params = NeighborParams(column=options.column, k=options.neighbors)
+    params = stage_params(NeighborParams, options, k=options.neighbors)
     splits, neighbors = neighbors_stage(splits, key, params, work_folder, recorded)
     return splits, embed, neighbors
 

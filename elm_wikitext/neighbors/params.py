@@ -1,4 +1,4 @@
-"""What the neighbours stage reads, and nothing else (the pipeline builds it from --column and --neighbors)."""
+"""What the neighbours stage reads, and nothing else (the pipeline fills it from --column and --neighbors)."""
 
 from dataclasses import dataclass
 
