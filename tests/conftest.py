@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from elm_wikitext.options import BuildOptions
-from elm_wikitext.tiny import make_tiny_model
+# Under pytest-xdist (pyproject's `-n auto`) each worker takes its share of the cores for torch's
+# threads, and so do the builds it starts: two workers of two threads each on two cores run
+# slower than one. Set before torch is first imported (by the imports below).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+from elm_wikitext.options import BuildOptions  # noqa: E402  (torch's threads are set above)
+from elm_wikitext.tiny import make_tiny_model  # noqa: E402
 
 SAMPLE = Path(__file__).parent / "fixtures" / "wikitext_sample"
 

@@ -11,7 +11,7 @@ model, never normalized. docs/embedding.md lists what is reproduced and what is 
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
@@ -25,8 +25,6 @@ LEGACY_FLAGS = {"pooling_mode_lasttoken": "lasttoken", "pooling_mode_mean_tokens
                 "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                 "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                 "pooling_mode_weightedmean_tokens": "weightedmean"}
-# What the first recipes wrote for the only pooling they had.
-LEGACY_POOLING = "last_token_l2"
 # The sentence-transformers modules reproduced here, by the last part of their type name (the
 # name moved between versions: sentence_transformers.models.Pooling, ...modules.pooling.Pooling).
 KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
@@ -48,12 +46,8 @@ class Recipe:
 
     @classmethod
     def from_json(cls, data: dict) -> "Recipe":
-        """A recorded recipe; one written before poolings other than the last token's has only
-        `pooling: last_token_l2`."""
-        if data.get("pooling") == LEGACY_POOLING:
-            return cls()
-        return cls(**{key: data[key] for key in ("pooling", "normalize", "prompt", "max_length", "origin", "query_prompt")
-                      if data.get(key) is not None})
+        """A recorded recipe: these fields of `data` (a card's recipe holds the model's too), every one of them."""
+        return cls(**{field.name: data[field.name] for field in fields(cls)})
 
 
 def model_file(model: str, revision: str | None, name: str) -> Path | None:

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from elm_wikitext.core.locations import on_hub
+from elm_wikitext.core.recipe import Recipe
 
 # Only a build writes a manifest with this key: it is what makes a directory ours to replace.
 OUTPUT_MARKER = "elm_wikitext_output"
@@ -138,7 +139,7 @@ class EmbedStats(Record):
     tokens_per_second: int
     seconds: float
     padding_share: float
-    pooling: dict  # core.recipe.Recipe as JSON
+    pooling: Recipe  # how a text becomes one vector (written as JSON under "pooling")
     # What the model is on the Hub (embed/spec.py): its id (--model, or --model-id for a local
     # folder), the commit its files came from, and each weight file's SHA-256.
     model_id: str | None
@@ -155,10 +156,8 @@ class EmbedStats(Record):
         back from the manifest or from the card: model, its weights' identity (a Hub commit, or the
         SHA-256 of a local directory's files), dtype, dim, and the pooling recipe (recipe.Recipe:
         pooling, normalize, prompt, max_length)."""
-        from elm_wikitext.core.recipe import Recipe  # torch-free, but kept off the CLI's import path
-
         return {"model": self.model, "model_revision": self.model_revision, "model_weights": self.model_weights,
-                "dtype": self.dtype, "dim": self.dim, **Recipe.from_json(self.pooling).to_json()}
+                "dtype": self.dtype, "dim": self.dim, **self.pooling.to_json()}
 
     def public_model(self) -> str:
         """The model as a published file names it: its Hub id, or a local folder's name."""

@@ -11,7 +11,7 @@ TEXT_TYPES = {"text_id": "string", "text": "string", "article_id": "int32", "art
               "section": "string", "token_count": "int32", "char_count": "int32"}
 TEXT_COLUMNS = list(TEXT_TYPES)
 TOKEN_IDS = "input_ids"  # the text stage's token ids, dropped before an output is written
-DEFAULT_COLUMN = "embedding"  # the embedding column of a build that names none (and of builds from before there could be several)
+DEFAULT_COLUMN = "embedding"  # the embedding column of a build that names none
 # Beside an embedding column C, the neighbours stage writes C + each suffix: no embedding's name ends so.
 NEIGHBOR_SUFFIXES = ("_neighbors", "_neighbor_cosines")
 # No embedding column may take the text stage's names.

@@ -334,7 +334,7 @@ def embed_splits(splits: DatasetDict, tokenizer, params: EmbedParams, spec: Mode
         tokens_per_second=round(totals["tokens"] / embedding_seconds),
         seconds=round(time.perf_counter() - started, 2),
         padding_share=round(totals["padded_tokens"] / computed, 4) if computed else 0.0,
-        pooling=recipe.to_json(), model_id=spec.hub_id, model_commit=spec.commit,
+        pooling=recipe, model_id=spec.hub_id, model_commit=spec.commit,
         weights_sha256=spec.weights_sha256 or None)
     with writing(f"the embedding column in {store.directory}"):
         return add_embedding_column(splits, vectors_path, encoder.dim, key, params.column), stats

@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 from datasets import DatasetDict
 
 from elm_wikitext.core.devices import pick_device
-from elm_wikitext.core.recipe import Recipe
 from elm_wikitext.core.reference import MIN_COSINE, SAMPLE_ROWS, check_against_reference
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.schema import DEFAULT_COLUMN, expected_features, neighbor_columns
@@ -54,7 +53,7 @@ def check_counts(splits: DatasetDict, manifest: Manifest) -> list[str]:
 def check_vectors(splits: DatasetDict, column: str, embed: EmbedStats) -> list[str]:
     """Every row of `column` holds `embed.dim` finite values, of unit norm where its recipe normalizes."""
     problems, dim = [], embed.dim
-    normalized = Recipe.from_json(embed.pooling).normalize
+    normalized = embed.pooling.normalize
     for name, split in splits.items():
         if column not in split.column_names:
             continue  # the schema gate reports it

@@ -16,6 +16,7 @@ card (README.md) of a Hub repo or of a downloaded copy of one: one recipe per em
 
 import logging
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +139,9 @@ def _recipe_from_manifest(directory: Path) -> dict[str, dict]:
 def _recipe_from_card(card_path: Path | str, dataset: str) -> dict[str, dict]:
     recipes = DatasetCard.load(card_path, repo_type="dataset").data.to_dict().get("embedding")
     if not isinstance(recipes, dict):
-        raise BuildError(f"the card of {dataset} has no `embedding:` recipe (a dataset published "
-                         "before the recipe was recorded, or not by elm-wikitext): use Embedder(model=..., "
-                         "dim=..., dtype=...) with the model, dim and dtype the card names")
-    if "model" in recipes:  # one column's recipe, as cards had it before there could be several
-        return {DEFAULT_COLUMN: recipes}
+        raise BuildError(f"the card of {dataset} has no `embedding:` recipe (not a dataset elm-wikitext "
+                         "built): use Embedder(model=..., dim=..., dtype=...) with the model, dim and dtype the "
+                         "card names")
     return {column: recipe for column, recipe in recipes.items() if isinstance(recipe, dict)}
 
 
@@ -163,7 +162,9 @@ def _download_card(repo_id: str, revision: str | None) -> str:
 
 def _checked(recipe: dict, dataset: str) -> dict:
     """A recipe this code can reproduce, or one line saying why not."""
-    missing = [key for key in ("model", "model_weights", "dtype", "dim", "pooling") if recipe.get(key) is None]
+    needed = ["model", "model_weights", "dtype", "dim", *(field.name for field in fields(Recipe))]
+    # Each is set; max_length may be null (no limit known), but not left out.
+    missing = [key for key in needed if recipe.get(key) is None and not (key == "max_length" and key in recipe)]
     if missing:
         raise BuildError(f"the embedding recipe of {dataset} lacks {', '.join(missing)}: it is damaged; "
                          "use Embedder(model=..., dim=..., dtype=...) explicitly")

@@ -101,10 +101,9 @@ def test_a_recipe_it_cannot_reproduce_is_refused(st_models, tmp_path, change, me
         model_recipe(str(model))
 
 
-def test_a_recorded_recipe_reads_back_and_the_first_one_means_the_last_token():
+def test_a_recorded_recipe_reads_back():
     recipe = Recipe("mean", False, "passage: ", 512, "sentence-transformers")
     assert Recipe.from_json(recipe.to_json()) == recipe
-    assert Recipe.from_json({"pooling": "last_token_l2"}) == Recipe()  # as the first builds recorded it
 
 
 def test_a_file_modules_json_names_and_that_is_missing_is_refused(st_models, tmp_path):

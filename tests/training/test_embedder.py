@@ -117,26 +117,11 @@ def test_other_weights_under_the_recorded_name_are_refused(embedded_output, retr
     (None, "has no `embedding:` recipe"),
     ({"pooling": "max"}, "pooling 'max' in float32, which this version of elm-wikitext cannot reproduce"),
     ({"dim": None}, "recipe of .* lacks dim"),
+    ({"model_weights": None, "normalize": None}, "recipe of .* lacks model_weights, normalize"),
 ])
 def test_a_recipe_it_cannot_reproduce_is_refused(hub_folder, tmp_path, changes, message):
     with pytest.raises(BuildError, match=message):
         Embedder.from_dataset(edited_card(hub_folder, tmp_path, changes))
-
-
-def test_a_card_of_one_recipe_from_before_columns_still_embeds(hub_folder, tmp_path, embedded_output, tiny_model):
-    copy = tmp_path / "old-card"
-    shutil.copytree(hub_folder, copy)
-    card = DatasetCard.load(copy / "README.md")
-    recipe = dict(card.data.embedding["embedding"])
-    for key in ("normalize", "prompt", "max_length", "origin"):
-        del recipe[key]
-    card.data.embedding = {**recipe, "pooling": "last_token_l2"}  # as the first cards wrote it
-    card.save(copy / "README.md")
-    texts = load_from_disk(str(embedded_output))["test"]["text"][:3]
-    np.testing.assert_allclose(Embedder.from_dataset(str(copy), model=tiny_model).embed(texts),
-                               Embedder.from_dataset(str(hub_folder), model=tiny_model).embed(texts), atol=1e-6)
-    with pytest.raises(BuildError, match="has no embedding column 'embedding_b': pass column= one of embedding"):
-        Embedder.from_dataset(str(copy), column="embedding_b")
 
 
 def test_datasets_without_a_recipe_are_refused_in_one_line(text_output, tmp_path, monkeypatch):
