@@ -20,12 +20,13 @@ from elm_wikitext.embed.spec import resolve_model
 from elm_wikitext.core.tokens import load_tokenizer, model_on_hub
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.locations import check_on_hub, download_record, on_hub, resolved
+from elm_wikitext.neighbors.params import NeighborParams
 from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
 from elm_wikitext.neighbors.search import nearest, search_flops
 from elm_wikitext.core.schema import SPLIT_NAMES, expected_features, neighbor_columns
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
-from elm_wikitext.publish.hub import offline_preflight, preflight, push, upload_commands
+from elm_wikitext.publish.hub import HubParams, offline_preflight, preflight, push, upload_commands
 from elm_wikitext.core.records import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, check_output_location,
                                          check_writable_beside, columns_on_disk, embed_work_folder,
@@ -40,12 +41,23 @@ from elm_wikitext.text.split import make_splits
 log = logging.getLogger(__name__)
 
 
+def stage_params(kind: type, options: BuildOptions, **given):
+    """A stage's own parameters (a frozen dataclass: TextParams, EmbedParams, NeighborParams,
+    HubParams), each field the option of its name unless `given`: the stage reads nothing else."""
+    named = {field.name: getattr(options, field.name) for field in dataclasses.fields(kind) if field.name not in given}
+    return kind(**named, **given)
+
+
+def text_params(options: BuildOptions) -> TextParams:
+    return stage_params(TextParams, options, ratios=options.split_ratios())  # parsed from --split
+
+
 def text_stage(options: BuildOptions, tokenizer, keep_ids: bool = False) -> tuple:
     """The splits of paragraphs, and the text stage's statistics (what the steps counted, and the
     settings they ran with); with `keep_ids`, the token ids too, for an embed stage in this process."""
     started = time.perf_counter()
     lines = load_lines(options.source, options.source_config, options.source_revision)
-    params = TextParams.of(options)
+    params = text_params(options)
     paragraphs, counts = build_paragraphs(lines, tokenizer, params, keep_ids)
     # Each step's dataset maps its own file, and every page read of it stays in this process's
     # memory while the dataset lives: let each go once the next is written (0.8 GiB at WikiText-103).
@@ -131,36 +143,33 @@ def build(options: BuildOptions, api=None) -> dict | None:
 
 
 def _build(options: BuildOptions, api) -> dict | None:
-    """The build from top to bottom: its input, the checks before any work, the text, the embedding
-    (gates, reference check, neighbours), the output, the upload."""
+    """The build from top to bottom: what this run does, its input, the checks before any work, the
+    text, the embedding (gates, reference check, neighbours), the output, the upload."""
+    builds_text = options.stage != "embed"  # else its input is the text stage's --output
+    embeds = options.stage != "text"
     if processes.is_main():
         recover_output(options.output)
     processes.wait_for_everyone()  # the others read the output only once it is whole again
-    options, read, text = read_text_stage(options)
-    tokenizer, spec = check_inputs(options)
-    # The output already there, its columns this run keeps (all but --column), their neighbours.
-    earlier, others, other_neighbors = earlier_columns(options, read)
-    recorded = read[1].stats.neighbors.get(options.column) if read and earlier else None
-    repo_id = check_destination(options, api, spec, others, other_neighbors)
-    if read:
-        splits = read[0]
-    else:
+    options, read, text = (options, None, None) if builds_text else read_text_stage(options)
+    tokenizer, spec = check_inputs(options, reads_source=builds_text, embeds=embeds)
+    # The output already there, its columns this run keeps (all but the one it embeds), their neighbours.
+    earlier, others, other_neighbors = earlier_columns(options, read, embeds)
+    hub = check_destination(options, api, spec, others, other_neighbors)
+    if builds_text:
         with processes.main_first():  # the others reuse the main process's cached maps
-            splits, text = text_stage(options, tokenizer, keep_ids=options.stage == "all")
+            splits, text = text_stage(options, tokenizer, keep_ids=embeds)
         splits, others, other_neighbors = keep_columns(splits, earlier, others, other_neighbors, options)
+    else:
+        splits = read[0]
     embed = neighbors = None
-    if options.stage in ("embed", "all"):
-        splits, embed, neighbors = embed_stage(splits, tokenizer, options, spec, earlier, recorded)
+    if embeds:
+        splits, embed, neighbors = embed_stage(splits, tokenizer, options, spec, earlier)
     if not processes.is_main():
         return None
     stats = write(splits, options, text, earlier, {**others, options.column: embed} if embed is not None else others,
                   {**other_neighbors, **({options.column: neighbors} if neighbors else {})})
-    if options.push:
-        stats["published"] = publish(options, repo_id, api)
-    elif options.hub_folder:
-        folder = stage_upload(options, repo_id, Path(options.hub_folder))
-        stats["staged"] = {"folder": str(folder), "repo_id": repo_id, "version": options.version,
-                           "commands": upload_commands(folder, repo_id, options.version, options.private)}
+    if hub:
+        stats.update(publish(options, hub, api))
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
         remove_finished_work(options.output, embed.key)
     return stats
@@ -168,9 +177,7 @@ def _build(options: BuildOptions, api) -> dict | None:
 
 def read_text_stage(options: BuildOptions) -> tuple:
     """`--stage embed` starts from the text stage's output: the options with its settings, the
-    output (splits, manifest) and its text record. Other stages: the options, None, None."""
-    if options.stage != "embed":
-        return options, None, None
+    output (splits, manifest) and its text record."""
     splits, manifest = read_output(options.output)
     options = with_text_settings(options, manifest.stats.text)
     text = manifest.stats.text
@@ -179,47 +186,51 @@ def read_text_stage(options: BuildOptions) -> tuple:
     return options, (splits, manifest), text
 
 
-def check_inputs(options: BuildOptions) -> tuple:
+def check_inputs(options: BuildOptions, reads_source: bool, embeds: bool) -> tuple:
     """The checks before any work that read the source's and the model's names and files: the
-    tokenizer, and the model resolved once (None for a text stage)."""
+    tokenizer, and the model resolved once (None where this run does not embed)."""
     if options.push or options.hub_folder:  # what both publish names the model and source by Hub id
         check_publishable(options)
-    check_hub_ids(options)
+    check_hub_ids(options, reads_source)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
     spec = None
-    if options.stage != "text":  # a model whose recipe cannot be reproduced is refused before the text stage
+    if embeds:  # a model whose recipe cannot be reproduced is refused before the text stage
         spec = resolve_model(options.model, options.model_revision, options.model_id, options.dim, tokenizer)
     return tokenizer, spec
 
 
-def check_destination(options: BuildOptions, api, spec, others: dict, other_neighbors: dict) -> str | None:
+def check_destination(options: BuildOptions, api, spec, others: dict, other_neighbors: dict) -> HubParams | None:
     """Where the output goes, checked before any work (main process): the Hub repo of --push, with
-    the schema it will get, or the --hub-folder. The repo id, or None."""
+    the schema it will get, or the --hub-folder. The Hub's parameters with the repo id, or None."""
+    hub = stage_params(HubParams, options)
     if options.push and processes.is_main():
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: spec.dim}
         ks = {**{column: stats.k for column, stats in other_neighbors.items()},
               **({options.column: options.neighbors} if options.neighbors else {})}
-        return preflight(options, api, expected_features(dims, ks))
+        return preflight(hub, api, expected_features(dims, ks))
     if options.hub_folder and processes.is_main():
-        repo_id = offline_preflight(options)
+        hub = offline_preflight(hub)
         check_hub_folder_location(options.hub_folder, options.output)
-        return repo_id
+        return hub
     return None
 
 
-def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier, recorded) -> tuple:
+def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier) -> tuple:
     """The embedding column (an up-to-date output's vectors are reused, not recomputed), the
-    build's gates on it, the check against sentence-transformers, and its neighbours."""
-    splits, embed = embed_splits(splits, tokenizer, EmbedParams.of(options), spec, embed_work_folder(options.output),
-                                 earlier)
+    build's gates on it, the check against sentence-transformers, and its neighbours (those the
+    output records for these very vectors are kept)."""
+    work_folder = embed_work_folder(options.output)
+    splits, embed = embed_splits(splits, tokenizer, stage_params(EmbedParams, options), spec, work_folder, earlier)
+    key = embed.key if embed is not None else None  # the main process's
     # The build's own gates: no vector that --verify would refuse is written (nor searched: every
     # process learns the main process's verdict, and stops with it).
     problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
-    refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output,
-                       embed.key if embed is not None else None)
+    refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output, key)
     embed = checked_by_sentence_transformers(splits, options, embed)
-    splits, neighbors = neighbors_stage(splits, embed, options, recorded)
+    recorded = earlier[1].stats.neighbors.get(options.column) if earlier else None
+    params = stage_params(NeighborParams, options, k=options.neighbors)
+    splits, neighbors = neighbors_stage(splits, key, params, work_folder, recorded)
     return splits, embed, neighbors
 
 
@@ -232,19 +243,19 @@ def write(splits, options: BuildOptions, text, earlier, columns: dict, all_neigh
     return manifest.stats.to_json()
 
 
-def check_hub_ids(options: BuildOptions) -> None:
-    """The source (which an embed stage does not read) and the model, asked about together."""
-    source = source_on_hub(options.source, options.source_revision) if options.stage != "embed" else None
+def check_hub_ids(options: BuildOptions, reads_source: bool) -> None:
+    """The model and the source (where this run reads it), asked about together."""
+    source = source_on_hub(options.source, options.source_revision) if reads_source else None
     check_on_hub(*filter(None, [source, model_on_hub(options.model, options.model_revision)]))
 
 
-def earlier_columns(options: BuildOptions, read: tuple | None) -> tuple:
+def earlier_columns(options: BuildOptions, read: tuple | None, embeds: bool) -> tuple:
     """The output already there (`read` by --stage embed), whose vectors may be reused, and the
     records of its columns that this run keeps: all but the one it embeds (a text stage: all)."""
-    earlier = read or earlier_output(options)
+    earlier = read or earlier_output(options, embeds)
     others = {column: stats for column, stats in earlier[1].stats.embed.items()
-              if column != options.column or options.stage == "text"} if earlier else {}
-    if earlier and not untouched(earlier, others, options):  # nothing of it is reused; `others` dropped
+              if column != options.column or not embeds} if earlier else {}
+    if earlier and not untouched(earlier, others, options, is_input=read is not None):  # nothing of it is reused
         return None, {}, {}
     neighbors = {column: stats for column, stats in earlier[1].stats.neighbors.items()
                  if column in others} if earlier else {}
@@ -271,7 +282,7 @@ def check_before_work(options: BuildOptions) -> None:
     check_card_template()
 
 
-def earlier_output(options: BuildOptions) -> tuple | None:
+def earlier_output(options: BuildOptions, embeds: bool) -> tuple | None:
     """The output a rerun finds at --output, if it is a whole one of this build. One it cannot
     read whole (a manifest edited since, damaged files) holds columns that cannot be kept: the
     rebuild is refused unless --drop-columns lets it go without them."""
@@ -282,7 +293,7 @@ def earlier_output(options: BuildOptions) -> tuple | None:
     except BuildError:  # none yet
         return None
     lost = columns_on_disk(options.output)
-    own = () if options.stage == "text" else (options.column, *neighbor_columns(options.column))  # rebuilt here
+    own = (options.column, *neighbor_columns(options.column)) if embeds else ()  # rebuilt here
     lost = lost if lost is None else [column for column in lost if column not in own]
     if lost != [] and not options.drop_columns:
         held = f"its columns {', '.join(lost)}" if lost else "the columns it holds"
@@ -292,15 +303,16 @@ def earlier_output(options: BuildOptions) -> tuple | None:
     return None
 
 
-def untouched(earlier: tuple, others: dict, options: BuildOptions) -> bool:
+def untouched(earlier: tuple, others: dict, options: BuildOptions, is_input: bool) -> bool:
     """Whether the output's files are as its build wrote them, so that its columns `others` can be
     kept as the build's and its vectors reused (a changed file's would pass into a new manifest
-    unchecked). If not, the run is refused where it holds `others`, or goes on without reusing
-    anything of it (False): with --drop-columns, or where it has no other column."""
+    unchecked). If not, the run is refused where it holds `others` or is this run's input (`is_input`,
+    --stage embed), or goes on without reusing anything of it (False): with --drop-columns, or
+    where it has no other column."""
     problems = check_files(*earlier, options.output)
     if not problems:
         return True
-    if options.stage == "embed":  # its text is this run's input: it is rebuilt, not trusted
+    if is_input:  # its text is this run's input: it is rebuilt, not trusted
         raise BuildError(f"--output {options.output} changed since its build ({problems[0]}): rebuild it with "
                          f"python build.py --stage all --drop-columns --output {options.output} and the options "
                          "you built it with, then add its columns again with --stage embed --column NAME")
@@ -372,46 +384,62 @@ def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
     return embed
 
 
-def neighbors_stage(splits, embed, options: BuildOptions, recorded: NeighborStats | None) -> tuple:
-    """Each split's `--neighbors` nearest rows in `options.column`, every process computing its
-    share: the main process returns the splits with the two neighbour columns and the stage's
-    record, the others (None, None). Neighbour columns the output already holds for these very
-    vectors (`recorded`, same K and embed key) are kept as they are."""
-    column, k = options.column, options.neighbors
-    todo = None  # the main process's answer, which every process follows: [] nothing to compute
-    if processes.is_main():
-        kept = all(name in splits["train"].column_names for name in neighbor_columns(column))
-        if k == 0 or (kept and recorded is not None and (recorded.k, recorded.embed_key) == (k, embed.key)):
-            todo = []
-        elif processes.count() > 1:  # the others hold no split: they map the vectors from the work folder
-            folder = make_work_folder(embed_work_folder(options.output))
-            todo = [save_vectors(split_vectors(splits[name], column), folder / f"neighbors-{name}.npy")
-                    for name in SPLIT_NAMES]
-    todo = processes.gather(todo)[0] if processes.count() > 1 else todo
-    if todo == []:
-        if not processes.is_main():
-            return None, None
-        if k:
-            return splits, recorded
-        return DatasetDict({name: without_neighbors(split, column) for name, split in splits.items()}), None
-    started, searched, out = time.perf_counter(), 0, {}
-    for i, name in enumerate(SPLIT_NAMES):
-        vectors = np.load(todo[i], mmap_mode="r") if todo else split_vectors(splits[name], column)
-        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main() else None
-        found = nearest(vectors, text_ids, k, processes.device(), processes.my_share, processes.gather)
-        if found is not None:
-            out[name], searched = with_neighbors(splits[name], column, k, found[0], found[1]), searched + found[2]
+def neighbors_stage(splits, embed_key: str | None, params: NeighborParams, work_folder: Path,
+                    recorded: NeighborStats | None) -> tuple:
+    """Each split's `params.k` nearest rows in `params.column`, every process computing its share:
+    the main process returns the splits with the two neighbour columns and the stage's record,
+    the others (None, None). Neighbour columns the output already holds for these very vectors
+    (`recorded`, same K and `embed_key`) are kept as they are; with K 0 the column's are dropped."""
+    todo = neighbors_todo(splits, embed_key, params, work_folder, recorded)
+    if todo != []:
+        return search_neighbors(splits, embed_key, params, todo)
     if not processes.is_main():
         return None, None
-    log.info("found each row's %d nearest neighbours in %r in %.1f s", k, column, time.perf_counter() - started)
-    return DatasetDict(out), NeighborStats(embed_key=embed.key, **neighbor_stats(
-        k, time.perf_counter() - started, processes.device(), processes.count(), searched))
+    if params.k:
+        return splits, recorded
+    return DatasetDict({name: without_neighbors(split, params.column) for name, split in splits.items()}), None
+
+
+def neighbors_todo(splits, embed_key: str | None, params: NeighborParams, work_folder: Path,
+                   recorded: NeighborStats | None) -> list[str] | None:
+    """The main process's answer, which every process follows: [] nothing to compute; the files of
+    each split's vectors in the work folder, where other processes share the search (they hold no
+    split: they map the vectors); None: the main process searches its splits alone."""
+    todo = None
+    if processes.is_main():
+        kept = all(name in splits["train"].column_names for name in neighbor_columns(params.column))
+        if params.k == 0 or (kept and recorded is not None
+                             and (recorded.k, recorded.embed_key) == (params.k, embed_key)):
+            todo = []
+        elif processes.count() > 1:
+            folder = make_work_folder(work_folder)
+            todo = [save_vectors(split_vectors(splits[name], params.column), folder / f"neighbors-{name}.npy")
+                    for name in SPLIT_NAMES]
+    return processes.gather(todo)[0] if processes.count() > 1 else todo
+
+
+def search_neighbors(splits, embed_key: str | None, params: NeighborParams, todo: list[str] | None) -> tuple:
+    """The search itself, split by split (see `neighbors_stage`)."""
+    started, searched, out = time.perf_counter(), 0, {}
+    for i, name in enumerate(SPLIT_NAMES):
+        vectors = np.load(todo[i], mmap_mode="r") if todo else split_vectors(splits[name], params.column)
+        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main() else None
+        found = nearest(vectors, text_ids, params.k, processes.device(), processes.my_share, processes.gather)
+        if found is not None:
+            out[name] = with_neighbors(splits[name], params.column, params.k, found[0], found[1])
+            searched += found[2]
+    if not processes.is_main():
+        return None, None
+    log.info("found each row's %d nearest neighbours in %r in %.1f s", params.k, params.column,
+             time.perf_counter() - started)
+    return DatasetDict(out), NeighborStats(embed_key=embed_key, **neighbor_stats(
+        params.k, time.perf_counter() - started, processes.device(), processes.count(), searched))
 
 
 def plan(options: BuildOptions) -> dict:
     """What a build would do, from the text stage and the model's config (no weights)."""
     gpu_peak(options.plan_gpu)  # a name it does not know is refused before the text stage
-    check_hub_ids(options)
+    check_hub_ids(options, reads_source=options.stage != "embed")
     tokenizer = load_tokenizer(options.model, options.model_revision)
     splits, text = text_stage(options, tokenizer)
     lengths = token_counts(splits)
@@ -451,16 +479,21 @@ def gpu_peak_or_none(name: str) -> float | None:
         return None
 
 
-def publish(options: BuildOptions, repo_id: str, api) -> str:
-    """Gate, stage the Hub layout beside the output, upload it as one commit, tag it."""
-    folder = stage_upload(options, repo_id, hub_folder(options.output))
-    line = push(folder, repo_id, options.version, options.private, api)
+def publish(options: BuildOptions, hub: HubParams, api) -> dict:
+    """--push: gate, stage the Hub layout beside the output, upload it as one commit, tag it.
+    --hub-folder: gate and stage it there, with the commands that upload it. What was done."""
+    if not options.push:
+        folder = stage_upload(options, hub, Path(options.hub_folder))
+        return {"staged": {"folder": str(folder), "repo_id": hub.repo_id, "version": hub.version,
+                           "commands": upload_commands(folder, hub)}}
+    folder = stage_upload(options, hub, hub_folder(options.output))
+    line = push(folder, hub, api)
     remove_work_folder(folder)
-    return line
+    return {"published": line}
 
 
-def stage_upload(options: BuildOptions, repo_id: str, folder: Path) -> Path:
+def stage_upload(options: BuildOptions, hub: HubParams, folder: Path) -> Path:
     """What --push uploads and --hub-folder leaves for `hf upload`, the same for both: the output,
     through --verify's gates, in the Hub's layout, its card naming what the output records."""
     verify(options.output, options.model)
-    return stage_hub_folder(options.output, folder, repo_id, options.version)
+    return stage_hub_folder(options.output, folder, hub.repo_id, hub.version)

@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ CHUNKS_VERSION = "embed/1"
 
 @dataclass(frozen=True)
 class EmbedParams:
-    """What the embed stage reads of the build's options, and nothing else (the pipeline hands it these)."""
+    """What the embed stage reads, and nothing else (pipeline.stage_params fills it from the command line)."""
     model: str
     model_revision: str | None
     column: str
@@ -54,10 +54,6 @@ class EmbedParams:
     max_batch_tokens: int
     max_tokens: int  # the text stage's longest paragraph: part of the work key
     output: str  # named in the one line a refusal gets; the pipeline decides where the work goes
-
-    @classmethod
-    def of(cls, options) -> "EmbedParams":
-        return cls(**{field.name: getattr(options, field.name) for field in fields(cls)})
 
 
 def plan_chunks(lengths: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:

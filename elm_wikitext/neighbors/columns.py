@@ -1,5 +1,5 @@
 """Neighbours stage: beside an embedding column C, each row's K nearest other rows of the same
-split by cosine in C (search.py), as two columns named by `options.neighbor_columns(C)`:
+split by cosine in C (search.py), as two columns named by `core.schema.neighbor_columns(C)`:
 C_neighbors, their text_ids (which survive a user's filter, select or shuffle, where row
 numbers would not), and C_neighbor_cosines, sorted descending, ties by text_id.
 

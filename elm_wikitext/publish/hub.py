@@ -11,6 +11,7 @@ import logging
 import re
 import shlex
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasets import Features
@@ -30,6 +31,15 @@ RETRIES = 3
 VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
 WITHOUT_THE_HUB = ("--hub-folder DIR --repo-id OWNER/NAME stages the upload here and prints the commands "
                    "that publish it from a machine with the Hub")
+
+
+@dataclass(frozen=True)
+class HubParams:
+    """Where and as what a version goes on the Hub, and nothing else (the pipeline builds it from
+    --repo-id, --version and --private)."""
+    repo_id: str | None  # None until --push's preflight names the token's user's REPO_NAME
+    version: str  # the tag
+    private: bool  # a new repo is created private
 
 
 def _status(err: HfHubHTTPError) -> int | None:
@@ -68,14 +78,15 @@ def check_features(card_data, features: Features, repo_id: str) -> None:
                          "makes: pass another --repo-id, or the options the repo was built with")
 
 
-def preflight(options, api: HfApi, features: Features) -> str:
-    """Everything that can refuse a push, checked before the build spends time. Returns the repo id."""
+def preflight(hub: HubParams, api: HfApi, features: Features) -> HubParams:
+    """Everything that can refuse a push, checked before the build spends time. Returns `hub` with
+    its repo id."""
     if constants.HF_HUB_OFFLINE:
         raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push "
                          f"({WITHOUT_THE_HUB})")
     if not get_token():
         raise BuildError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
-    check_version(options.version)
+    check_version(hub.version)
     try:
         user = retried(api.whoami)["name"]
     except HfHubHTTPError as err:
@@ -83,7 +94,7 @@ def preflight(options, api: HfApi, features: Features) -> str:
     except Exception as err:  # the HTTP client's own error types vary by version; all mean "unreachable"
         raise BuildError(f"cannot reach the Hub ({type(err).__name__}: {err}): check the network, "
                          f"or build without --push ({WITHOUT_THE_HUB})") from None
-    repo_id = options.repo_id or f"{user}/{REPO_NAME}"
+    repo_id = hub.repo_id or f"{user}/{REPO_NAME}"
     check_repo_id(repo_id, user)
     try:
         exists = retried(api.repo_exists, repo_id, repo_type="dataset")
@@ -92,10 +103,10 @@ def preflight(options, api: HfApi, features: Features) -> str:
     except Exception as err:
         raise BuildError(f"checking {repo_id} on the Hub failed ({type(err).__name__}: {err}): "
                          "try again later") from None
-    if options.version in tags:
-        raise BuildError(f"{repo_id} already has the tag {options.version}: pass a new --version")
+    if hub.version in tags:
+        raise BuildError(f"{repo_id} already has the tag {hub.version}: pass a new --version")
     check_features(card_data, features, repo_id)
-    return repo_id
+    return replace(hub, repo_id=repo_id)
 
 
 def check_version(version: str) -> None:
@@ -108,21 +119,21 @@ def check_repo_id(repo_id: str, user: str = "your-name") -> None:
         raise BuildError(f"--repo-id {repo_id!r} is not of the form owner/name: pass e.g. --repo-id {user}/{REPO_NAME}")
 
 
-def offline_preflight(options) -> str:
+def offline_preflight(hub: HubParams) -> HubParams:
     """What --hub-folder can check without the Hub (the form of --repo-id and --version); whether
-    the repo already has the tag, or other columns, only the Hub knows. Returns the repo id."""
-    check_version(options.version)
-    check_repo_id(options.repo_id)
-    return options.repo_id
+    the repo already has the tag, or other columns, only the Hub knows. Returns `hub`, checked."""
+    check_version(hub.version)
+    check_repo_id(hub.repo_id)
+    return hub
 
 
-def upload_commands(folder: Path, repo_id: str, version: str, private: bool) -> list[str]:
+def upload_commands(folder: Path, hub: HubParams) -> list[str]:
     """The `hf` commands that publish a staged folder as --push does: one upload replacing every
     shard of an earlier version, then the tag."""
-    message = shlex.quote(f"elm-wikitext {version}")
-    upload = (f"hf upload {repo_id} {shlex.quote(str(folder))} . --repo-type dataset --commit-message {message} "
-              f"--delete 'data/*' --exclude {WORK_MARKER}" + (" --private" if private else ""))  # not its mark
-    return [upload, f"hf repos tag create {repo_id} {version} --repo-type dataset -m {message}"]
+    message = shlex.quote(f"elm-wikitext {hub.version}")
+    upload = (f"hf upload {hub.repo_id} {shlex.quote(str(folder))} . --repo-type dataset --commit-message {message} "
+              f"--delete 'data/*' --exclude {WORK_MARKER}" + (" --private" if hub.private else ""))  # not its mark
+    return [upload, f"hf repos tag create {hub.repo_id} {hub.version} --repo-type dataset -m {message}"]
 
 
 def _valid_repo_id(repo_id: str) -> bool:
@@ -142,12 +153,13 @@ def _tagged(api: HfApi, repo_id: str, tag: str, commit: str) -> bool:
     return any(ref.name == tag and ref.target_commit == commit for ref in tags)
 
 
-def push(folder: Path, repo_id: str, version: str, private: bool, api: HfApi) -> str:
+def push(folder: Path, hub: HubParams, api: HfApi) -> str:
     """Upload the staged folder as one commit, tag it, and return the line that loads it."""
+    repo_id, version = hub.repo_id, hub.version
     # Each step's failure, an HTTP answer or the client's own network error (its types vary by
     # version), ends the build with what was done and what to do.
     try:
-        retried(api.create_repo, repo_id, repo_type="dataset", private=private, exist_ok=True)
+        retried(api.create_repo, repo_id, repo_type="dataset", private=hub.private, exist_ok=True)
     except Exception as err:
         raise BuildError(f"creating {repo_id} failed ({type(err).__name__}: {err}); nothing was "
                          "uploaded: rerun the same command") from None

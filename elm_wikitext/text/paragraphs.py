@@ -237,14 +237,14 @@ def prepare_paragraphs(lines: Dataset, tokenizer, params: TextParams, keep_ids: 
 
 
 def text_step(ds: Dataset, step, features: dict, desc: str, params: dict, key: tuple, workers: int | None = None,
-              **map_options) -> Dataset:
+              **map_kwargs) -> Dataset:
     """The columns `step` makes of `ds`, a batch at a time, given only `params`; `key` is what of
     them names the result in datasets' cache (beside `ds` and the step: the outline, made of `ds`,
     needs none; a tokenizer is named, not hashed)."""
     return ds.with_format("arrow").map(
         step, batched=True, batch_size=BATCH_LINES, num_proc=workers, remove_columns=ds.column_names,
         features=Features(features), desc=desc, fn_kwargs=params,
-        new_fingerprint=step_fingerprint(ds, step, TEXT_VERSION, *key), **map_options).with_format(None)
+        new_fingerprint=step_fingerprint(ds, step, TEXT_VERSION, *key), **map_kwargs).with_format(None)
 
 
 def with_step(ds: Dataset, step, features: dict, desc: str, params: dict, key: tuple,

@@ -1,6 +1,6 @@
-"""What the text stage reads of the build's options, and nothing else (the pipeline hands it these)."""
+"""What the text stage reads, and nothing else (pipeline.text_params fills it from the command line)."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -13,9 +13,3 @@ class TextParams:
     split_by: str
     ratios: tuple[float, float, float]  # train, validation, test
     seed: int
-
-    @classmethod
-    def of(cls, options) -> "TextParams":
-        """These fields of the build's options (checked there: `split_ratios` parses --split)."""
-        taken = {field.name: getattr(options, field.name) for field in fields(cls) if field.name != "ratios"}
-        return cls(**taken, ratios=options.split_ratios())

@@ -15,7 +15,6 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub.errors import HfHubHTTPError
 
 from elm_wikitext.core.errors import BuildError
-from elm_wikitext.options import BuildOptions
 from elm_wikitext.pipeline import build
 from elm_wikitext.publish import hub
 from elm_wikitext.core.schema import expected_features
@@ -91,8 +90,8 @@ def push_options(options, no_waiting):
 def publish(api, hub_folder, repo_id=None) -> str:
     """What a build with --push does on the Hub (pipeline.py): the preflight, then the upload
     of the staged folder (the shared one of the sample's full build) and the tag."""
-    options = BuildOptions(push=True, repo_id=repo_id, version="v1.0.0")
-    return hub.push(hub_folder, hub.preflight(options, api, expected_features({"embedding": 64})), options.version, False, api)
+    params = hub.HubParams(repo_id=repo_id, version="v1.0.0", private=False)
+    return hub.push(hub_folder, hub.preflight(params, api, expected_features({"embedding": 64})), api)
 
 
 def snapshot(path: Path) -> dict:

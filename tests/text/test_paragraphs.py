@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from elm_wikitext.options import BuildOptions
-from elm_wikitext.text.params import TextParams
+from elm_wikitext.pipeline import text_params
 from elm_wikitext.text.paragraphs import (build_paragraphs, clean_text, line_kinds, prepare_paragraphs, quality_reason,
                                           visible_text)
 from elm_wikitext.text.source import load_lines
@@ -65,7 +65,7 @@ def labelled(lines: pa.Table, tokenizer) -> pa.Table:
 
     text.BATCH_LINES, before = 2, text.BATCH_LINES
     try:
-        paragraphs, counts = prepare_paragraphs(Dataset(lines), tokenizer, TextParams.of(BuildOptions()))
+        paragraphs, counts = prepare_paragraphs(Dataset(lines), tokenizer, text_params(BuildOptions()))
     finally:
         text.BATCH_LINES = before
     assert counts["lines"] == counts["blank_lines"] + counts["heading_lines"] + counts["paragraph_lines"]
@@ -190,7 +190,7 @@ def sample_paragraphs(sample_dir, tokenizer, tiny_model):
     for config, kind in CONFIGS.items():
         options = BuildOptions(source=str(sample_dir), source_config=config, model=tiny_model)
         lines = Dataset.from_dict({"text": load_lines(str(sample_dir), config)["text"]})
-        built[kind] = build_paragraphs(lines, tokenizer, TextParams.of(options))
+        built[kind] = build_paragraphs(lines, tokenizer, text_params(options))
     return built
 
 
@@ -217,7 +217,7 @@ def test_worker_processes_make_the_same_paragraphs_as_one_process(sample_paragra
     lines = Dataset.from_dict({"text": load_lines(str(sample_dir), options.source_config)["text"]})
     text.BATCH_LINES, before = 50, text.BATCH_LINES  # several batches per worker
     try:
-        paragraphs, stats = build_paragraphs(lines, tokenizer, TextParams.of(options))
+        paragraphs, stats = build_paragraphs(lines, tokenizer, text_params(options))
     finally:
         text.BATCH_LINES = before
     one_process, one_stats = sample_paragraphs["raw"]

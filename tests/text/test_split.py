@@ -5,7 +5,7 @@ from datasets import Dataset, load_from_disk
 from elm_wikitext.core.errors import BuildError
 from elm_wikitext.core.schema import SPLIT_NAMES
 from elm_wikitext.options import BuildOptions
-from elm_wikitext.text.params import TextParams
+from elm_wikitext.pipeline import text_params
 from elm_wikitext.text.split import make_splits, split_by_article, split_by_paragraph
 
 RATIOS = (0.8, 0.1, 0.1)
@@ -88,7 +88,7 @@ def test_split_by_paragraph_is_deterministic_for_a_seed(paragraphs):
 def test_an_empty_split_is_refused(paragraphs, split_by, ratios, empty):
     options = BuildOptions(split=ratios, split_by=split_by)
     with pytest.raises(BuildError, match=rf"the {empty} empty .*give each split a larger --split ratio"):
-        make_splits(paragraphs, TextParams.of(options))
+        make_splits(paragraphs, text_params(options))
 
 
 def test_the_sample_shares_no_article_and_no_text_between_splits(text_output):
