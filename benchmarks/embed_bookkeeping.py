@@ -108,6 +108,7 @@ def measure(directory: Path, dim: int) -> list[dict]:
     from elm_wikitext.embed import chunks as embed
     from elm_wikitext.embed.chunks import (ChunkStore, add_embedding_column, assemble, compute_chunks, plan_chunks,
                                            work_key)
+    from elm_wikitext.core.processes import Processes
     from elm_wikitext.embed.encode import Encoder
 
     def fake_embed_rows(encoder, ids):  # the vectors of a batch, and no float32 recomputation
@@ -115,6 +116,7 @@ def measure(directory: Path, dim: int) -> list[dict]:
 
     embed.embed_rows = fake_embed_rows
     encoder = Encoder(model=None, pad_id=0, dim=dim, device=torch.device("cpu"))
+    alone = Processes(0, 1, encoder.device)  # one process: the bookkeeping, not the sharing
 
     peaks, results = Peaks(), []
 
@@ -132,8 +134,8 @@ def measure(directory: Path, dim: int) -> list[dict]:
     key = step("work key", lambda: work_key(options, "fake-weights", dim, "float16",
                                                      everything.data.column("text_id")))
     store = ChunkStore(directory / "work" / key, dim)
-    computed = step("chunks", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536))
-    again = step("resume scan", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536))
+    computed = step("chunks", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536, alone))
+    again = step("resume scan", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536, alone))
     assert computed["paragraphs"] == len(everything) and again["paragraphs"] == 0
     path, _ = step("assemble", lambda: assemble(store, chunks, len(everything)))
     embedded = step("attach", lambda: add_embedding_column(splits, path, dim, key))
