@@ -108,6 +108,8 @@ def measure(directory: Path, dim: int) -> list[dict]:
     from elm_wikitext.embed import chunks as embed
     from elm_wikitext.embed.chunks import (ChunkStore, add_embedding_column, assemble, compute_chunks, plan_chunks,
                                            work_key)
+    from elm_wikitext.core.processes import Processes
+    from elm_wikitext.core.recipe import Recipe
     from elm_wikitext.embed.encode import Encoder
 
     def fake_embed_rows(encoder, ids):  # the vectors of a batch, and no float32 recomputation
@@ -115,6 +117,7 @@ def measure(directory: Path, dim: int) -> list[dict]:
 
     embed.embed_rows = fake_embed_rows
     encoder = Encoder(model=None, pad_id=0, dim=dim, device=torch.device("cpu"))
+    alone = Processes(0, 1, encoder.device)  # one process: the bookkeeping, not the sharing
 
     peaks, results = Peaks(), []
 
@@ -129,14 +132,14 @@ def measure(directory: Path, dim: int) -> list[dict]:
     everything = concatenate_datasets([splits[name] for name in ("train", "validation", "test")])
     options = SimpleNamespace(model="no-such/model", model_revision=None, max_tokens=2000, chunk_tokens=131072)
     lengths, chunks = step("plan", lambda: plan(everything, options.chunk_tokens, pc, plan_chunks))
-    key = step("work key", lambda: work_key(options, "fake-weights", dim, "float16",
-                                                     everything.data.column("text_id")))
+    key = step("work key", lambda: work_key(options, "fake-weights", dim, "float16", Recipe(),
+                                             everything.data.column("text_id")))
     store = ChunkStore(directory / "work" / key, dim)
-    computed = step("chunks", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536))
-    again = step("resume scan", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536))
+    computed = step("chunks", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536, alone))
+    again = step("resume scan", lambda: compute_chunks(encoder, everything, lengths, chunks, store, 65536, alone))
     assert computed["paragraphs"] == len(everything) and again["paragraphs"] == 0
     path, _ = step("assemble", lambda: assemble(store, chunks, len(everything)))
-    embedded = step("attach", lambda: add_embedding_column(splits, path, dim, key))
+    embedded = step("attach", lambda: add_embedding_column(splits, path, dim, key, "embedding"))
     check(embedded, dim)
     results.append({"step": "rows", "rows": len(everything), "chunks": len(chunks),
                     "tokens": int(lengths.sum())})

@@ -11,7 +11,6 @@ import numpy as np
 from datasets import DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 
-from elm_wikitext.core import processes
 from elm_wikitext.embed.chunks import EmbedParams, embed_splits, plan_chunks
 from elm_wikitext.embed.encode import (check_config_file, check_model_config, cpu_rate, estimate_embedding, gpu_peak,
                                        row_flops)
@@ -19,6 +18,7 @@ from elm_wikitext.core.reference import check_against_reference
 from elm_wikitext.embed.spec import resolve_model
 from elm_wikitext.core.tokens import load_tokenizer, model_on_hub
 from elm_wikitext.core.errors import BuildError
+from elm_wikitext.core.processes import Processes, current_processes
 from elm_wikitext.core.locations import check_on_hub, download_record, on_hub, resolved
 from elm_wikitext.neighbors.params import NeighborParams
 from elm_wikitext.neighbors.columns import neighbor_stats, save_vectors, split_vectors, with_neighbors, without_neighbors
@@ -134,27 +134,28 @@ def build(options: BuildOptions, api=None) -> dict | None:
     process). `api` is the Hub client (a stand-in in tests)."""
     options = with_local_paths_resolved(options)
     check_output_location(options.output, **{"--source": options.source, "--model": options.model})
+    processes = current_processes()  # asked once: the stages are handed it
     if options.dry_run:  # one plan, from the main process
-        return plan(options) if processes.is_main() else None
+        return plan(options) if processes.is_main else None
     check_before_work(options)
     # One build per output at a time; the lock goes with the process, even after kill -9.
-    with output_lock(options.output) if processes.is_main() else contextlib.nullcontext():
-        return _build(options, api or HfApi())
+    with output_lock(options.output) if processes.is_main else contextlib.nullcontext():
+        return _build(options, api or HfApi(), processes)
 
 
-def _build(options: BuildOptions, api) -> dict | None:
+def _build(options: BuildOptions, api, processes: Processes) -> dict | None:
     """The build from top to bottom: what this run does, its input, the checks before any work, the
     text, the embedding (gates, reference check, neighbours), the output, the upload."""
     builds_text = options.stage != "embed"  # else its input is the text stage's --output
     embeds = options.stage != "text"
-    if processes.is_main():
+    if processes.is_main:
         recover_output(options.output)
-    processes.wait_for_everyone()  # the others read the output only once it is whole again
+    processes.wait()  # the others read the output only once it is whole again
     options, read, text = (options, None, None) if builds_text else read_text_stage(options)
     tokenizer, spec = check_inputs(options, reads_source=builds_text, embeds=embeds)
     # The output already there, its columns this run keeps (all but the one it embeds), their neighbours.
     earlier, others, other_neighbors = earlier_columns(options, read, embeds)
-    hub = check_destination(options, api, spec, others, other_neighbors)
+    hub = check_destination(options, api, spec, others, other_neighbors, processes.is_main)
     if builds_text:
         with processes.main_first():  # the others reuse the main process's cached maps
             splits, text = text_stage(options, tokenizer, keep_ids=embeds)
@@ -163,8 +164,8 @@ def _build(options: BuildOptions, api) -> dict | None:
         splits = read[0]
     embed = neighbors = None
     if embeds:
-        splits, embed, neighbors = embed_stage(splits, tokenizer, options, spec, earlier)
-    if not processes.is_main():
+        splits, embed, neighbors = embed_stage(splits, tokenizer, options, spec, earlier, processes)
+    if not processes.is_main:
         return None
     stats = write(splits, options, text, earlier, {**others, options.column: embed} if embed is not None else others,
                   {**other_neighbors, **({options.column: neighbors} if neighbors else {})})
@@ -200,37 +201,40 @@ def check_inputs(options: BuildOptions, reads_source: bool, embeds: bool) -> tup
     return tokenizer, spec
 
 
-def check_destination(options: BuildOptions, api, spec, others: dict, other_neighbors: dict) -> HubParams | None:
-    """Where the output goes, checked before any work (main process): the Hub repo of --push, with
-    the schema it will get, or the --hub-folder. The Hub's parameters with the repo id, or None."""
+def check_destination(options: BuildOptions, api, spec, others: dict, other_neighbors: dict,
+                      is_main: bool) -> HubParams | None:
+    """Where the output goes, checked before any work (by the main process, `is_main`): the Hub repo
+    of --push, with the schema it will get, or the --hub-folder. The Hub's parameters with the
+    repo id, or None."""
     hub = stage_params(HubParams, options)
-    if options.push and processes.is_main():
+    if options.push and is_main:
         dims = {**{column: stats.dim for column, stats in others.items()}, options.column: spec.dim}
         ks = {**{column: stats.k for column, stats in other_neighbors.items()},
               **({options.column: options.neighbors} if options.neighbors else {})}
         return preflight(hub, api, expected_features(dims, ks))
-    if options.hub_folder and processes.is_main():
+    if options.hub_folder and is_main:
         hub = offline_preflight(hub)
         check_hub_folder_location(options.hub_folder, options.output)
         return hub
     return None
 
 
-def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier) -> tuple:
+def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier, processes: Processes) -> tuple:
     """The embedding column (an up-to-date output's vectors are reused, not recomputed), the
     build's gates on it, the check against sentence-transformers, and its neighbours (those the
     output records for these very vectors are kept)."""
     work_folder = embed_work_folder(options.output)
-    splits, embed = embed_splits(splits, tokenizer, stage_params(EmbedParams, options), spec, work_folder, earlier)
+    splits, embed = embed_splits(splits, tokenizer, stage_params(EmbedParams, options), spec, work_folder,
+                                 processes, earlier)
     key = embed.key if embed is not None else None  # the main process's
     # The build's own gates: no vector that --verify would refuse is written (nor searched: every
     # process learns the main process's verdict, and stops with it).
-    problems = check_vectors(splits, options.column, embed) if processes.is_main() else None
-    refuse_bad_vectors(processes.gather(problems)[0] if processes.count() > 1 else problems, options.output, key)
-    embed = checked_by_sentence_transformers(splits, options, embed)
+    problems = check_vectors(splits, options.column, embed) if processes.is_main else None
+    refuse_bad_vectors(processes.gather(problems)[0], options.output, key, processes.is_main)
+    embed = checked_by_sentence_transformers(splits, options, embed, processes)
     recorded = earlier[1].stats.neighbors.get(options.column) if earlier else None
     params = stage_params(NeighborParams, options, k=options.neighbors)
-    splits, neighbors = neighbors_stage(splits, key, params, work_folder, recorded)
+    splits, neighbors = neighbors_stage(splits, key, params, work_folder, recorded, processes)
     return splits, embed, neighbors
 
 
@@ -354,46 +358,45 @@ def _text_ids(split):
     return split.select_columns(["text_id"]).with_format("arrow")[:].column("text_id")  # in the split's order
 
 
-def refuse_bad_vectors(problems: list[str], output: str, key: str | None) -> None:
+def refuse_bad_vectors(problems: list[str], output: str, key: str | None, is_main: bool) -> None:
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
-        if processes.is_main():
+        if is_main:
             remove_finished_work(output, key)
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
 
 
-def checked_by_sentence_transformers(splits, options: BuildOptions, embed):
+def checked_by_sentence_transformers(splits, options: BuildOptions, embed, processes: Processes):
     """The column's stats (main process) with the report of a sample embedded again by
     sentence-transformers itself (a fresh seed each run); a row below the floor stops every
     process before anything is written. The finished chunks stay: a rerun draws another sample
     and embeds nothing again."""
     error = None
-    if processes.is_main():
+    if processes.is_main:
         column = {options.column: (options.model, options.model_revision, embed.dtype, embed.dim)}
         try:
-            report = check_against_reference(splits, column, secrets.randbits(32), processes.device())
+            report = check_against_reference(splits, column, secrets.randbits(32), processes.device)
             facts = report["columns"][options.column]
             embed = dataclasses.replace(embed, reference={"seed": report["seed"], **{key: facts[key] for key in (
                 "rows", "lowest_cosine", "min_cosine", "seconds", "load_seconds", "not_finite_there")}})
         except BuildError as err:
             error = f"nothing was written: {err}"
-    if processes.count() > 1:
-        error = processes.gather(error)[0]
+    error = processes.gather(error)[0]  # every process stops with the main one
     if error:
         raise BuildError(error)
     return embed
 
 
 def neighbors_stage(splits, embed_key: str | None, params: NeighborParams, work_folder: Path,
-                    recorded: NeighborStats | None) -> tuple:
+                    recorded: NeighborStats | None, processes: Processes) -> tuple:
     """Each split's `params.k` nearest rows in `params.column`, every process computing its share:
     the main process returns the splits with the two neighbour columns and the stage's record,
     the others (None, None). Neighbour columns the output already holds for these very vectors
     (`recorded`, same K and `embed_key`) are kept as they are; with K 0 the column's are dropped."""
-    todo = neighbors_todo(splits, embed_key, params, work_folder, recorded)
+    todo = neighbors_todo(splits, embed_key, params, work_folder, recorded, processes)
     if todo != []:
-        return search_neighbors(splits, embed_key, params, todo)
-    if not processes.is_main():
+        return search_neighbors(splits, embed_key, params, todo, processes)
+    if not processes.is_main:
         return None, None
     if params.k:
         return splits, recorded
@@ -401,39 +404,40 @@ def neighbors_stage(splits, embed_key: str | None, params: NeighborParams, work_
 
 
 def neighbors_todo(splits, embed_key: str | None, params: NeighborParams, work_folder: Path,
-                   recorded: NeighborStats | None) -> list[str] | None:
+                   recorded: NeighborStats | None, processes: Processes) -> list[str] | None:
     """The main process's answer, which every process follows: [] nothing to compute; the files of
     each split's vectors in the work folder, where other processes share the search (they hold no
     split: they map the vectors); None: the main process searches its splits alone."""
     todo = None
-    if processes.is_main():
+    if processes.is_main:
         kept = all(name in splits["train"].column_names for name in neighbor_columns(params.column))
         if params.k == 0 or (kept and recorded is not None
                              and (recorded.k, recorded.embed_key) == (params.k, embed_key)):
             todo = []
-        elif processes.count() > 1:
+        elif processes.count > 1:
             folder = make_work_folder(work_folder)
             todo = [save_vectors(split_vectors(splits[name], params.column), folder / f"neighbors-{name}.npy")
                     for name in SPLIT_NAMES]
-    return processes.gather(todo)[0] if processes.count() > 1 else todo
+    return processes.gather(todo)[0]
 
 
-def search_neighbors(splits, embed_key: str | None, params: NeighborParams, todo: list[str] | None) -> tuple:
+def search_neighbors(splits, embed_key: str | None, params: NeighborParams, todo: list[str] | None,
+                     processes: Processes) -> tuple:
     """The search itself, split by split (see `neighbors_stage`)."""
     started, searched, out = time.perf_counter(), 0, {}
     for i, name in enumerate(SPLIT_NAMES):
         vectors = np.load(todo[i], mmap_mode="r") if todo else split_vectors(splits[name], params.column)
-        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main() else None
-        found = nearest(vectors, text_ids, params.k, processes.device(), processes.my_share, processes.gather)
+        text_ids = splits[name].data.column("text_id").to_numpy(zero_copy_only=False) if processes.is_main else None
+        found = nearest(vectors, text_ids, params.k, processes.device, processes.my_share, processes.gather)
         if found is not None:
             out[name] = with_neighbors(splits[name], params.column, params.k, found[0], found[1])
             searched += found[2]
-    if not processes.is_main():
+    if not processes.is_main:
         return None, None
     log.info("found each row's %d nearest neighbours in %r in %.1f s", params.k, params.column,
              time.perf_counter() - started)
     return DatasetDict(out), NeighborStats(embed_key=embed_key, **neighbor_stats(
-        params.k, time.perf_counter() - started, processes.device(), processes.count(), searched))
+        params.k, time.perf_counter() - started, processes.device, processes.count, searched))
 
 
 def plan(options: BuildOptions) -> dict:

@@ -1,11 +1,13 @@
 """The one place that knows how many processes run.
 
 Under `accelerate launch` or `torchrun` there is one process per GPU (or per CPU worker);
-otherwise there is one. Stages ask only: which share of this work is mine, am I the main process,
-and wait for the others.
+otherwise there is one. The pipeline asks accelerate once (`current_processes`) and hands the
+stages a `Processes`: which share of this work is mine, am I the main process, what did the
+others find, wait for them. No stage asks accelerate itself.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from accelerate import PartialState
@@ -18,28 +20,52 @@ def _state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def is_main() -> bool:
-    return _state().is_main_process
-
-
-def device():
-    """This process's device: its own GPU under a launcher, else the GPU or the CPU."""
-    return _state().device
-
-
-def count() -> int:
-    return _state().num_processes
-
-
 def share(items, index: int, processes: int):
     """Process `index`'s share of `items` among `processes`: every n-th item (they are of about equal cost)."""
     return items[index::processes]
 
 
-def my_share(items: list) -> list:
-    """This process's share of `items` (`share`)."""
+@dataclass(frozen=True)
+class Processes:
+    """This run's processes as one of them sees them: its `index` among `count`, and its device
+    (its own GPU under a launcher, else the GPU or the CPU). With one process nothing here talks
+    to another, so a stage's tests build one directly: `Processes(0, 1, torch.device("cpu"))`."""
+    index: int
+    count: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def my_share(self, items: list) -> list:
+        """This process's share of `items` (`share`)."""
+        return share(items, self.index, self.count)
+
+    def gather(self, obj) -> list:
+        """Every process's `obj` (small things only: each process receives all of them)."""
+        if self.count == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        with together("gathering the processes' counts"):
+            return gather_object([obj])
+
+    def wait(self) -> None:
+        """Wait until every process is here."""
+        if self.count > 1:
+            with together("waiting for the other processes"):
+                _state().wait_for_everyone()
+
+    def main_first(self):
+        """The main process runs the block first (filling datasets' cache); the others then reuse it."""
+        return _state().main_process_first() if self.count > 1 else nullcontext()
+
+
+def current_processes() -> Processes:
+    """This run's processes, as accelerate's launcher (or its absence) set them up."""
     state = _state()
-    return share(items, state.process_index, state.num_processes)
+    return Processes(state.process_index, state.num_processes, state.device)
 
 
 @contextmanager
@@ -52,28 +78,6 @@ def together(step: str):
         raise BuildError(f"{step}: another process of this run is gone ({' '.join(str(err).split())[:200]}); "
                          "the chunks finished so far are kept: rerun the same command on every "
                          "machine and only the unfinished chunks are computed") from None
-
-
-def wait_for_everyone() -> None:
-    with together("waiting for the other processes"):
-        _state().wait_for_everyone()
-
-
-@contextmanager
-def main_first():
-    """The main process runs the block first (filling datasets' cache); the others then reuse it."""
-    with _state().main_process_first():
-        yield
-
-
-def gather(obj) -> list:
-    """Every process's `obj` (small things only: each process receives all of them)."""
-    from accelerate.utils import gather_object
-
-    if count() == 1:
-        return [obj]
-    with together("gathering the processes' counts"):
-        return gather_object([obj])
 
 
 def finish() -> None:

@@ -23,7 +23,6 @@ from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_da
 from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
-from elm_wikitext.core import processes
 from elm_wikitext.embed.encode import (EMBED_VERSION, Encoder, check_budget, compile_layers, compiles, embed_rows,
                                        load_encoder, model_identity, token_batches)
 from elm_wikitext.core.recipe import Recipe
@@ -33,6 +32,7 @@ from elm_wikitext.core.errors import BuildError, writing
 from elm_wikitext.core.keys import step_fingerprint
 from elm_wikitext.core.schema import SPLIT_NAMES, TEXT_COLUMNS
 from elm_wikitext.core.ownership import make_work_folder
+from elm_wikitext.core.processes import Processes
 from elm_wikitext.core.records import EmbedStats, Manifest
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def check_lengths(paragraphs: Dataset, lengths: np.ndarray, recipe: Recipe, mode
 
 
 def compute_chunks(encoder: Encoder, paragraphs: Dataset, lengths: np.ndarray,
-                   chunks: list[np.ndarray], store: ChunkStore, budget: int) -> dict:
+                   chunks: list[np.ndarray], store: ChunkStore, budget: int, processes: Processes) -> dict:
     """Embed this process's share of the unfinished chunks; return what it counted."""
     # Each process checks a share of the finished chunks (reading and hashing them: gigabytes at
     # WikiText-103 size) and all learn the same list of unfinished ones.
@@ -277,13 +277,15 @@ def check_column_free(splits: DatasetDict, column: str, output: str) -> None:
 
 
 def embed_splits(splits: DatasetDict, tokenizer, params: EmbedParams, spec: ModelSpec, work_folder: Path,
-                 earlier: tuple[DatasetDict, Manifest] | None = None) -> tuple[DatasetDict | None, EmbedStats | None]:
+                 processes: Processes, earlier: tuple[DatasetDict, Manifest] | None = None
+                 ) -> tuple[DatasetDict | None, EmbedStats | None]:
     """Every process computes its share; the main process returns the splits with the
     `params.column` column added and the stage's statistics (the others None, None). `spec` is
     the model as the build resolved it (spec.resolve_model); `work_folder` where its chunks wait
-    (beside --output: the pipeline knows where). `earlier` is the output already at
-    --output, with its manifest: where its column was made under this run's key, it is taken as it
-    is and no model is loaded. Other columns are kept as they are."""
+    (beside --output: the pipeline knows where); `processes` this run's, as the pipeline hands
+    them over. `earlier` is the output already at --output, with its manifest: where its column
+    was made under this run's key, it is taken as it is and no model is loaded. Other columns
+    are kept as they are."""
     started = time.perf_counter()
     recipe = spec.recipe
     log.info("embedding %r with %s: %s pooling%s, prompt %r (%s)", params.column, params.model, recipe.pooling,
@@ -298,15 +300,15 @@ def embed_splits(splits: DatasetDict, tokenizer, params: EmbedParams, spec: Mode
     # What the vectors depend on, known before any weight is loaded: dim from the config, dtype
     # from the device (load_encoder: --dtype on a GPU, float32 on a CPU).
     dim = spec.dim
-    effective_dtype = params.dtype if processes.device().type == "cuda" else "float32"
+    effective_dtype = params.dtype if processes.device.type == "cuda" else "float32"
     weights = model_identity(params.model, params.model_revision)  # recorded: the Embedder checks it
     key = work_key(params, weights, dim, effective_dtype, recipe, everything.data.column("text_id"))
     reused = reuse_vectors(splits, earlier, key, params.column, started, params.model)
     if reused is not None:  # an up-to-date output: its vectors are the ones this run would compute
-        return reused if processes.is_main() else (None, None)
+        return reused if processes.is_main else (None, None)
     check_column_free(splits, params.column, params.output)
     encoder = load_encoder(params.model, params.model_revision, params.dtype, dim,
-                           tokenizer.pad_token_id, processes.device(), recipe)
+                           tokenizer.pad_token_id, processes.device, recipe)
     compiled = compiles(params.compile, encoder.device)
     if compiled:
         compiled = compile_layers(encoder, required=params.compile == "yes")
@@ -315,10 +317,10 @@ def embed_splits(splits: DatasetDict, tokenizer, params: EmbedParams, spec: Mode
     store = ChunkStore(work / key, encoder.dim)
     chunks = plan_chunks(lengths, params.chunk_tokens)
     embedding_started = time.perf_counter()
-    counts = compute_chunks(encoder, everything, lengths, chunks, store, params.max_batch_tokens)
+    counts = compute_chunks(encoder, everything, lengths, chunks, store, params.max_batch_tokens, processes)
     all_counts = processes.gather(counts)  # waits for the slowest process
     embedding_seconds = time.perf_counter() - embedding_started
-    if not processes.is_main():  # gathering above was the last step together
+    if not processes.is_main:  # gathering above was the last step together
         return None, None
     with writing(f"the embedding column in {store.directory}"):
         vectors_path, recomputed = assemble(store, chunks, len(everything))
@@ -329,7 +331,7 @@ def embed_splits(splits: DatasetDict, tokenizer, params: EmbedParams, spec: Mode
         recomputed_float32=recomputed,  # of every row, whichever run computed it
         key=key, model=params.model, model_revision=params.model_revision, model_weights=weights,
         dtype=effective_dtype, dim=encoder.dim, device=str(encoder.device), compiled=compiled,
-        processes=processes.count(), chunks=len(chunks),
+        processes=processes.count, chunks=len(chunks),
         embedding_seconds=round(embedding_seconds, 2),  # the batches alone, no loading
         tokens_per_second=round(totals["tokens"] / embedding_seconds),
         seconds=round(time.perf_counter() - started, 2),
