@@ -26,7 +26,7 @@ from elm_wikitext.neighbors.search import nearest, search_flops
 from elm_wikitext.core.schema import SPLIT_NAMES, expected_features, neighbor_columns
 from elm_wikitext.options import BuildOptions
 from elm_wikitext.publish.card import check_card_template, stage_hub_folder, token_counts, write_card
-from elm_wikitext.publish.hub import HubParams, offline_preflight, preflight, push, upload_commands
+from elm_wikitext.publish.hub import HubParams, check_can_push, offline_preflight, preflight, push, upload_commands
 from elm_wikitext.core.records import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, check_output_location,
                                          check_writable_beside, columns_on_disk, embed_work_folder,
@@ -282,6 +282,7 @@ def check_before_work(options: BuildOptions) -> None:
     """What can be checked without the text or the model, each with its own remedy."""
     if options.push:
         options.check_push_options()
+        check_can_push()  # no Hub, no token: refused before the tokenizer or the model is read
     check_writable_beside(options.output)
     check_card_template()
 

@@ -81,11 +81,7 @@ def check_features(card_data, features: Features, repo_id: str) -> None:
 def preflight(hub: HubParams, api: HfApi, features: Features) -> HubParams:
     """Everything that can refuse a push, checked before the build spends time. Returns `hub` with
     its repo id."""
-    if constants.HF_HUB_OFFLINE:
-        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push "
-                         f"({WITHOUT_THE_HUB})")
-    if not get_token():
-        raise BuildError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    check_can_push()
     check_version(hub.version)
     try:
         user = retried(api.whoami)["name"]
@@ -107,6 +103,16 @@ def preflight(hub: HubParams, api: HfApi, features: Features) -> HubParams:
         raise BuildError(f"{repo_id} already has the tag {hub.version}: pass a new --version")
     check_features(card_data, features, repo_id)
     return replace(hub, repo_id=repo_id)
+
+
+def check_can_push() -> None:
+    """What refuses a push without asking the Hub: offline mode, no token. Cheap: the pipeline asks
+    it before the tokenizer or the model is read."""
+    if constants.HF_HUB_OFFLINE:
+        raise BuildError("--push needs the Hub but HF_HUB_OFFLINE=1 is set: unset it, or build without --push "
+                         f"({WITHOUT_THE_HUB})")
+    if not get_token():
+        raise BuildError("--push needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
 
 
 def check_version(version: str) -> None:

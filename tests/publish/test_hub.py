@@ -15,6 +15,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub.errors import HfHubHTTPError
 
 from elm_wikitext.core.errors import BuildError
+from elm_wikitext import pipeline
 from elm_wikitext.pipeline import build
 from elm_wikitext.publish import hub
 from elm_wikitext.core.schema import expected_features
@@ -236,6 +237,8 @@ def test_a_push_that_cannot_succeed_is_refused_before_any_work(case, push_option
         monkeypatch.setattr(hub, "get_token", lambda: None)
     if case == "HF_HUB_OFFLINE=1":  # as the variable sets it when huggingface_hub is imported
         monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    if case in ("no token", "HF_HUB_OFFLINE=1"):  # known without the Hub: refused before the model is read
+        monkeypatch.setattr(pipeline, "load_tokenizer", lambda *args: pytest.fail("the tokenizer was read first"))
     with pytest.raises(BuildError, match=says):
         build(push_options, api=api)
     assert "create_repo" not in api.calls and not Path(push_options.output).exists()
