@@ -192,6 +192,8 @@ def check_inputs(options: BuildOptions, reads_source: bool, embeds: bool) -> tup
     tokenizer, and the model resolved once (None where this run does not embed)."""
     if options.push or options.hub_folder:  # what both publish names the model and source by Hub id
         check_publishable(options)
+    if options.push:  # no Hub, no token: refused before the tokenizer or the model is read
+        check_can_push()
     check_hub_ids(options, reads_source)
     check_config_file(options.model)  # a damaged config.json, before the tokenizer reads it
     tokenizer = load_tokenizer(options.model, options.model_revision)  # checks a Hub id first
@@ -282,7 +284,6 @@ def check_before_work(options: BuildOptions) -> None:
     """What can be checked without the text or the model, each with its own remedy."""
     if options.push:
         options.check_push_options()
-        check_can_push()  # no Hub, no token: refused before the tokenizer or the model is read
     check_writable_beside(options.output)
     check_card_template()
 
