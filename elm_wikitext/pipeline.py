@@ -29,8 +29,8 @@ from elm_wikitext.publish.card import check_card_template, stage_hub_folder, tok
 from elm_wikitext.publish.hub import HubParams, check_can_push, offline_preflight, preflight, push, upload_commands
 from elm_wikitext.core.records import NeighborStats, TextStats, new_manifest
 from elm_wikitext.publish.output import (NotWhole, check_hub_folder_location, check_output_location,
-                                         check_writable_beside, columns_on_disk, embed_work_folder,
-                                         hub_folder, make_work_folder, output_lock, read_output, recover_output,
+                                         check_writable_beside, columns_on_disk,
+                                         make_work_folder, output_lock, output_path, read_output, recover_output,
                                          remove_finished_work, remove_work_folder, write_output)
 from elm_wikitext.publish.verify import check_files, check_vectors, verify
 from elm_wikitext.text.paragraphs import build_paragraphs
@@ -128,12 +128,29 @@ def with_text_settings(options: BuildOptions, text: TextStats) -> BuildOptions:
     return dataclasses.replace(options, **taken)
 
 
+# The two folders a build keeps beside its --output, named here only: the embedding's finished
+# chunks, which wait there until the output is written (a rerun resumes from them), and the Hub
+# layout that --push stages and uploads.
+def work_folder(output: str) -> Path:
+    return beside(output, ".embed-work")
+
+
+def hub_layout(output: str) -> Path:
+    return beside(output, ".hub")
+
+
+def beside(output: str, suffix: str) -> Path:
+    target = output_path(output)  # a symlink's target, no trailing slash: beside it, never inside
+    return target.parent / f"{target.name}{suffix}"
+
+
 def build(options: BuildOptions, api=None) -> dict | None:
     """Run the stages that `options.stage` asks for, then publish if asked; return the
     statistics as JSON, as the manifest holds them, and the published version's line (main
     process). `api` is the Hub client (a stand-in in tests)."""
     options = with_local_paths_resolved(options)
-    check_output_location(options.output, **{"--source": options.source, "--model": options.model})
+    check_output_location(options.output, work_folder(options.output), hub_layout(options.output),
+                          **{"--source": options.source, "--model": options.model})
     processes = current_processes()  # asked once: the stages are handed it
     if options.dry_run:  # one plan, from the main process
         return plan(options) if processes.is_main else None
@@ -172,7 +189,7 @@ def _build(options: BuildOptions, api, processes: Processes) -> dict | None:
     if hub:
         stats.update(publish(options, hub, api))
     if embed is not None:  # only now: a rerun after a failed upload finds every vector done
-        remove_finished_work(options.output, embed.key)
+        remove_finished_work(work_folder(options.output), embed.key)
     return stats
 
 
@@ -225,18 +242,18 @@ def embed_stage(splits, tokenizer, options: BuildOptions, spec, earlier, process
     """The embedding column (an up-to-date output's vectors are reused, not recomputed), the
     build's gates on it, the check against sentence-transformers, and its neighbours (those the
     output records for these very vectors are kept)."""
-    work_folder = embed_work_folder(options.output)
-    splits, embed = embed_splits(splits, tokenizer, stage_params(EmbedParams, options), spec, work_folder,
-                                 processes, earlier)
+    work = work_folder(options.output)
+    splits, embed = embed_splits(splits, tokenizer, stage_params(EmbedParams, options), spec, work, processes,
+                                 earlier)
     key = embed.key if embed is not None else None  # the main process's
     # The build's own gates: no vector that --verify would refuse is written (nor searched: every
     # process learns the main process's verdict, and stops with it).
     problems = check_vectors(splits, options.column, embed) if processes.is_main else None
-    refuse_bad_vectors(processes.gather(problems)[0], options.output, key, processes.is_main)
+    refuse_bad_vectors(processes.gather(problems)[0], work, key, processes.is_main)
     embed = checked_by_sentence_transformers(splits, options, embed, processes)
     recorded = earlier[1].stats.neighbors.get(options.column) if earlier else None
     params = stage_params(NeighborParams, options, k=options.neighbors)
-    splits, neighbors = neighbors_stage(splits, key, params, work_folder, recorded, processes)
+    splits, neighbors = neighbors_stage(splits, key, params, work, recorded, processes)
     return splits, embed, neighbors
 
 
@@ -360,10 +377,10 @@ def _text_ids(split):
     return split.select_columns(["text_id"]).with_format("arrow")[:].column("text_id")  # in the split's order
 
 
-def refuse_bad_vectors(problems: list[str], output: str, key: str | None, is_main: bool) -> None:
+def refuse_bad_vectors(problems: list[str], work: Path, key: str | None, is_main: bool) -> None:
     if problems:  # the chunks hold the same vectors: a rerun must compute them again
         if is_main:
-            remove_finished_work(output, key)
+            remove_finished_work(work, key)
         raise BuildError(f"the model gave vectors that are not finite unit vectors ({'; '.join(problems)}): "
                          "nothing was written; check the model's weights (e.g. all zeros) and --model")
 
@@ -389,13 +406,13 @@ def checked_by_sentence_transformers(splits, options: BuildOptions, embed, proce
     return embed
 
 
-def neighbors_stage(splits, embed_key: str | None, params: NeighborParams, work_folder: Path,
+def neighbors_stage(splits, embed_key: str | None, params: NeighborParams, work: Path,
                     recorded: NeighborStats | None, processes: Processes) -> tuple:
     """Each split's `params.k` nearest rows in `params.column`, every process computing its share:
     the main process returns the splits with the two neighbour columns and the stage's record,
     the others (None, None). Neighbour columns the output already holds for these very vectors
     (`recorded`, same K and `embed_key`) are kept as they are; with K 0 the column's are dropped."""
-    todo = neighbors_todo(splits, embed_key, params, work_folder, recorded, processes)
+    todo = neighbors_todo(splits, embed_key, params, work, recorded, processes)
     if todo != []:
         return search_neighbors(splits, embed_key, params, todo, processes)
     if not processes.is_main:
@@ -405,7 +422,7 @@ def neighbors_stage(splits, embed_key: str | None, params: NeighborParams, work_
     return DatasetDict({name: without_neighbors(split, params.column) for name, split in splits.items()}), None
 
 
-def neighbors_todo(splits, embed_key: str | None, params: NeighborParams, work_folder: Path,
+def neighbors_todo(splits, embed_key: str | None, params: NeighborParams, work: Path,
                    recorded: NeighborStats | None, processes: Processes) -> list[str] | None:
     """The main process's answer, which every process follows: [] nothing to compute; the files of
     each split's vectors in the work folder, where other processes share the search (they hold no
@@ -417,7 +434,7 @@ def neighbors_todo(splits, embed_key: str | None, params: NeighborParams, work_f
                              and (recorded.k, recorded.embed_key) == (params.k, embed_key)):
             todo = []
         elif processes.count > 1:
-            folder = make_work_folder(work_folder)
+            folder = make_work_folder(work)
             todo = [save_vectors(split_vectors(splits[name], params.column), folder / f"neighbors-{name}.npy")
                     for name in SPLIT_NAMES]
     return processes.gather(todo)[0]
@@ -492,7 +509,7 @@ def publish(options: BuildOptions, hub: HubParams, api) -> dict:
         folder = stage_upload(options, hub, Path(options.hub_folder))
         return {"staged": {"folder": str(folder), "repo_id": hub.repo_id, "version": hub.version,
                            "commands": upload_commands(folder, hub)}}
-    folder = stage_upload(options, hub, hub_folder(options.output))
+    folder = stage_upload(options, hub, hub_layout(options.output))
     line = push(folder, hub, api)
     remove_work_folder(folder)
     return {"published": line}

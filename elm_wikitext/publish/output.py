@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 HISTOGRAM_FILE = "token_lengths.png"
 EMBEDDING_MAP_FILE = "embedding_map.png"  # the vectors' PCA map, coloured by article
 # The work folders beside OUTPUT: the embedding's chunks, and the Hub layout being uploaded.
-EMBED_WORK = ".embed-work"
-HUB_LAYOUT = ".hub"
 HUB_DATA = "data"  # the Hub layout's folder of parquet shards
 
 
@@ -93,23 +91,6 @@ def output_path(output: str) -> Path:
         raise BuildError(f"--output {output} cannot be resolved ({err}): pass a directory path") from None
 
 
-def _work_path(output: str, suffix: str) -> Path:
-    """A work folder beside the output, e.g. `OUTPUT.embed-work`."""
-    target = output_path(output)
-    return target.parent / f"{target.name}{suffix}"
-
-
-def embed_work_folder(output: str) -> Path:
-    """Where the embedding's finished chunks wait, one folder per work key, until the output is
-    written (a rerun resumes from them)."""
-    return _work_path(output, EMBED_WORK)
-
-
-def hub_folder(output: str) -> Path:
-    """Where the output is staged in the Hub's layout for an upload."""
-    return _work_path(output, HUB_LAYOUT)
-
-
 def hub_shard(folder: Path, split: str, index: int, shards: int) -> Path:
     """A parquet shard of the Hub layout, as the card's `hub_data_files` patterns find it."""
     return folder / HUB_DATA / f"{split}-{index:05d}-of-{shards:05d}.parquet"
@@ -120,10 +101,10 @@ def hub_data_files(split: str) -> str:
     return f"{HUB_DATA}/{split}-*"
 
 
-def check_output_location(output: str, **inputs: str) -> None:
+def check_output_location(output: str, work: Path, hub: Path, **inputs: str) -> None:
     """Refuse, before any work, an --output the build may not replace: a file, a folder of the
     user's, one that holds or sits inside an input (`inputs`: option name to local path), or
-    work folders beside it that are not the build's."""
+    work folders beside it (`work`, `hub`: the pipeline names them) that are not the build's."""
     target = output_path(output)
     if target.exists() and not target.is_dir():
         raise BuildError(f"--output {output} is a file: pass a directory path")
@@ -131,7 +112,7 @@ def check_output_location(output: str, **inputs: str) -> None:
         if is_local(path):
             _check_apart(output, target, option, path)
     check_replaceable(target, output)
-    for folder, kind in ((embed_work_folder(output), "work"), (hub_folder(output), "hub")):
+    for folder, kind in ((work, "work"), (hub, "hub")):
         reason = not_our_folder(folder, kind) if folder.exists() else None
         if reason:
             raise BuildError(f"{folder} exists and was not made by this build ({reason}), and the build "
@@ -261,10 +242,9 @@ def remove_work_folder(folder: Path, kind: str = "hub") -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_finished_work(output: str, key: str | None) -> None:
-    """Delete the chunks of one finished column (work key `key`); the work folder itself goes only
-    when no other run's chunks, unfinished, are left in it."""
-    folder = embed_work_folder(output)
+def remove_finished_work(folder: Path, key: str | None) -> None:
+    """Delete the chunks of one finished column (work key `key`) from the work folder; the folder
+    itself goes only when no other run's chunks, unfinished, are left in it."""
     reason = not_our_folder(folder, "work") if folder.exists() else None
     if reason:
         log.warning("left %s in place: %s", folder, reason)
