@@ -1,9 +1,11 @@
-"""The output directory: every path and file of an output, and the folders beside it.
+"""The output directory: every file of an output, and the build's folders beside it.
 
-Only this module names them: the data, manifest.json (the typed `core.records.Manifest`, written
-here, read through core/manifest.py), the card's files, and the work folders beside the output (the embedding's chunks
-in `OUTPUT.embed-work`, the Hub layout in `OUTPUT.hub`). It decides which folders the build may
-replace or delete: only ones it wrote.
+This module lays out what goes inside them: the data, manifest.json (the typed
+`core.records.Manifest`, written here, read through core/manifest.py, which names the manifest
+and card files), the card's plots, the chunks of the embedding's work folder and the Hub layout's
+shards. Where those two folders lie beside the output (`OUTPUT.embed-work`, `OUTPUT.hub`) the
+pipeline decides and hands in. It decides which folders the build may replace or delete: only
+ones it wrote.
 
 The output directory is written whole or not at all: everything goes to a temporary directory
 beside it, which is then swapped in, so a failed or interrupted run never leaves a half-written
